@@ -1,0 +1,287 @@
+//! Valid configuration files, read from real files, give the values a user
+//! wrote (or the documented defaults).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use slmd::config::{
+    ByteSize, Config, Durability, MqttConfig, Protocol, Transport, UtcOffset, load,
+};
+
+/// Writes `text` to `slmd.toml` in a fresh temp dir and loads it.
+fn load_text(text: &str) -> Config {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("slmd.toml");
+    std::fs::write(&path, text).expect("write config");
+    match load(&path) {
+        Ok(config) => config,
+        Err(e) => panic!("rejected a valid config: {e}"),
+    }
+}
+
+/// The hostname as the daemon is documented to read it.
+fn hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Every key of SPEC §5 and every key this module adds, set to a
+/// non-default value.
+const FULL: &str = r#"
+# slmd.toml with every key set
+[gateway]
+id = "gw-0042"                 # default: hostname
+state_dir = "/srv/slmd"
+
+[buffer]
+max_records = 5_000_000
+max_bytes = "2GiB"
+durability = "full"
+
+[[device]]
+id = "nl43-north"
+protocol = "nl43"
+transport = "tcp"
+address = "192.0.2.10:2255"
+poll_interval = "2s"
+live_poll_interval = "1s"
+answer_timeout = "1500ms"
+command_gap = "250ms"
+status_interval = "30s"
+utc_offset = "+09:00"
+reconnect_min = "500ms"
+reconnect_max = "5m"
+
+[[device]]
+id = "nl52_south.2"
+protocol = "nl43"
+transport = "serial"
+path = "/dev/serial/by-id/usb-RION_NL-52-if00"
+baud = 115200
+utc_offset = "-05:30"
+
+[api]
+listen = "0.0.0.0:9000"
+tokens = ["local-secret"]
+stream_max = "1h"
+
+[mqtt]
+url = "mqtts://broker.example.com:8883"
+topic_prefix = "site-7/slmd"
+qos = 2
+
+[fleet]
+enabled = true
+url = "https://fleet.example.com"
+tokens = ["current-token", "previous-token"]
+batch_max = 1000
+interval = "10s"
+token_retry = "2m"
+"#;
+
+#[test]
+fn a_full_config_gives_every_value_written() {
+    let c = load_text(FULL);
+
+    assert_eq!(c.gateway.id, "gw-0042");
+    assert_eq!(c.gateway.state_dir, PathBuf::from("/srv/slmd"));
+
+    assert_eq!(c.buffer.max_records, 5_000_000);
+    assert_eq!(c.buffer.max_bytes, Some(ByteSize(2 * 1024 * 1024 * 1024)));
+    assert_eq!(c.buffer.durability, Durability::Full);
+
+    assert_eq!(c.devices.len(), 2);
+    let north = &c.devices[0];
+    assert_eq!(north.id, "nl43-north");
+    assert_eq!(north.protocol, Protocol::Nl43);
+    assert_eq!(north.transport, Transport::Tcp);
+    assert_eq!(north.address.as_deref(), Some("192.0.2.10:2255"));
+    assert_eq!(north.path, None);
+    assert_eq!(north.poll_interval, secs(2));
+    assert_eq!(north.live_poll_interval, Some(secs(1)));
+    assert_eq!(north.answer_timeout, ms(1500));
+    assert_eq!(north.command_gap, ms(250));
+    assert_eq!(north.status_interval, secs(30));
+    assert_eq!(north.utc_offset.seconds(), 9 * 3600);
+    assert_eq!(north.reconnect_min, ms(500));
+    assert_eq!(north.reconnect_max, secs(300));
+
+    let south = &c.devices[1];
+    assert_eq!(south.id, "nl52_south.2");
+    assert_eq!(south.transport, Transport::Serial);
+    assert_eq!(south.address, None);
+    assert_eq!(
+        south.path.as_deref(),
+        Some(Path::new("/dev/serial/by-id/usb-RION_NL-52-if00"))
+    );
+    assert_eq!(south.baud, 115_200);
+    assert_eq!(south.utc_offset.seconds(), -(5 * 3600 + 30 * 60));
+    // Keys left out of a device take their defaults.
+    assert_eq!(south.poll_interval, secs(1));
+    assert_eq!(south.live_poll_interval, None);
+
+    assert_eq!(
+        c.api.listen,
+        "0.0.0.0:9000".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(c.api.tokens, ["local-secret"]);
+    assert_eq!(c.api.stream_max, secs(3600));
+
+    assert_eq!(
+        c.mqtt,
+        Some(MqttConfig {
+            url: "mqtts://broker.example.com:8883".into(),
+            topic_prefix: "site-7/slmd".into(),
+            qos: 2,
+        })
+    );
+
+    assert!(c.fleet.enabled);
+    assert_eq!(c.fleet.url.as_deref(), Some("https://fleet.example.com"));
+    assert_eq!(c.fleet.tokens, ["current-token", "previous-token"]);
+    assert_eq!(c.fleet.token_file, None);
+    assert_eq!(c.fleet.batch_max, 1000);
+    assert_eq!(c.fleet.interval, secs(10));
+    assert_eq!(c.fleet.token_retry, secs(120));
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults() {
+    let c = load_text("");
+
+    assert_eq!(c.gateway.id, hostname());
+    assert_eq!(c.gateway.state_dir, PathBuf::from("/var/lib/slmd"));
+    assert_eq!(c.buffer.max_records, 10_000_000);
+    assert_eq!(c.buffer.max_bytes, None);
+    assert_eq!(c.buffer.durability, Durability::Normal);
+    assert!(c.devices.is_empty());
+    assert_eq!(
+        c.api.listen,
+        "127.0.0.1:8470".parse::<SocketAddr>().expect("addr")
+    );
+    assert!(c.api.tokens.is_empty());
+    assert_eq!(c.api.stream_max, secs(15 * 60));
+    assert_eq!(c.mqtt, None);
+    assert!(!c.fleet.enabled, "no data leaves the gateway by default");
+    assert_eq!(c.fleet.url, None);
+    assert!(c.fleet.tokens.is_empty());
+    assert_eq!(c.fleet.token_file, None);
+    assert_eq!(c.fleet.batch_max, 500);
+    assert_eq!(c.fleet.interval, secs(5));
+    assert_eq!(c.fleet.token_retry, secs(5 * 60));
+
+    // Comments and blank lines only: still the defaults.
+    assert_eq!(load_text("# nothing configured yet\n\n"), c);
+}
+
+#[test]
+fn a_minimal_device_gets_the_documented_defaults() {
+    let c = load_text(
+        r#"
+[[device]]
+id = "nl43-north"
+protocol = "nl43"
+transport = "tcp"
+address = "meter-1.local:2255"
+"#,
+    );
+    let d = &c.devices[0];
+    assert_eq!(d.baud, 38_400);
+    assert_eq!(d.poll_interval, secs(1));
+    assert_eq!(d.live_poll_interval, None);
+    assert_eq!(d.answer_timeout, secs(3));
+    assert_eq!(d.command_gap, ms(200));
+    assert_eq!(d.status_interval, secs(10));
+    assert_eq!(d.utc_offset, UtcOffset::UTC);
+    assert_eq!(d.reconnect_min, secs(1));
+    assert_eq!(d.reconnect_max, secs(60));
+}
+
+#[test]
+fn the_spec_example_is_accepted() {
+    // SPEC §5 verbatim (with one token pair), comments included.
+    let c = load_text(
+        r#"
+[gateway]
+id = "gw-0042"                 # default: hostname
+state_dir = "/var/lib/slmd"    # buffer lives here
+
+[buffer]
+max_records = 10_000_000       # hard cap; oldest evicted first
+# max_bytes = "2GiB"           # optional second cap
+# durability = "normal"        # or "full"
+
+[[device]]
+id = "nl43-north"
+protocol = "nl43"
+transport = "tcp"              # or "serial"
+address = "192.0.2.10:2255"    # tcp
+# path = "/dev/serial/by-id/usb-RION_..."   # serial
+# baud = 38400                              # serial
+poll_interval = "1s"
+
+[api]
+listen = "127.0.0.1:8470"      # non-loopback requires tokens (§6)
+
+# [mqtt]                       # local broker fan-out, optional
+# url = "mqtt://127.0.0.1:1883"
+# topic_prefix = "slmd"
+
+[fleet]
+enabled = false                # opt-in: when false no data leaves the gateway
+url = "https://fleet.example.com"
+tokens = ["<current>", "<previous>"]   # or token_file = "/etc/slmd/fleet.token"
+batch_max = 500                # records per push request
+interval = "5s"                # push tick when caught up
+"#,
+    );
+    assert_eq!(c.devices[0].id, "nl43-north");
+    assert!(!c.fleet.enabled);
+}
+
+#[test]
+fn alternative_spellings_users_write() {
+    let c = load_text(
+        r#"
+[buffer]
+max_bytes = 1000000            # a plain integer is bytes
+
+[[device]]
+id = "a"
+protocol = "nl43"
+transport = "tcp"
+address = "[2001:db8::10]:2255"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[fleet]
+enabled = true
+url = "http://10.0.0.5:8080/ingest"
+token_file = "/etc/slmd/fleet.token"
+"#,
+    );
+    assert_eq!(c.buffer.max_bytes, Some(ByteSize(1_000_000)));
+    let mqtt = c.mqtt.expect("mqtt table");
+    assert_eq!((mqtt.topic_prefix.as_str(), mqtt.qos), ("slmd", 1));
+    assert_eq!(
+        c.fleet.token_file.as_deref(),
+        Some(Path::new("/etc/slmd/fleet.token"))
+    );
+    // Loopback IPv6 needs no tokens either.
+    let c = load_text("[api]\nlisten = \"[::1]:8470\"\n");
+    assert!(c.api.listen.ip().is_loopback());
+}
