@@ -1,0 +1,266 @@
+//! Hardware-in-the-loop kit for slmd: a simulated Rion NL-43 with fault
+//! injection, served over TCP or a pseudo-terminal.
+//!
+//! The simulator is built on the same protocol facts as the daemon: command
+//! parsing, result codes, the `DOD?` line, the clock form and the framing all
+//! come from `firmware-bridge`, and the rules from `protocols/nl43.md`.
+//!
+//! Layout (one module per role):
+//! - [`config`]: [`SimConfig`] and [`Faults`], and the text forms the CLI
+//!   accepts for durations and stalls.
+//! - `levels`: the 10 Hz sound level walk and the integration of a
+//!   measurement (Leq, LE, Lmax, Lmin, Lpeak, percentiles) with the meter's
+//!   invariants.
+//! - `meter`: the meter's state and its answer to one command line,
+//!   including the pacing rules; no I/O.
+//! - `session`: one link's conversation: framing, writing answers, `DRD?`
+//!   streaming, and the per-answer faults (echo, junk, prompts, split, stall,
+//!   silence).
+//! - [`report`]: [`SimStats`] and [`SimEvent`], and the one place both are
+//!   updated.
+//! - `tcp`: the TCP listener (one client at a time).
+//! - [`pty`]: the pseudo-terminal link ([`PtyMeter`]).
+//!
+//! The [`Simulator`] is the meter: cloning it gives another handle to the
+//! same meter, whose state (measuring, echo, clock, pacing, stored records)
+//! persists across connections. Link-level faults (`drop_every`) are applied
+//! by whoever serves the link; the silence window runs from
+//! [`Simulator::new`].
+
+pub mod config;
+mod levels;
+mod meter;
+pub mod pty;
+pub mod report;
+mod session;
+mod tcp;
+
+pub use config::{Faults, ParseError, SimConfig, parse_duration, parse_probability, parse_stall};
+pub use pty::PtyMeter;
+pub use report::{SimEvent, SimStats};
+
+use meter::Meter;
+use report::Recorder;
+use session::Session;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A simulated NL-43; clones share the same meter.
+#[derive(Clone)]
+pub struct Simulator {
+    /// Everything the handles share.
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The meter and its surroundings, shared by every link.
+pub(crate) struct Shared {
+    /// How it was configured (never changes).
+    pub(crate) config: SimConfig,
+    /// When the simulator was created: the silence window counts from here.
+    started: Instant,
+    /// The meter; locked only for synchronous work, never across `.await`.
+    meter: Mutex<Meter>,
+    /// Counters and events.
+    pub(crate) recorder: Recorder,
+    /// The task that announces the silence window has been started (once).
+    silence_clock: AtomicBool,
+}
+
+impl Shared {
+    /// The meter, tolerant of a poisoned lock (a panic in one session must
+    /// not take the meter down for the next).
+    pub(crate) fn meter(&self) -> MutexGuard<'_, Meter> {
+        self.meter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The silence fault's window, if configured: `[start, end)`.
+    fn silent_window(&self) -> Option<(Instant, Instant)> {
+        let after = self.config.faults.silent_after?;
+        let start = self.started + after;
+        Some((start, start + self.config.faults.silent_for))
+    }
+
+    /// Whether the meter ignores commands at `at`.
+    pub(crate) fn is_silent(&self, at: Instant) -> bool {
+        self.silent_window()
+            .is_some_and(|(start, end)| start <= at && at < end)
+    }
+}
+
+/// Why serving one link ended.
+#[derive(Debug)]
+pub(crate) enum LinkEnd {
+    /// The peer closed it, or it failed.
+    Closed(std::io::Result<()>),
+    /// The `drop_every` fault closed it.
+    Dropped,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+impl Simulator {
+    /// A meter configured by `config`, powered up now.
+    pub fn new(config: SimConfig) -> Simulator {
+        let now = Instant::now();
+        let meter = Meter::new(&config, now);
+        Simulator {
+            shared: Arc::new(Shared {
+                config,
+                started: now,
+                meter: Mutex::new(meter),
+                recorder: Recorder::new(),
+                silence_clock: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The configuration it was created with.
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> SimStats {
+        self.shared.recorder.snapshot()
+    }
+
+    /// A receiver of every event from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<SimEvent> {
+        self.shared.recorder.subscribe()
+    }
+
+    /// Serves TCP clients from `listener`, one at a time, until `shutdown`.
+    ///
+    /// A client that connects while another is served is accepted and
+    /// closed at once (counted as refused); the slot is waited for briefly
+    /// first, so a client that reconnects right after closing is not refused
+    /// for a race it cannot see. TCP_NODELAY is set on every client socket.
+    /// Returns when `shutdown` is cancelled and the client's session ended.
+    pub async fn serve_tcp(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        self.start_silence_clock(&shutdown);
+        tcp::serve(self, listener, shutdown).await
+    }
+
+    /// Creates a pseudo-terminal meter; with `link`, a symlink to its slave
+    /// is created there (atomically) and kept pointing at the current pty.
+    /// Serve it with [`PtyMeter::serve`].
+    pub fn open_pty(&self, link: Option<PathBuf>) -> std::io::Result<PtyMeter> {
+        PtyMeter::open(self.clone(), link)
+    }
+
+    /// Serves one connection over any byte stream (e.g. a
+    /// `tokio::io::duplex` in tests) until the peer closes it, `drop_every`
+    /// closes it, or `shutdown`. Counted as a connection; it does not take
+    /// the TCP client slot.
+    pub async fn serve_stream<S>(&self, io: S, shutdown: CancellationToken) -> std::io::Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.start_silence_clock(&shutdown);
+        let number = self.connected();
+        let end = self.run_link(io, number, &shutdown).await;
+        self.disconnected(&end);
+        match end {
+            LinkEnd::Closed(result) => result,
+            LinkEnd::Dropped | LinkEnd::Shutdown => Ok(()),
+        }
+    }
+
+    /// Counts a new connection and announces it; returns its number.
+    pub(crate) fn connected(&self) -> u64 {
+        let mut number = 0;
+        self.shared.recorder.record(|s| {
+            s.connections_accepted += 1;
+            number = s.connections_accepted;
+            Some(SimEvent::Connected { total: number })
+        });
+        number
+    }
+
+    /// Announces the end of a connection (and the drop fault, if it was one).
+    pub(crate) fn disconnected(&self, end: &LinkEnd) {
+        match end {
+            LinkEnd::Dropped => {
+                self.shared.recorder.record(|s| {
+                    s.links_dropped += 1;
+                    Some(SimEvent::Fault {
+                        kind: "drop".to_owned(),
+                    })
+                });
+            }
+            LinkEnd::Closed(Err(e)) => tracing::debug!("link failed: {e}"),
+            LinkEnd::Closed(Ok(())) | LinkEnd::Shutdown => {}
+        }
+        self.shared.recorder.event(SimEvent::Disconnected);
+    }
+
+    /// Runs a session on `io` until it ends, the `drop_every` fault fires,
+    /// or `shutdown`.
+    pub(crate) async fn run_link<S>(
+        &self,
+        io: S,
+        number: u64,
+        shutdown: &CancellationToken,
+    ) -> LinkEnd
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut session = Session::new(&self.shared, io, number);
+        let drop_at = self
+            .shared
+            .config
+            .faults
+            .drop_every
+            .map(|d| Instant::now() + d);
+        let dropped = async {
+            match drop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // The peer closed the link, or it failed.
+            result = session.run() => LinkEnd::Closed(result),
+            // The drop fault: the session (and with it the link) is dropped mid-whatever.
+            () = dropped => LinkEnd::Dropped,
+            // Shutdown wins over anything in progress.
+            () = shutdown.cancelled() => LinkEnd::Shutdown,
+        }
+    }
+
+    /// Starts (once) the task that announces the silence window as it opens
+    /// and closes.
+    fn start_silence_clock(&self, shutdown: &CancellationToken) {
+        let Some((start, end)) = self.shared.silent_window() else {
+            return;
+        };
+        if self.shared.silence_clock.swap(true, Ordering::SeqCst) || Instant::now() >= end {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            for (at, kind) in [(start, "silent_start"), (end, "silent_end")] {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(at) => shared.recorder.fault(kind),
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,624 @@
+//! The meter itself: its state and how it answers one command line.
+//!
+//! No I/O and no faults here: [`Meter::handle`] takes a received line and
+//! its arrival time and returns the [`Reply`]; the session layer
+//! (`session.rs`) writes it and injects faults. The meter's state outlives
+//! connections (measuring, echo, clock, the `DOD?` pacing clock, the stored
+//! records); what belongs to one connection is in [`LinkState`].
+//!
+//! Rules kept here (facts from `protocols/nl43.md`):
+//! - Pacing: a command arriving less than 200 ms after the end of the
+//!   previous answer on the link, or a `DOD?` less than 1 s after the
+//!   previous answered `DOD?` (arrival to arrival), gets `R+0004`; each with
+//!   [`PACING_TOLERANCE`] for transport jitter. A busy `DOD?` does not move
+//!   the 1 s window: a host retrying 1 s after its last answered poll is served.
+//! - Result codes: unknown or `$`-prefixed command `R+0001`, bad parameter
+//!   `R+0002`, designation `R+0003`, not possible now `R+0004` (stop while
+//!   stopped, start while started, sleep while measuring, pause while
+//!   stopped).
+//! - Levels are sampled at 10 Hz in (tokio) time, lazily: the samples since
+//!   the last command are generated when the next one arrives. Two `DOD?`
+//!   answers in a row never show the same Lp.
+//! - `DOD?` shows live Lp; integrated values come from the running
+//!   measurement, or after `Measure,Stop` from the last one (the display
+//!   holds them), dashes when there is none or it is younger than 1 s.
+//!   Channels 1..3 are off (dashes).
+//! - Stored records (the `replay` fault) are generated on demand from their
+//!   own seeded walk, one second apart starting an hour before the
+//!   simulator was created, and each is served once. While a link's replay
+//!   lasts, `Clock?` answers the time of the record served last on it (before
+//!   the first, the time of the record to come); the first live `DOD?`
+//!   answer ends it.
+
+use crate::config::SimConfig;
+use crate::levels::{Integrator, LevelSource, SAMPLE_PERIOD, SAMPLES_PER_SECOND, not_integrated};
+use firmware_bridge::Deci;
+use firmware_bridge::nl43::dod::DodLine;
+use firmware_bridge::nl43::{
+    ChannelValues, Command, DodReading, Item, MeasureState, MeterClock, ResultCode,
+};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Minimum quiet time after an answer before the next command.
+pub const ANSWER_GAP: Duration = Duration::from_millis(200);
+/// Minimum time between two `DOD?` polls.
+pub const DOD_INTERVAL: Duration = Duration::from_secs(1);
+/// Slack on both pacing rules for transport jitter.
+pub const PACING_TOLERANCE: Duration = Duration::from_millis(25);
+/// The longest gap between commands for which samples are generated one by
+/// one; a longer idle meter resumes sampling from the last day.
+const MAX_CATCH_UP: Duration = Duration::from_secs(24 * 3600);
+/// How old the first stored record is, relative to the simulator's start.
+const REPLAY_AGE_SECS: i64 = 3600;
+/// Seconds of measurement already integrated in the first stored record.
+const REPLAY_WARMUP_SECS: u64 = 60;
+
+/// What the meter answers to one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// A result line alone (settings, errors, busy).
+    Result(ResultCode),
+    /// `R+0000` and one data line (without CR LF).
+    Data(String),
+    /// `R+0000` and a `DOD?` data line (without CR LF).
+    Dod {
+        /// The 64-field line.
+        line: String,
+        /// Whether it came from a stored record.
+        replayed: bool,
+    },
+    /// `R+0000`, then continuous output until SUB.
+    Drd {
+        /// `DRD?status` rather than `DRD?`.
+        status: bool,
+    },
+}
+
+impl Reply {
+    /// The result code the answer starts with.
+    pub fn code(&self) -> ResultCode {
+        match self {
+            Reply::Result(code) => *code,
+            Reply::Data(_) | Reply::Dod { .. } | Reply::Drd { .. } => ResultCode::Ok,
+        }
+    }
+}
+
+/// What the meter keeps about one link (one connection).
+#[derive(Debug, Clone)]
+pub struct LinkState {
+    /// When the last answer on this link was completely written; the 200 ms
+    /// rule counts from here.
+    pub last_answer_end: Option<Instant>,
+    /// Stored records still to be served on this link.
+    replay_left: u32,
+    /// The old time of the stored record served last on this link, while
+    /// the replay lasts (until a live `DOD?` answer).
+    replay_clock: Option<i64>,
+}
+
+impl LinkState {
+    /// A fresh link: the first `replay` `DOD?` answers come from stored records.
+    pub fn new(replay: u32) -> LinkState {
+        LinkState {
+            last_answer_end: None,
+            replay_left: replay,
+            replay_clock: None,
+        }
+    }
+}
+
+/// A measurement in progress.
+#[derive(Debug, Clone)]
+struct Run {
+    /// What has been integrated since `Measure,Start`.
+    integrator: Integrator,
+    /// `Pause,On`: samples are not integrated until `Pause,Off`.
+    paused: bool,
+}
+
+/// The meter's stored records (the `replay` fault).
+#[derive(Debug, Clone)]
+struct Store {
+    /// The old measurement's levels (its own seed: replay never disturbs the
+    /// live walk).
+    source: LevelSource,
+    /// The old measurement, integrated up to the next record.
+    integrator: Integrator,
+    /// Meter-local epoch seconds of the next record.
+    next_time: i64,
+}
+
+impl Store {
+    fn new(seed: u64, first_time: i64) -> Store {
+        let mut source = LevelSource::new(seed ^ 0x7265_706c_6179_2121);
+        let mut integrator = Integrator::default();
+        for _ in 0..REPLAY_WARMUP_SECS * SAMPLES_PER_SECOND {
+            integrator.add(source.next_sample());
+        }
+        Store {
+            source,
+            integrator,
+            next_time: first_time,
+        }
+    }
+
+    /// The next record: its time and values, one second after the last.
+    fn next_record(&mut self, avoid_lp: Option<i16>) -> (i64, ChannelValues) {
+        let mut lp = 0;
+        for _ in 0..SAMPLES_PER_SECOND {
+            let sample = self.source.next_sample();
+            lp = sample.lp;
+            self.integrator.add(sample);
+        }
+        if avoid_lp == Some(lp) {
+            lp = self.source.nudge(lp);
+        }
+        let time = self.next_time;
+        self.next_time += 1;
+        (time, self.integrator.values(Deci::from_tenths(lp)))
+    }
+}
+
+/// The simulated NL-43.
+#[derive(Debug)]
+pub struct Meter {
+    /// The live levels.
+    source: LevelSource,
+    /// When the next 10 Hz sample is due.
+    next_sample: Instant,
+    /// The latest Lp (tenths).
+    lp: i16,
+    /// The Lp of the last `DOD?` answer, so the next one differs.
+    last_dod_lp: Option<i16>,
+    /// The measurement in progress, if measuring.
+    run: Option<Run>,
+    /// The result of the last finished measurement (`DLC?`, and what the
+    /// display holds after `Measure,Stop`).
+    last_result: Option<ChannelValues>,
+    /// Echo each command line before its result.
+    echo: bool,
+    /// `Sleep Mode` setting (answered, not otherwise simulated).
+    sleep: bool,
+    /// Meter clock minus UTC, seconds.
+    clock_offset: i64,
+    /// Arrival of the last answered `DOD?`, for the 1 s rule.
+    last_dod_at: Option<Instant>,
+    /// `Serial Number?` answer, derived from the seed.
+    serial: String,
+    /// The stored records.
+    store: Store,
+}
+
+impl Meter {
+    /// A meter powered up at `now` as `config` says.
+    pub fn new(config: &SimConfig, now: Instant) -> Meter {
+        let mut source = LevelSource::new(config.seed);
+        let lp = source.next_sample().lp;
+        let meter_now = utc_now_secs().saturating_add(config.clock_offset_secs);
+        let mut meter = Meter {
+            source,
+            next_sample: now + SAMPLE_PERIOD,
+            lp,
+            last_dod_lp: None,
+            run: None,
+            last_result: None,
+            echo: config.faults.echo,
+            sleep: false,
+            clock_offset: config.clock_offset_secs,
+            last_dod_at: None,
+            serial: format!("{:08}", config.seed % 100_000_000),
+            store: Store::new(config.seed, meter_now.saturating_sub(REPLAY_AGE_SECS)),
+        };
+        if config.start_measuring {
+            meter.run = Some(Run {
+                integrator: Integrator::default(),
+                paused: false,
+            });
+        }
+        meter
+    }
+
+    /// Whether echo is on.
+    pub fn echo(&self) -> bool {
+        self.echo
+    }
+
+    /// Answers `line` (without CR LF) that arrived at `arrival` on `link`.
+    pub fn handle(&mut self, line: &[u8], arrival: Instant, link: &mut LinkState) -> Reply {
+        self.advance(arrival);
+        if let Some(end) = link.last_answer_end {
+            if arrival.saturating_duration_since(end) + PACING_TOLERANCE < ANSWER_GAP {
+                return Reply::Result(ResultCode::StatusError);
+            }
+        }
+        let command = match Command::parse(line) {
+            Ok(command) => command,
+            Err(firmware_bridge::Error::BadParameter) => {
+                return Reply::Result(ResultCode::ParameterError);
+            }
+            Err(firmware_bridge::Error::Designation) => {
+                return Reply::Result(ResultCode::DesignationError);
+            }
+            Err(_) => return Reply::Result(ResultCode::CommandError),
+        };
+        match command {
+            Command::Request(item) => self.request(item, arrival, link),
+            Command::Set(item, param) => Reply::Result(self.set(item, param)),
+        }
+    }
+
+    fn request(&mut self, item: Item, arrival: Instant, link: &mut LinkState) -> Reply {
+        let on_off = |on: bool| Reply::Data(if on { "On" } else { "Off" }.to_owned());
+        match item {
+            Item::Dod => self.dod(arrival, link),
+            Item::Dlc => {
+                let values = self.last_result.unwrap_or_else(|| not_integrated(None));
+                Reply::Data(encode_dod(ChannelValues { lp: None, ..values }))
+            }
+            Item::Drd => Reply::Drd { status: false },
+            Item::DrdStatus => Reply::Drd { status: true },
+            Item::Measure => Reply::Data(self.measure_state().word().to_owned()),
+            Item::Pause => on_off(self.run.as_ref().is_some_and(|r| r.paused)),
+            Item::Clock => {
+                let secs = match (link.replay_clock, link.replay_left) {
+                    (Some(old), _) => old,
+                    (None, left) if left > 0 => self.store.next_time,
+                    (None, _) => self.clock_secs(),
+                };
+                match MeterClock::from_local_epoch_seconds(secs) {
+                    Some(clock) => Reply::Data(clock.to_string()),
+                    // A clock set outside years 0..=9999 cannot be shown.
+                    None => Reply::Result(ResultCode::StatusError),
+                }
+            }
+            Item::BatteryLevel => Reply::Data("Full".to_owned()),
+            Item::SdCardPercentage => Reply::Data("87".to_owned()),
+            Item::SdCardFreeSize => Reply::Data("27812".to_owned()),
+            Item::SleepMode => on_off(self.sleep),
+            Item::Echo => on_off(self.echo),
+            Item::SerialNumber => Reply::Data(self.serial.clone()),
+            Item::Type => Reply::Data("NL-43".to_owned()),
+            Item::SystemVersion => Reply::Data("1.8.0".to_owned()),
+            Item::FrequencyWeightingMain => Reply::Data("A".to_owned()),
+            Item::TimeWeightingMain => Reply::Data("S".to_owned()),
+        }
+    }
+
+    fn dod(&mut self, arrival: Instant, link: &mut LinkState) -> Reply {
+        if let Some(previous) = self.last_dod_at {
+            if arrival.saturating_duration_since(previous) + PACING_TOLERANCE < DOD_INTERVAL {
+                return Reply::Result(ResultCode::StatusError);
+            }
+        }
+        self.last_dod_at = Some(arrival);
+        if link.replay_left > 0 {
+            link.replay_left -= 1;
+            let (time, values) = self.store.next_record(self.last_dod_lp);
+            link.replay_clock = Some(time);
+            self.last_dod_lp = values.lp.map(Deci::tenths);
+            return Reply::Dod {
+                line: encode_dod(values),
+                replayed: true,
+            };
+        }
+        link.replay_clock = None;
+        if self.last_dod_lp == Some(self.lp) {
+            self.lp = self.source.nudge(self.lp);
+        }
+        self.last_dod_lp = Some(self.lp);
+        Reply::Dod {
+            line: encode_dod(self.display(self.lp)),
+            replayed: false,
+        }
+    }
+
+    fn set(&mut self, item: Item, param: &str) -> ResultCode {
+        let word = param.trim();
+        let on_off = || {
+            if word.eq_ignore_ascii_case("On") {
+                Some(true)
+            } else if word.eq_ignore_ascii_case("Off") {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        match item {
+            Item::Measure => match MeasureState::parse(word.as_bytes()) {
+                Err(_) => ResultCode::ParameterError,
+                Ok(wanted) if wanted == self.measure_state() => ResultCode::StatusError,
+                Ok(MeasureState::Measuring) => {
+                    self.run = Some(Run {
+                        integrator: Integrator::default(),
+                        paused: false,
+                    });
+                    ResultCode::Ok
+                }
+                Ok(MeasureState::Stopped) => {
+                    if let Some(run) = self.run.take() {
+                        self.last_result = Some(run.integrator.values(None));
+                    }
+                    ResultCode::Ok
+                }
+            },
+            Item::Pause => match (on_off(), self.run.as_mut()) {
+                (None, _) => ResultCode::ParameterError,
+                (Some(_), None) => ResultCode::StatusError,
+                (Some(on), Some(run)) if run.paused == on => ResultCode::StatusError,
+                (Some(on), Some(run)) => {
+                    run.paused = on;
+                    ResultCode::Ok
+                }
+            },
+            Item::SleepMode => match on_off() {
+                None => ResultCode::ParameterError,
+                Some(true) if self.run.is_some() => ResultCode::StatusError,
+                Some(on) => {
+                    self.sleep = on;
+                    ResultCode::Ok
+                }
+            },
+            Item::Echo => match on_off() {
+                None => ResultCode::ParameterError,
+                Some(on) => {
+                    self.echo = on;
+                    ResultCode::Ok
+                }
+            },
+            Item::Clock => match MeterClock::parse(param.as_bytes()) {
+                Ok(clock) => {
+                    self.clock_offset = clock.local_epoch_seconds() - utc_now_secs();
+                    ResultCode::Ok
+                }
+                Err(_) => ResultCode::ParameterError,
+            },
+            // `Command::parse` only builds settings for settable items.
+            _ => ResultCode::DesignationError,
+        }
+    }
+
+    /// One `DRD?` line (with CR LF) for the moment `now`: counter, Lp, Leq,
+    /// Lmax, Lmin, Lpeak, the three sub-channels' Lp (off: dashes), the
+    /// overload and under-range flags; `DRD?status` appends the meter time,
+    /// power source, battery, SD card percentage and run state (a guess at
+    /// the order, which `protocols/nl43.md` leaves open).
+    pub fn drd_line(&mut self, now: Instant, counter: u16, status: bool) -> String {
+        self.advance(now);
+        let v = self.display(self.lp);
+        let level = |d: Option<Deci>| match d {
+            Some(d) => format!("{d:>5}"),
+            None => "  -.-".to_owned(),
+        };
+        let flag = |f: Option<bool>| if f == Some(true) { "1" } else { "0" };
+        let mut line = format!(
+            "{counter:>4},{},{},{},{},{},  -.-,  -.-,  -.-,{},{}",
+            level(v.lp),
+            level(v.leq),
+            level(v.lmax),
+            level(v.lmin),
+            level(v.lpeak),
+            flag(v.overload),
+            flag(v.under_range),
+        );
+        if status {
+            let clock = MeterClock::from_local_epoch_seconds(self.clock_secs())
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "----/--/-- --:--:--".to_owned());
+            line.push_str(&format!(
+                ",{clock},Battery,Full,87,{}",
+                self.measure_state().word()
+            ));
+        }
+        line.push_str("\r\n");
+        line
+    }
+
+    fn measure_state(&self) -> MeasureState {
+        if self.run.is_some() {
+            MeasureState::Measuring
+        } else {
+            MeasureState::Stopped
+        }
+    }
+
+    /// The main channel as displayed, with `lp` as Lp.
+    fn display(&self, lp: i16) -> ChannelValues {
+        let lp = Deci::from_tenths(lp);
+        match (&self.run, &self.last_result) {
+            (Some(run), _) => run.integrator.values(lp),
+            (None, Some(result)) => ChannelValues { lp, ..*result },
+            (None, None) => not_integrated(lp),
+        }
+    }
+
+    /// Generates the samples due up to `now`.
+    fn advance(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.next_sample) > MAX_CATCH_UP {
+            self.next_sample = now - MAX_CATCH_UP;
+        }
+        while self.next_sample <= now {
+            let sample = self.source.next_sample();
+            self.lp = sample.lp;
+            if let Some(run) = self.run.as_mut().filter(|r| !r.paused) {
+                run.integrator.add(sample);
+            }
+            self.next_sample += SAMPLE_PERIOD;
+        }
+    }
+
+    fn clock_secs(&self) -> i64 {
+        utc_now_secs().saturating_add(self.clock_offset)
+    }
+}
+
+/// The 64-field line (without CR LF) with `main` on channel 0 and the other
+/// channels off.
+fn encode_dod(main: ChannelValues) -> String {
+    let reading = DodReading {
+        channels: [
+            main,
+            ChannelValues::default(),
+            ChannelValues::default(),
+            ChannelValues::default(),
+        ],
+    };
+    let mut out = DodLine::new();
+    // A DOD line always fits MAX_LINE (64 × 6 bytes + CR LF); on the
+    // impossible overflow the line is cut, never a panic.
+    let _ = reading.encode(&mut out);
+    out.trim_end_matches(['\r', '\n']).to_owned()
+}
+
+/// UTC now as Unix seconds.
+fn utc_now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firmware_bridge::nl43::DrdLine;
+
+    fn meter() -> (Meter, LinkState, Instant) {
+        let now = Instant::now();
+        (
+            Meter::new(&SimConfig::default(), now),
+            LinkState::new(0),
+            now,
+        )
+    }
+
+    fn answer(m: &mut Meter, link: &mut LinkState, line: &str, at: Instant) -> Reply {
+        let reply = m.handle(line.as_bytes(), at, link);
+        link.last_answer_end = Some(at);
+        reply
+    }
+
+    #[test]
+    fn result_codes_follow_the_protocol() {
+        let (mut m, mut link, t0) = meter();
+        let mut t = t0;
+        let mut next = |m: &mut Meter, line: &str| {
+            t += Duration::from_millis(300);
+            answer(m, &mut link, line, t).code()
+        };
+        assert_eq!(next(&mut m, "Foo?"), ResultCode::CommandError);
+        assert_eq!(next(&mut m, "$Measure,Start"), ResultCode::CommandError);
+        assert_eq!(next(&mut m, "Measure,Go"), ResultCode::ParameterError);
+        assert_eq!(next(&mut m, "DOD,1"), ResultCode::DesignationError);
+        assert_eq!(next(&mut m, "Measure,Start"), ResultCode::StatusError);
+        assert_eq!(next(&mut m, "Sleep Mode,On"), ResultCode::StatusError);
+        assert_eq!(next(&mut m, "Measure,Stop"), ResultCode::Ok);
+        assert_eq!(next(&mut m, "Measure,Stop"), ResultCode::StatusError);
+        assert_eq!(next(&mut m, "Pause,On"), ResultCode::StatusError);
+        assert_eq!(
+            next(&mut m, "Clock,2025/12/24,02:10:55"),
+            ResultCode::ParameterError
+        );
+        assert_eq!(next(&mut m, "Clock,2025/12/24 02:10:55"), ResultCode::Ok);
+    }
+
+    #[test]
+    fn pacing_rules() {
+        let (mut m, mut link, t0) = meter();
+        assert!(matches!(
+            answer(&mut m, &mut link, "DOD?", t0),
+            Reply::Dod { .. }
+        ));
+        // 100 ms after an answer: busy, whatever the command.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(
+            answer(&mut m, &mut link, "Type?", t1),
+            Reply::Result(ResultCode::StatusError)
+        );
+        // 300 ms later a DOD? is still within the second.
+        let t2 = t1 + Duration::from_millis(300);
+        assert_eq!(
+            answer(&mut m, &mut link, "DOD?", t2),
+            Reply::Result(ResultCode::StatusError)
+        );
+        // 980 ms after the first DOD? (within tolerance) it is served.
+        let t3 = t0 + Duration::from_millis(980);
+        assert!(matches!(
+            answer(&mut m, &mut link, "DOD?", t3),
+            Reply::Dod { .. }
+        ));
+    }
+
+    #[test]
+    fn consecutive_dod_answers_differ() {
+        let (mut m, mut link, t0) = meter();
+        let mut previous = String::new();
+        for i in 0..50u64 {
+            let at = t0 + Duration::from_secs(i);
+            let Reply::Dod { line, .. } = answer(&mut m, &mut link, "DOD?", at) else {
+                panic!("not a DOD answer at {i}");
+            };
+            assert_ne!(line, previous);
+            assert!(DodReading::parse(line.as_bytes()).is_ok(), "{line}");
+            previous = line;
+        }
+    }
+
+    #[test]
+    fn replay_serves_old_records_then_live() {
+        let config = SimConfig {
+            faults: crate::Faults {
+                replay: 2,
+                ..Default::default()
+            },
+            ..SimConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut m = Meter::new(&config, t0);
+        let mut link = LinkState::new(2);
+        let now = utc_now_secs();
+        let clock_of = |m: &mut Meter, link: &mut LinkState, at| match answer(m, link, "Clock?", at)
+        {
+            Reply::Data(text) => {
+                MeterClock::parse(text.as_bytes()).map(|c| c.local_epoch_seconds())
+            }
+            other => panic!("{other:?}"),
+        };
+        let before = clock_of(&mut m, &mut link, t0).expect("clock");
+        assert!((now - 3600 - before).abs() <= 2, "{before} vs {now}");
+        let replayed = |r: Reply| matches!(r, Reply::Dod { replayed: true, .. });
+        assert!(replayed(answer(
+            &mut m,
+            &mut link,
+            "DOD?",
+            t0 + Duration::from_secs(1)
+        )));
+        assert!(replayed(answer(
+            &mut m,
+            &mut link,
+            "DOD?",
+            t0 + Duration::from_secs(2)
+        )));
+        let second = clock_of(&mut m, &mut link, t0 + Duration::from_millis(2500)).expect("clock");
+        assert_eq!(second, before + 1);
+        let live = answer(&mut m, &mut link, "DOD?", t0 + Duration::from_secs(3));
+        assert!(matches!(
+            live,
+            Reply::Dod {
+                replayed: false,
+                ..
+            }
+        ));
+        let after = clock_of(&mut m, &mut link, t0 + Duration::from_millis(3500)).expect("clock");
+        assert!((after - utc_now_secs()).abs() <= 2);
+    }
+
+    #[test]
+    fn drd_lines_parse() {
+        let (mut m, _, t0) = meter();
+        for (i, status) in [(1u16, false), (600, true)] {
+            let line = m.drd_line(t0 + Duration::from_secs(2), i, status);
+            let parsed = DrdLine::parse(line.trim_end().as_bytes()).expect("parses");
+            assert_eq!(parsed.counter, i);
+            assert!(parsed.leq.is_some() && parsed.lpeak > parsed.lmax);
+        }
+    }
+}
