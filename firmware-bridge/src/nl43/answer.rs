@@ -284,11 +284,13 @@ impl fmt::Display for BatteryLevel {
     }
 }
 
-/// Writes a result line (`R+0000\r\n`) into `out`.
+/// Writes a result line (`R+0000\r\n`) into `out` (cleared first, like
+/// every encoder in this crate).
 pub fn encode_result<const N: usize>(
     code: ResultCode,
     out: &mut heapless::String<N>,
 ) -> Result<(), Error> {
+    out.clear();
     write!(out, "{code}\r\n").map_err(|_| Error::BufferFull)
 }
 

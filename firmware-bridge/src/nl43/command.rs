@@ -134,7 +134,8 @@ impl<'a> Command<'a> {
     /// Parses a command line as the meter would (without CR LF).
     ///
     /// Errors map to the meter's result codes: [`Error::UnknownCommand`] →
-    /// `R+0001`, [`Error::Designation`] → `R+0003`. A leading `$` makes the
+    /// `R+0001`, [`Error::BadParameter`] → `R+0002`, [`Error::Designation`]
+    /// → `R+0003`. A leading `$` makes the
     /// command unknown, as on the real meter.
     pub fn parse(line: &'a [u8]) -> Result<Command<'a>, Error> {
         let line = core::str::from_utf8(line).map_err(|_| Error::UnknownCommand)?;
