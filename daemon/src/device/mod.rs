@@ -1,0 +1,198 @@
+//! Device tasks: one per meter, the only reader of that meter's link.
+//!
+//! A device task owns the link (opens it, keeps it, reopens it with
+//! exponential backoff and jitter after it fails), paces the protocol's
+//! commands, turns answers into [`Reading`]s for the [`Hub`], and keeps the
+//! device's [`DeviceStatus`] current. It never waits on a consumer: the hub's
+//! publish is non-blocking.
+//!
+//! Link state rules:
+//! - `connecting` until the first answer on a fresh link;
+//! - `connected` while the meter answers;
+//! - `down` as soon as an answer times out or the link fails; after
+//!   [`MAX_TIMEOUTS`] timeouts in a row the link is closed and reopened
+//!   with backoff (one missed answer over cellular is not worth a reconnect:
+//!   the meter frees its single TCP slot slowly).
+
+pub mod link;
+pub mod nl43;
+pub mod session;
+
+use crate::config::DeviceConfig;
+use crate::fanout::{Hub, LinkState};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Timeouts in a row after which the link is reopened.
+pub const MAX_TIMEOUTS: u32 = 2;
+
+/// What the gateway knows about one device right now (served by status).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    /// Device id.
+    pub id: String,
+    /// Link state.
+    pub state: LinkState,
+    /// Readings produced since start.
+    pub readings_total: u64,
+    /// When the last reading was received.
+    #[serde(serialize_with = "crate::record::rfc3339_millis_opt")]
+    pub last_reading_at: Option<DateTime<Utc>>,
+    /// The last failure, kept after recovery so a field tech sees what happened.
+    pub last_error: Option<String>,
+    /// Links opened since start.
+    pub connects: u64,
+    /// Answers that did not parse (counted, never turned into values).
+    pub bad_answers: u64,
+    /// Commands the meter refused (`R+0001`..`R+0004`).
+    pub refused_commands: u64,
+    /// Answers that did not arrive in time.
+    pub timeouts: u64,
+    /// Line noise: skipped lines, over-long lines, stale bytes discarded.
+    pub skipped_lines: u64,
+    /// Lines longer than the framer's capacity.
+    pub overlong_lines: u64,
+    /// Stale bytes discarded before commands.
+    pub stale_bytes: u64,
+    /// Device health: battery word as the meter reports it.
+    pub battery: Option<String>,
+    /// Device health: the meter's clock minus the gateway clock, seconds.
+    pub clock_skew_seconds: Option<i64>,
+}
+
+/// Shared handle to a device's status.
+pub type StatusCell = Arc<Mutex<DeviceStatus>>;
+
+/// A device's status cell, tolerant of a poisoned lock (plain data).
+pub fn lock_status(cell: &StatusCell) -> std::sync::MutexGuard<'_, DeviceStatus> {
+    cell.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Everything a device task needs.
+pub struct DeviceTask {
+    /// The device's configuration.
+    pub config: DeviceConfig,
+    /// The id, shared with every record it produces.
+    pub id: Arc<str>,
+    /// Where readings go.
+    pub hub: Arc<Hub>,
+    /// Where its status is published.
+    pub status: StatusCell,
+}
+
+impl DeviceTask {
+    /// A task for `config` publishing to `hub`.
+    pub fn new(config: DeviceConfig, hub: Arc<Hub>) -> DeviceTask {
+        let id: Arc<str> = Arc::from(config.id.as_str());
+        let status = Arc::new(Mutex::new(DeviceStatus {
+            id: config.id.clone(),
+            state: LinkState::Connecting,
+            readings_total: 0,
+            last_reading_at: None,
+            last_error: None,
+            connects: 0,
+            bad_answers: 0,
+            refused_commands: 0,
+            timeouts: 0,
+            skipped_lines: 0,
+            overlong_lines: 0,
+            stale_bytes: 0,
+            battery: None,
+            clock_skew_seconds: None,
+        }));
+        DeviceTask {
+            config,
+            id,
+            hub,
+            status,
+        }
+    }
+
+    /// Runs until `shutdown`: open, poll, and reopen with backoff, forever.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = self.new_backoff();
+        self.hub
+            .device_state(self.id.clone(), LinkState::Connecting, None);
+        loop {
+            let opened = tokio::select! {
+                // Shutdown wins over a connect in progress.
+                () = shutdown.cancelled() => return,
+                opened = link::open(&self.config) => opened,
+            };
+            let failure = match opened {
+                Ok(link) => {
+                    lock_status(&self.status).connects += 1;
+                    tracing::debug!(device = %self.id, "link open");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        ended = nl43::poll(&self, link, &mut backoff) => ended.to_string(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            let delay = backoff.next().unwrap_or(self.config.reconnect_max);
+            self.set_state(
+                LinkState::Down,
+                Some(failure.clone()),
+                Some(format!("retrying in {:.1}s", delay.as_secs_f64())),
+            );
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Exponential backoff with jitter, capped, never giving up (backon stops
+    /// after 3 tries unless told otherwise).
+    fn new_backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.reconnect_min)
+            .with_max_delay(self.config.reconnect_max.max(self.config.reconnect_min))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Records a state change; announces and logs it only when it changes
+    /// (a field tech wants transitions, not one line per try).
+    fn set_state(&self, state: LinkState, error: Option<String>, next_step: Option<String>) {
+        let changed = {
+            let mut status = lock_status(&self.status);
+            let changed = status.state != state;
+            status.state = state;
+            if error.is_some() {
+                status.last_error.clone_from(&error);
+            }
+            changed
+        };
+        if !changed {
+            return;
+        }
+        match (state, &error) {
+            (LinkState::Connected, _) => tracing::info!(device = %self.id, "meter connected"),
+            (_, Some(reason)) => tracing::warn!(
+                device = %self.id,
+                "meter {}: {reason}; {}",
+                if state == LinkState::Down { "down" } else { "connecting" },
+                next_step.as_deref().unwrap_or("retrying")
+            ),
+            _ => {}
+        }
+        self.hub.device_state(self.id.clone(), state, error);
+    }
+
+    fn reset_backoff(&self, backoff: &mut ExponentialBackoff) {
+        *backoff = self.new_backoff();
+    }
+}
+
+/// Tolerance between the meter's clock and the gateway's before a reading
+/// is flagged `clock_unsynced` (the meter's clock has 1 s resolution and is
+/// read over a link with its own delay).
+pub const CLOCK_TOLERANCE: Duration = Duration::from_secs(3);

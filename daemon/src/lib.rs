@@ -1,0 +1,24 @@
+//! slmd: the edge telemetry daemon for noise-monitoring gateways.
+//!
+//! The binary (`main.rs`) only parses the command line, sets up logging and
+//! calls into this library. The library is one module per role:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the one serde tree of `slmd.toml`, validation, located errors |
+//! | [`device`] | one task per meter: the link, protocol pacing, reconnects, device status |
+//! | [`record`] | the record of SPEC §3 and its JSON form |
+//! | [`fanout`] | `seq` assignment and delivery to every consumer without waiting |
+//! | [`printer`] | the live feed on stdout (`text`, `jsonl`) |
+//! | [`supervisor`] | wiring the tasks together and stopping them |
+//! | [`demo`] | the whole pipeline against simulated meters |
+//!
+//! See `ARCHITECTURE.md` at the repository root for how a reading flows.
+
+pub mod config;
+pub mod demo;
+pub mod device;
+pub mod fanout;
+pub mod printer;
+pub mod record;
+pub mod supervisor;

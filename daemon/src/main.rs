@@ -1,0 +1,126 @@
+//! The `slmd` binary: command line, logging, and exit codes. The work is in
+//! the library.
+
+use clap::{Parser, Subcommand};
+use slmd::printer::PrintMode;
+use slmd::{config, demo, supervisor};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration error (sysexits EX_CONFIG), so systemd can
+/// be told not to restart into the same mistake.
+const EXIT_CONFIG: u8 = 78;
+/// Exit code for any other failure to start.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "slmd",
+    version,
+    about = "Edge telemetry daemon for noise-monitoring gateways"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/slmd/slmd.toml")]
+        config: PathBuf,
+        /// Print the live feed on stdout.
+        #[arg(long, value_enum, default_value = "none")]
+        print: PrintMode,
+    },
+    /// Validate the configuration and exit (0 only when it is usable).
+    Check {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/slmd/slmd.toml")]
+        config: PathBuf,
+    },
+    /// Run the whole pipeline against two simulated meters, no hardware needed.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo's simulated meters log their own connections; on a terminal
+    // that only hides the readings.
+    let default_filter = match cli.command {
+        Command::Demo => "info,slmd_hil=warn",
+        _ => "info",
+    };
+    init_logging(default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slmd: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    runtime.block_on(async_main(cli.command))
+}
+
+async fn async_main(command: Command) -> ExitCode {
+    match command {
+        Command::Run { config, print } => {
+            let config = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("slmd: invalid configuration: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let shutdown = CancellationToken::new();
+            if let Err(e) = supervisor::cancel_on_signals(shutdown.clone()) {
+                eprintln!("slmd: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            supervisor::run(config, print, shutdown).await;
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} devices)", config.display(), c.devices.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("slmd: invalid configuration: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Demo => {
+            let shutdown = CancellationToken::new();
+            if let Err(e) = supervisor::cancel_on_signals(shutdown.clone()) {
+                eprintln!("slmd: cannot install signal handlers: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            match demo::run(shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("slmd demo: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+    }
+}
+
+/// Plain text on stderr; `RUST_LOG` overrides `default_filter`.
+fn init_logging(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
