@@ -1,0 +1,431 @@
+//! Harness for end-to-end tests: runs the real `slmd` and `slm-sim`
+//! binaries as child processes and follows their JSON-line output.
+//!
+//! Nothing here sleeps to synchronise: every wait is "until this event
+//! appears in the feed, or the deadline passes".
+//!
+//! The binaries are the ones cargo built for this test run (`cargo test
+//! --workspace` builds them because the `slmd` and `slmd-hil` packages have
+//! integration tests of their own); they live next to the `deps` folder this
+//! test executable runs from.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Path of a binary built by this workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps layout");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Everything a process printed on one stream, line by line, with a way to
+/// wait for a line.
+#[derive(Clone, Default)]
+pub struct Feed {
+    inner: Arc<(Mutex<FeedState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct FeedState {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+impl Feed {
+    fn follow(stream: impl Read + Send + 'static) -> Feed {
+        let feed = Feed::default();
+        let writer = feed.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cvar) = &*writer.inner;
+                lock.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .lines
+                    .push(line);
+                cvar.notify_all();
+            }
+            let (lock, cvar) = &*writer.inner;
+            lock.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+            cvar.notify_all();
+        });
+        feed
+    }
+
+    /// All lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lines
+            .clone()
+    }
+
+    /// All lines so far that parse as JSON.
+    pub fn json(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until the line at index ≥ `from` satisfies `pred`; returns its
+    /// index and text, or `None` at the deadline or when the stream closed.
+    pub fn wait_from(
+        &self,
+        from: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.inner;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut checked = from;
+        loop {
+            while checked < state.lines.len() {
+                if pred(&state.lines[checked]) {
+                    return Some((checked, state.lines[checked].clone()));
+                }
+                checked += 1;
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return None;
+            }
+            state = cvar
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Waits for a JSON line at index ≥ `from` satisfying `pred`.
+    pub fn wait_json(
+        &self,
+        from: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Option<(usize, Value)> {
+        self.wait_from(from, timeout, |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|v| pred(&v))
+        })
+        .and_then(|(i, line)| serde_json::from_str(&line).ok().map(|v| (i, v)))
+    }
+
+    /// Waits until at least `n` JSON lines satisfy `pred`; returns them.
+    pub fn wait_count(
+        &self,
+        n: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
+        let mut found = Vec::new();
+        let mut from = 0;
+        let deadline = Instant::now() + timeout;
+        while found.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_json(from, left, &mut pred) {
+                Some((i, v)) => {
+                    found.push(v);
+                    from = i + 1;
+                }
+                None => break,
+            }
+        }
+        found
+    }
+}
+
+/// A running child process whose stdout and stderr are followed.
+pub struct Proc {
+    child: Child,
+    /// What it printed on stdout.
+    pub stdout: Feed,
+    /// What it printed on stderr.
+    pub stderr: Feed,
+    name: String,
+}
+
+impl Proc {
+    /// Starts `command` with piped output.
+    pub fn spawn(mut command: Command) -> Proc {
+        let name = format!("{command:?}");
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = Feed::follow(child.stdout.take().expect("piped stdout"));
+        let stderr = Feed::follow(child.stderr.take().expect("piped stderr"));
+        Proc {
+            child,
+            stdout,
+            stderr,
+            name,
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
+    }
+
+    /// Sends SIGTERM and waits for the exit status (killing it after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait(timeout)
+    }
+
+    /// Waits for the process to exit by itself, up to `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    // Polling a child's exit has no event to wait on portably;
+                    // this is a deadline poll, not synchronisation by sleep.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Everything it printed, for assertion messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "--- {} stdout ---\n{}\n--- stderr ---\n{}",
+            self.name,
+            self.stdout.lines().join("\n"),
+            self.stderr.lines().join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `slm-sim`.
+pub struct Sim {
+    /// The process.
+    pub proc: Proc,
+    /// TCP address it listens on (TCP mode).
+    pub address: Option<String>,
+    /// Serial path to open (pty mode: the link if given, else the tty).
+    pub path: Option<PathBuf>,
+}
+
+/// How long a simulator or daemon may take to come up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Sim {
+    /// `slm-sim --listen 127.0.0.1:0 <extra>`.
+    pub fn tcp(extra: &[&str]) -> Sim {
+        let mut cmd = Command::new(bin("slm-sim"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
+        let proc = Proc::spawn(cmd);
+        let (_, listening) = proc
+            .stdout
+            .wait_json(0, START_TIMEOUT, |v| v["event"] == "listening")
+            .unwrap_or_else(|| panic!("simulator did not listen\n{}", proc.transcript()));
+        let address = listening["addr"].as_str().map(str::to_owned);
+        Sim {
+            proc,
+            address,
+            path: None,
+        }
+    }
+
+    /// `slm-sim --pty --link <link> <extra>`.
+    pub fn pty(link: &Path, extra: &[&str]) -> Sim {
+        let mut cmd = Command::new(bin("slm-sim"));
+        cmd.arg("--pty").arg("--link").arg(link).args(extra);
+        let proc = Proc::spawn(cmd);
+        proc.stdout
+            .wait_json(0, START_TIMEOUT, |v| v["event"] == "pty")
+            .unwrap_or_else(|| panic!("simulator did not open a pty\n{}", proc.transcript()));
+        Sim {
+            proc,
+            address: None,
+            path: Some(link.to_owned()),
+        }
+    }
+
+    /// Every data line the simulator sent in answer to `DOD?`, in order.
+    pub fn dod_lines(&self) -> Vec<String> {
+        self.proc
+            .stdout
+            .json()
+            .iter()
+            .filter(|v| v["event"] == "dod")
+            .filter_map(|v| v["line"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Stops the simulator and returns its final stats line.
+    pub fn stop(&mut self) -> Value {
+        self.proc.terminate(START_TIMEOUT);
+        self.proc
+            .stdout
+            .wait_json(0, START_TIMEOUT, |v| v["event"] == "stats")
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no stats line\n{}", self.proc.transcript()))
+    }
+}
+
+/// A running `slmd run --print jsonl`.
+pub struct Daemon {
+    /// The process.
+    pub proc: Proc,
+}
+
+impl Daemon {
+    /// Starts the daemon on `config`.
+    pub fn start(config: &Path) -> Daemon {
+        let mut cmd = Command::new(bin("slmd"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--print", "jsonl"])
+            .env("RUST_LOG", "slmd=debug,info");
+        Daemon {
+            proc: Proc::spawn(cmd),
+        }
+    }
+
+    /// Waits for `n` records of `device` at or after line `from`.
+    pub fn records(&self, device: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        self.proc.stdout.wait_count(n, timeout, |v| {
+            v["type"] == "record" && v["device"] == device
+        })
+    }
+}
+
+/// A temporary folder with a config file for one or more devices.
+pub struct Setup {
+    /// The folder (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// A fresh folder.
+    pub fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Writes `slmd.toml` with the given `[[device]]` tables and a state dir
+    /// inside the folder; returns its path.
+    pub fn config(&self, devices: &str) -> PathBuf {
+        let path = self.dir.path().join("slmd.toml");
+        let text = format!(
+            "[gateway]\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n{devices}",
+            self.dir.path().join("state").display()
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// A path inside the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A `[[device]]` table for a TCP meter.
+pub fn tcp_device(id: &str, address: &str, extra: &str) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"{address}\"\n{extra}\n"
+    )
+}
+
+/// A `[[device]]` table for a serial meter.
+pub fn serial_device(id: &str, path: &Path, extra: &str) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\nprotocol = \"nl43\"\ntransport = \"serial\"\npath = \"{}\"\n{extra}\n",
+        path.display()
+    )
+}
+
+/// Metric names of the main channel, in `DOD?` field order (default LN slots).
+pub const MAIN_METRICS: [&str; 11] = [
+    "lp", "leq", "le", "lmax", "lmin", "l5", "l10", "l50", "l90", "l95", "lpeak",
+];
+
+/// The main-channel metrics a `DOD?` line carries, by the record's names,
+/// parsed independently of the daemon's codec: `None` for dashes.
+pub fn dod_metrics(line: &str) -> Vec<(&'static str, Option<f64>)> {
+    let fields: Vec<&str> = line.split(',').collect();
+    MAIN_METRICS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let text = fields.get(i).map(|f| f.trim()).unwrap_or("");
+            (*name, text.parse::<f64>().ok())
+        })
+        .collect()
+}
+
+/// The same metrics taken from a record's JSON.
+pub fn record_metrics(record: &Value) -> Vec<(&'static str, Option<f64>)> {
+    MAIN_METRICS
+        .iter()
+        .map(|name| (*name, record["metrics"][*name].as_f64()))
+        .collect()
+}
+
+/// Asserts that every record's values equal those of one of the simulator's
+/// answers, in the order the simulator sent them (a subsequence: answers
+/// lost with a dropped link are allowed, wrong or reordered values are not).
+pub fn assert_records_match_answers(records: &[Value], answers: &[String]) {
+    let mut next = 0;
+    for record in records {
+        let wanted = record_metrics(record);
+        match answers[next..]
+            .iter()
+            .position(|line| dod_metrics(line) == wanted)
+        {
+            Some(offset) => next += offset + 1,
+            None => panic!(
+                "record seq {} has values the simulator never sent (after answer {next}): {wanted:?}\nanswers: {answers:#?}",
+                record["seq"]
+            ),
+        }
+    }
+}
