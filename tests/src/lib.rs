@@ -4,10 +4,8 @@
 //! Nothing here sleeps to synchronise: every wait is "until this event
 //! appears in the feed, or the deadline passes".
 //!
-//! The binaries are the ones cargo built for this test run (`cargo test
-//! --workspace` builds them because the `slmd` and `slmd-hil` packages have
-//! integration tests of their own); they live next to the `deps` folder this
-//! test executable runs from.
+//! The binaries are built by [`bin`] on first use, into the same target
+//! folder as this test executable, so they always match the source.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
@@ -16,20 +14,41 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Path of a binary built by this workspace.
+/// Path of a binary built by this workspace, freshly built.
+///
+/// The first call per test process runs `cargo build` for the `slmd` and
+/// `slm-sim` binaries (a no-op when they are current), so a test never runs
+/// a stale binary, whichever package selection started it.
 pub fn bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target/<profile>/deps layout");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built; run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
+        .expect("target/<profile>/deps layout")
+        .to_owned();
+    let built = BUILT.get_or_init(|| build_binaries(&dir));
+    if let Err(e) = built {
+        panic!("cannot build the binaries under test: {e}");
+    }
+    dir.join(name)
+}
+
+fn build_binaries(profile_dir: &Path) -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "slmd", "-p", "slmd-hil", "--bins"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let out = build.output().map_err(|e| format!("cargo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// Everything a process printed on one stream, line by line, with a way to
@@ -112,6 +131,24 @@ impl Feed {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Waits until the stream has ended; `false` at the deadline.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.inner;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = cvar
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 
     /// Waits for a JSON line at index ≥ `from` satisfying `pred`.
@@ -197,23 +234,17 @@ impl Proc {
         self.wait(timeout)
     }
 
-    /// Waits for the process to exit by itself, up to `timeout`.
+    /// Waits for the process to exit by itself, up to `timeout` (then kills it).
+    ///
+    /// The exit is seen as the end of its stdout: the pipe closes when the
+    /// process (which starts no children of its own) is gone.
     pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    // Polling a child's exit has no event to wait on portably;
-                    // this is a deadline poll, not synchronisation by sleep.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    return None;
-                }
-            }
+        if !self.stdout.wait_closed(timeout) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return None;
         }
+        self.child.wait().ok()
     }
 
     /// Everything it printed, for assertion messages.
