@@ -213,3 +213,52 @@ fn a_vanished_serial_device_is_reopened_at_its_path() {
     assert_records_match_answers(&all, &sim.dod_lines());
     sim.stop();
 }
+
+/// Seconds by which a record's `device_time` differs from its `received_at`.
+fn device_minus_received(record: &Value) -> i64 {
+    let parse = |key: &str| {
+        record[key]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .unwrap_or_else(|| panic!("{key} is RFC 3339: {record}"))
+    };
+    (parse("device_time") - parse("received_at")).num_seconds()
+}
+
+#[test]
+fn device_time_follows_the_meter_clock_and_a_wrong_clock_is_flagged() {
+    // One meter's clock is an hour behind UTC; the other is set to UTC+1
+    // local time, which the config declares.
+    let mut behind = Sim::tcp(&["--seed", "21", "--clock-offset", "-3600"]);
+    let mut local = Sim::tcp(&["--seed", "22", "--clock-offset", "3600"]);
+    let setup = Setup::new();
+    let config = setup.config(&format!(
+        "{}{}",
+        tcp_device("behind", behind.address.as_deref().expect("addr"), ""),
+        tcp_device(
+            "local",
+            local.address.as_deref().expect("addr"),
+            "utc_offset = \"+01:00\""
+        )
+    ));
+    let mut daemon = Daemon::start(&config);
+
+    for r in daemon.records("behind", 2, READINGS_TIMEOUT) {
+        let skew = device_minus_received(&r);
+        assert!((-3603..=-3597).contains(&skew), "an hour behind: {r}");
+        assert!(
+            r["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "clock_unsynced")),
+            "{r}"
+        );
+    }
+    for r in daemon.records("local", 2, READINGS_TIMEOUT) {
+        let skew = device_minus_received(&r);
+        assert!((-3..=3).contains(&skew), "local time converted to UTC: {r}");
+        assert!(r["flags"].as_array().is_some_and(|f| f.is_empty()), "{r}");
+    }
+    stop_and_collect(&mut daemon);
+    behind.stop();
+    local.stop();
+}
