@@ -30,6 +30,9 @@ pub enum DemoError {
     /// The generated config did not validate (a bug: it is reported, not hidden).
     #[error("demo config: {0}")]
     Config(#[from] config::ConfigError),
+    /// The buffer could not be opened in the demo's state folder.
+    #[error("demo buffer: {0}")]
+    Buffer(#[from] crate::buffer::BufferError),
 }
 
 /// A temporary folder removed when dropped.
@@ -110,9 +113,9 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
     println!("  config and state in {}", dir.path().display());
     println!("  Ctrl-C to stop");
     println!();
-    supervisor::run(config, PrintMode::Text, shutdown).await;
+    let result = supervisor::run(config, PrintMode::Text, shutdown).await;
     sims.cancel();
-    Ok(())
+    Ok(result?)
 }
 
 fn demo_config(dir: &Path, tcp_address: &str, serial_path: &Path) -> String {

@@ -94,6 +94,12 @@ impl Hub {
         rx
     }
 
+    /// Stops offering records to durable sinks; each sees its queue close
+    /// once drained (used at shutdown, after the devices stopped).
+    pub fn close_durable_sinks(&self) {
+        self.lock().durable.clear();
+    }
+
     /// A live subscription to records and device state changes.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()

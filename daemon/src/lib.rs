@@ -5,6 +5,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`buffer`] | the SQLite ring buffer: every record on disk until pushed, bounded, crash-safe |
 //! | [`config`] | the one serde tree of `slmd.toml`, validation, located errors |
 //! | [`device`] | one task per meter: the link, protocol pacing, reconnects, device status |
 //! | [`record`] | the record of SPEC §3 and its JSON form |
@@ -15,6 +16,7 @@
 //!
 //! See `ARCHITECTURE.md` at the repository root for how a reading flows.
 
+pub mod buffer;
 pub mod config;
 pub mod demo;
 pub mod device;

@@ -83,8 +83,13 @@ async fn async_main(command: Command) -> ExitCode {
                 eprintln!("slmd: cannot install signal handlers: {e}");
                 return ExitCode::from(EXIT_FAILURE);
             }
-            supervisor::run(config, print, shutdown).await;
-            ExitCode::SUCCESS
+            match supervisor::run(config, print, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("slmd: {e}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
         }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {

@@ -126,6 +126,25 @@ impl Record {
     }
 }
 
+/// A `'static` copy of a metric name read back from storage. Metric names
+/// are a small fixed vocabulary, so each distinct name is kept once for the
+/// life of the process.
+pub fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
 /// RFC 3339 UTC with milliseconds, `2026-11-22T14:15:17.123Z`.
 pub fn format_millis(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)

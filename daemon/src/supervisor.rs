@@ -1,9 +1,11 @@
-//! Wiring and lifetime: builds the hub, starts one task per device and the
-//! chosen printer, and stops them all on one signal.
+//! Wiring and lifetime: opens the buffer, builds the hub, starts one task
+//! per device and the chosen printer, and stops them all on one signal.
 //!
 //! Shutdown: one [`CancellationToken`] fans out to every task; [`run`]
-//! waits for all of them, up to [`SHUTDOWN_GRACE`], then names what is late.
+//! waits for all of them, up to [`SHUTDOWN_GRACE`], then closes the hub's
+//! durable sinks so the buffer writer commits what it holds and ends.
 
+use crate::buffer::{self, Buffer, BufferError, OpenReport, WriterHandle};
 use crate::config::Config;
 use crate::device::{DeviceTask, StatusCell};
 use crate::fanout::Hub;
@@ -16,24 +18,47 @@ use tokio_util::task::TaskTracker;
 /// How long tasks get to finish after shutdown is signalled.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Records the hub may queue for the buffer writer before counting them
+/// lost (the writer moves them into its own bounded memory queue at once).
+const WRITER_QUEUE: usize = 8192;
+
 /// The running pipeline's shared parts (the API will serve these).
 pub struct Gateway {
     /// Gateway id.
     pub id: String,
     /// The fan-out hub.
     pub hub: Arc<Hub>,
+    /// The offline buffer.
+    pub buffer: Buffer,
     /// One status cell per configured device, in config order.
     pub devices: Vec<StatusCell>,
+    /// The buffer's writer thread, joined at shutdown.
+    writer: WriterHandle,
 }
 
-/// Starts every part of the pipeline on `tracker`.
+/// Opens the buffer and starts every part of the pipeline on `tracker`.
 pub fn start(
     config: &Config,
     print: PrintMode,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Gateway {
-    let hub = Hub::new(1);
+) -> Result<Gateway, BufferError> {
+    let (buffer, report) = buffer::open(buffer::Settings::from_config(config))?;
+    let counters = buffer.counters();
+    match report {
+        OpenReport::Created => tracing::info!(file = %buffer.path().display(), "buffer created"),
+        OpenReport::Checked | OpenReport::PartlyChecked => tracing::info!(
+            file = %buffer.path().display(),
+            records = counters.stored,
+            unsent = counters.unsent,
+            next_seq = counters.next_seq,
+            "buffer opened"
+        ),
+        // The salvage logs what it did in detail.
+        OpenReport::Salvaged { .. } => {}
+    }
+    let hub = Hub::new(buffer.next_seq());
+    let writer = buffer.start_writer(hub.add_durable_sink(WRITER_QUEUE))?;
     if let Some(printer) = printer::start(print, hub.subscribe()) {
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -49,17 +74,24 @@ pub fn start(
         devices.push(task.status.clone());
         tracker.spawn(task.run(shutdown.child_token()));
     }
-    Gateway {
+    Ok(Gateway {
         id: config.gateway.id.clone(),
         hub,
+        buffer,
         devices,
-    }
+        writer,
+    })
 }
 
-/// Runs the pipeline until `shutdown` is cancelled, then waits for every task.
-pub async fn run(config: Config, print: PrintMode, shutdown: CancellationToken) {
+/// Runs the pipeline until `shutdown` is cancelled, then waits for every
+/// task and for the buffer to commit what it holds.
+pub async fn run(
+    config: Config,
+    print: PrintMode,
+    shutdown: CancellationToken,
+) -> Result<(), BufferError> {
     let tracker = TaskTracker::new();
-    let gateway = start(&config, print, &tracker, &shutdown);
+    let gateway = start(&config, print, &tracker, &shutdown)?;
     tracing::info!(
         gateway = %gateway.id,
         devices = gateway.devices.len(),
@@ -77,6 +109,23 @@ pub async fn run(config: Config, print: PrintMode, shutdown: CancellationToken) 
             SHUTDOWN_GRACE.as_secs()
         );
     }
+    // The devices have stopped, so nothing new arrives: let the writer finish.
+    gateway.hub.close_durable_sinks();
+    let writer = gateway.writer;
+    let joined = tokio::task::spawn_blocking(move || writer.join());
+    if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
+        tracing::warn!(
+            "buffer writer still committing {}s after shutdown; exiting anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    let counters = gateway.buffer.counters();
+    tracing::info!(
+        records = counters.stored,
+        unsent = counters.unsent,
+        "slmd stopped"
+    );
+    Ok(())
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -1,0 +1,65 @@
+//! The buffer's schema and its forward migrations.
+//!
+//! `PRAGMA user_version` holds the version. [`migrate`] applies every step
+//! from the file's version to [`VERSION`] in one transaction, and refuses a
+//! file from a newer slmd rather than guess at it.
+
+use super::BufferError;
+use rusqlite::Connection;
+use std::path::Path;
+
+/// The schema version this build writes.
+pub const VERSION: i64 = 1;
+
+/// Migration steps; step `i` takes version `i` to `i + 1`.
+const STEPS: [&str; 1] = [
+    // 0 → 1: the first schema.
+    "CREATE TABLE meta (
+         key   TEXT PRIMARY KEY,
+         value INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE names (
+         kind INTEGER NOT NULL,   -- 0 device id, 1 metric name
+         id   INTEGER NOT NULL,
+         name TEXT NOT NULL,
+         PRIMARY KEY (kind, id),
+         UNIQUE (kind, name)
+     ) WITHOUT ROWID;
+     CREATE TABLE records (
+         seq         INTEGER PRIMARY KEY,
+         device      INTEGER NOT NULL,
+         received_at INTEGER NOT NULL,
+         device_time INTEGER,
+         state       INTEGER NOT NULL,
+         flags       INTEGER NOT NULL,
+         metrics     BLOB NOT NULL
+     );",
+];
+
+/// Brings the database at `path` to [`VERSION`].
+pub fn migrate(conn: &Connection, path: &Path) -> Result<(), BufferError> {
+    let sql = |source| BufferError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if found > VERSION {
+        return Err(BufferError::TooNew {
+            path: path.to_owned(),
+            found,
+            known: VERSION,
+        });
+    }
+    if found == VERSION {
+        return Ok(());
+    }
+    let start = usize::try_from(found).unwrap_or(0);
+    let mut script = String::from("BEGIN IMMEDIATE;");
+    for step in &STEPS[start..] {
+        script.push_str(step);
+    }
+    script.push_str(&format!("PRAGMA user_version = {VERSION}; COMMIT;"));
+    conn.execute_batch(&script).map_err(sql)
+}

@@ -1,0 +1,388 @@
+//! The one writer: a thread that takes records from the hub and commits them
+//! in batches, evicting as the caps require.
+//!
+//! Batching is group commit: the thread blocks for the first record, then
+//! takes every record already waiting (up to `batch_max`) into the same
+//! transaction. A quiet gateway commits each reading at once; a busy one
+//! amortises each commit over many records.
+//!
+//! When a commit fails (disk full, I/O error) the batch stays in a bounded
+//! in-memory queue and the thread retries every [`RETRY`]; records beyond
+//! the queue are counted as lost. The error is logged when it starts and
+//! when writing resumes, not per record.
+
+use super::{Buffer, BufferError, Counters, DEVICE, METRIC, Shared, connect, lock, row};
+use crate::record::Record;
+use rusqlite::{Connection, TransactionBehavior, params};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc::{Receiver, error::TryRecvError};
+
+/// How often a failing write is retried.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// The running writer thread.
+#[derive(Debug)]
+pub struct WriterHandle {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl WriterHandle {
+    /// Waits for the writer to commit what it holds and end (after the
+    /// record channel closed).
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("buffer writer thread panicked");
+        }
+    }
+}
+
+pub(super) fn start(
+    buffer: Buffer,
+    records: Receiver<Arc<Record>>,
+) -> Result<WriterHandle, BufferError> {
+    let settings = &buffer.shared.settings;
+    let conn = connect(&settings.path, settings.durability)?;
+    let thread = std::thread::Builder::new()
+        .name("slmd-buffer".into())
+        .spawn(move || Writer::new(buffer, conn).run(records))
+        .map_err(|source| BufferError::Io {
+            path: "buffer writer thread".into(),
+            source,
+        })?;
+    Ok(WriterHandle { thread })
+}
+
+/// An eviction episode in progress: unsent records are being evicted.
+#[derive(Debug, Default)]
+struct Episode {
+    count: u64,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+struct Writer {
+    buffer: Buffer,
+    conn: Connection,
+    /// Records received but not yet committed.
+    pending: VecDeque<Arc<Record>>,
+    /// Records dropped from a full memory queue, not yet persisted in `lost`.
+    lost_unsaved: u64,
+    /// The current write error, while writes fail.
+    failing: Option<String>,
+    /// The unsent-eviction episode in progress.
+    episode: Option<Episode>,
+}
+
+impl Writer {
+    fn new(buffer: Buffer, conn: Connection) -> Writer {
+        Writer {
+            buffer,
+            conn,
+            pending: VecDeque::new(),
+            lost_unsaved: 0,
+            failing: None,
+            episode: None,
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.buffer.shared
+    }
+
+    fn run(mut self, mut records: Receiver<Arc<Record>>) {
+        let mut closed = false;
+        loop {
+            if self.pending.is_empty() && !closed {
+                match records.blocking_recv() {
+                    Some(r) => self.pending.push_back(r),
+                    None => closed = true,
+                }
+            }
+            // Take everything already waiting, without waiting for more.
+            while !closed {
+                match records.try_recv() {
+                    Ok(r) => self.enqueue(r),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            if self.pending.is_empty() {
+                if closed {
+                    break;
+                }
+                continue;
+            }
+            let ok = self.commit_some();
+            self.publish_pending();
+            if !ok {
+                if closed {
+                    self.give_up();
+                    break;
+                }
+                std::thread::sleep(RETRY);
+            }
+        }
+        self.end_episode();
+    }
+
+    /// Queues a record, counting it as lost when the memory queue is full.
+    fn enqueue(&mut self, record: Arc<Record>) {
+        if self.pending.len() >= self.shared().settings.memory_queue {
+            self.lost_unsaved += 1;
+        } else {
+            self.pending.push_back(record);
+        }
+    }
+
+    /// Commits up to one batch from the front of the queue. `false` on failure.
+    fn commit_some(&mut self) -> bool {
+        let settings = &self.shared().settings;
+        let cap = usize::try_from(settings.max_records)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let n = self.pending.len().min(settings.batch_max.max(1)).min(cap);
+        let names_before = {
+            let names = lock(&self.shared().names);
+            [names.max_id(DEVICE), names.max_id(METRIC)]
+        };
+        match self.insert_batch(n) {
+            Ok(()) => {
+                self.pending.drain(..n);
+                if let Some(error) = self.failing.take() {
+                    tracing::info!(previous_error = %error, "buffer writes resumed");
+                }
+                if let Err(e) = self.enforce_byte_cap() {
+                    tracing::warn!(error = %e, "buffer: could not enforce max_bytes; will retry");
+                }
+                true
+            }
+            Err(e) => {
+                let mut names = lock(&self.shared().names);
+                names.forget_above(DEVICE, names_before[0]);
+                names.forget_above(METRIC, names_before[1]);
+                drop(names);
+                let message = e.to_string();
+                if self.failing.as_deref() != Some(message.as_str()) {
+                    tracing::error!(
+                        error = %message,
+                        queued = self.pending.len(),
+                        "buffer write failed; readings wait in memory (live feed unaffected) and writing retries every {}s",
+                        RETRY.as_secs()
+                    );
+                }
+                self.failing = Some(message);
+                false
+            }
+        }
+    }
+
+    fn insert_batch(&mut self, n: usize) -> rusqlite::Result<()> {
+        let shared = Arc::clone(&self.buffer.shared);
+        // The counters lock is the write lock (see `Buffer::mark_pushed`).
+        let mut guard = lock(&shared.counters);
+        let mut c = *guard;
+        let max_records = shared.settings.max_records.max(1);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let incoming = n as u64;
+        let chunk = (max_records / 100).clamp(1, 10_000);
+        let mut unsent_evicted = None;
+        if c.stored + incoming > max_records {
+            let need = c.stored + incoming - max_records;
+            let n = need.max(chunk).min(c.stored);
+            unsent_evicted = evict(&tx, &mut c, n)?;
+        }
+        {
+            let mut names = lock(&shared.names);
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (seq, device, received_at, device_time, state, flags, metrics)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for record in self.pending.range(..n) {
+                let device = names.id(&tx, DEVICE, &record.device)?;
+                let mut metric_error = None;
+                let blob = row::encode_metrics(&record.metrics, |name| {
+                    match names.id(&tx, METRIC, name) {
+                        Ok(id) => u8::try_from(id).unwrap_or(row::MAX_NAME_ID),
+                        Err(e) => {
+                            metric_error = Some(e);
+                            row::MAX_NAME_ID
+                        }
+                    }
+                });
+                if let Some(e) = metric_error {
+                    return Err(e);
+                }
+                let received_ms = record.received_at.timestamp_millis();
+                let device_delta = record
+                    .device_time
+                    .map(|t| t.timestamp() - received_ms.div_euclid(1000));
+                let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
+                insert.execute(params![
+                    seq,
+                    device,
+                    received_ms,
+                    device_delta,
+                    row::state_code(record.state),
+                    row::flag_bits(&record.flags),
+                    blob
+                ])?;
+                c.written += 1;
+                c.stored += 1;
+                if record.seq > c.cursor {
+                    c.unsent += 1;
+                }
+                c.next_seq = c.next_seq.max(record.seq + 1);
+            }
+        }
+        c.lost += self.lost_unsaved;
+        c.save(&tx)?;
+        tx.commit()?;
+        self.lost_unsaved = 0;
+        *guard = c;
+        drop(guard);
+        self.note_eviction(unsent_evicted, max_records, chunk, &c);
+        Ok(())
+    }
+
+    /// Evicts a chunk after a commit that left the records over `max_bytes`.
+    fn enforce_byte_cap(&mut self) -> rusqlite::Result<()> {
+        let shared = Arc::clone(&self.buffer.shared);
+        let Some(max_bytes) = shared.settings.max_bytes else {
+            return Ok(());
+        };
+        let used: i64 = self.conn.query_row(
+            "SELECT (p.page_count - f.freelist_count) * s.page_size
+             FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s",
+            [],
+            |r| r.get(0),
+        )?;
+        if u64::try_from(used).unwrap_or(0) <= max_bytes {
+            return Ok(());
+        }
+        let mut guard = lock(&shared.counters);
+        let mut c = *guard;
+        let max_records = shared.settings.max_records.max(1);
+        let chunk = (c.stored / 100).clamp(1, 10_000);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = chunk.min(c.stored);
+        let unsent_evicted = evict(&tx, &mut c, n)?;
+        c.save(&tx)?;
+        tx.commit()?;
+        *guard = c;
+        drop(guard);
+        self.note_eviction(unsent_evicted, max_records, chunk, &c);
+        Ok(())
+    }
+
+    /// Tracks an eviction episode: one line when unsent records start to be
+    /// evicted, one with the count and time range when it is over.
+    fn note_eviction(
+        &mut self,
+        evicted: Option<Episode>,
+        max_records: u64,
+        chunk: u64,
+        c: &Counters,
+    ) {
+        match (evicted, &mut self.episode) {
+            (Some(now), None) => {
+                tracing::warn!(
+                    "buffer full: evicting the oldest unsent records (not yet accepted by the fleet); \
+                     check the uplink, or raise [buffer].max_records"
+                );
+                self.episode = Some(now);
+            }
+            (Some(now), Some(episode)) => {
+                episode.count += now.count;
+                episode.last_ms = now.last_ms;
+            }
+            (None, Some(_)) if c.unsent + 2 * chunk <= max_records => self.end_episode(),
+            (None, _) => {}
+        }
+    }
+
+    fn end_episode(&mut self) {
+        if let Some(e) = self.episode.take() {
+            let time = |ms| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .map(|t| crate::record::format_millis(&t))
+                    .unwrap_or_default()
+            };
+            tracing::warn!(
+                evicted_unsent = e.count,
+                "buffer: {} unsent records evicted, received {} to {}",
+                e.count,
+                time(e.first_ms),
+                time(e.last_ms)
+            );
+        }
+    }
+
+    fn publish_pending(&self) {
+        let mut pending = lock(&self.shared().pending);
+        *pending = (self.pending.len() as u64, self.failing.clone());
+    }
+
+    fn give_up(&mut self) {
+        let lost = self.pending.len() as u64 + self.lost_unsaved;
+        if lost > 0 {
+            tracing::error!(
+                lost,
+                error = self.failing.as_deref().unwrap_or("unknown"),
+                "shutting down while the buffer cannot be written: {lost} readings were not saved"
+            );
+        }
+    }
+}
+
+/// Evicts `n` records: already-pushed first, then the oldest unsent.
+/// Returns what was evicted of the unsent ones, if any.
+fn evict(tx: &Connection, c: &mut Counters, n: u64) -> rusqlite::Result<Option<Episode>> {
+    let cursor = i64::try_from(c.cursor).unwrap_or(i64::MAX);
+    let limit = i64::try_from(n).unwrap_or(i64::MAX);
+    let pushed = tx.execute(
+        "DELETE FROM records WHERE seq IN
+             (SELECT seq FROM records WHERE seq <= ?1 ORDER BY seq LIMIT ?2)",
+        params![cursor, limit],
+    )? as u64;
+    c.evicted_pushed += pushed;
+    c.stored = c.stored.saturating_sub(pushed);
+    let rest = n.saturating_sub(pushed);
+    if rest == 0 {
+        return Ok(None);
+    }
+    let rest_i = i64::try_from(rest).unwrap_or(i64::MAX);
+    let (count, first_ms, last_ms): (i64, Option<i64>, Option<i64>) = tx.query_row(
+        "SELECT count(*), min(received_at), max(received_at) FROM
+             (SELECT received_at FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+        params![cursor, rest_i],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    tx.execute(
+        "DELETE FROM records WHERE seq IN
+             (SELECT seq FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+        params![cursor, rest_i],
+    )?;
+    let count = u64::try_from(count).unwrap_or(0);
+    if count == 0 {
+        return Ok(None);
+    }
+    let (first_ms, last_ms) = (first_ms.unwrap_or(0), last_ms.unwrap_or(0));
+    c.evicted_unsent += count;
+    c.unsent = c.unsent.saturating_sub(count);
+    c.stored = c.stored.saturating_sub(count);
+    if c.evicted_unsent_first_ms == 0 {
+        c.evicted_unsent_first_ms = first_ms;
+    }
+    c.evicted_unsent_last_ms = c.evicted_unsent_last_ms.max(last_ms);
+    Ok(Some(Episode {
+        count,
+        first_ms,
+        last_ms,
+    }))
+}
