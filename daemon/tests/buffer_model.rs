@@ -317,6 +317,19 @@ fn a_damaged_file_is_moved_aside_and_its_readable_rows_salvaged() {
     open.close();
 }
 
+#[test]
+fn a_burst_with_a_healthy_disk_is_held_back_not_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut tight = settings(&dir.path().join("b.sqlite"), 100_000);
+    tight.memory_queue = 10;
+    let (open, _) = Open::new(tight);
+    // 20 000 records at once: far more than the memory queue; the channel
+    // holds them back while the writer commits batch after batch.
+    open.write(20_000);
+    let c = open.close().counters();
+    assert_eq!((c.written, c.lost), (20_000, 0), "{c:?}");
+}
+
 /// One step of a random workload.
 #[derive(Debug, Clone)]
 enum Op {

@@ -341,6 +341,10 @@ impl Names {
     }
 }
 
+/// A `records` row as read: seq, device id, received_at ms, device_time
+/// delta, state, flags, metrics blob.
+type RawRow = (i64, i64, i64, Option<i64>, i64, i64, Vec<u8>);
+
 /// The buffer: open once, then shared by the writer thread, the API and the
 /// uplink.
 #[derive(Debug, Clone)]
@@ -527,17 +531,14 @@ impl Buffer {
                 ))
             })
             .map_err(sql_err)?;
-        let mut names = lock(&self.shared.names);
-        let mut records = Vec::new();
-        for row in rows {
-            let (seq, device, received_ms, device_delta, state, flags, blob) =
-                row.map_err(sql_err)?;
-            // A name created by a writer commit after we loaded: reload once.
-            if names.name(DEVICE, device).is_none() {
-                if let Ok(fresh) = Names::load(&conn) {
-                    *names = fresh;
-                }
-            }
+        let rows: Vec<RawRow> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
+        drop(stmt);
+        drop(conn);
+        // The writer registers every name it uses in this map before its
+        // commit, so every committed id is known here.
+        let names = lock(&self.shared.names);
+        let mut records = Vec::with_capacity(rows.len());
+        for (seq, device, received_ms, device_delta, state, flags, blob) in rows {
             let device_name = names.name(DEVICE, device).unwrap_or("?");
             let received_at = DateTime::from_timestamp_millis(received_ms).unwrap_or_default();
             let device_time = device_delta.and_then(|d| {

@@ -100,8 +100,12 @@ impl Writer {
                     None => closed = true,
                 }
             }
-            // Take everything already waiting, without waiting for more.
-            while !closed {
+            // Take what is already waiting, without waiting for more: one
+            // batch while writes succeed (the rest stays in the channel, which
+            // is backpressure, not loss), everything while they fail (the
+            // channel must keep room for the hub; the memory queue is bounded).
+            let batch_max = self.shared().settings.batch_max.max(1);
+            while !closed && (self.failing.is_some() || self.pending.len() < batch_max) {
                 match records.try_recv() {
                     Ok(r) => self.enqueue(r),
                     Err(TryRecvError::Empty) => break,
@@ -129,7 +133,9 @@ impl Writer {
 
     /// Queues a record, counting it as lost when the memory queue is full.
     fn enqueue(&mut self, record: Arc<Record>) {
-        if self.pending.len() >= self.shared().settings.memory_queue {
+        let settings = &self.shared().settings;
+        // Never smaller than one batch: a healthy writer holds that much.
+        if self.pending.len() >= settings.memory_queue.max(settings.batch_max) {
             self.lost_unsaved += 1;
         } else {
             self.pending.push_back(record);
