@@ -5,7 +5,7 @@
 //! waits for all of them, up to [`SHUTDOWN_GRACE`], then closes the hub's
 //! durable sinks so the buffer writer commits what it holds and ends.
 
-use crate::buffer::{self, Buffer, BufferError, OpenReport, WriterHandle};
+use crate::buffer::{self, BufferError, BufferSlot, OpenReport, Start, WriterHandle};
 use crate::config::Config;
 use crate::device::{DeviceTask, StatusCell};
 use crate::fanout::Hub;
@@ -28,8 +28,9 @@ pub struct Gateway {
     pub id: String,
     /// The fan-out hub.
     pub hub: Arc<Hub>,
-    /// The offline buffer.
-    pub buffer: Buffer,
+    /// The offline buffer, once open (at start, or later when the disk
+    /// refused it at start).
+    pub buffer: BufferSlot,
     /// One status cell per configured device, in config order.
     pub devices: Vec<StatusCell>,
     /// The buffer's writer thread, joined at shutdown.
@@ -43,22 +44,42 @@ pub fn start(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<Gateway, BufferError> {
-    let (buffer, report) = buffer::open(buffer::Settings::from_config(config))?;
-    let counters = buffer.counters();
-    match report {
-        OpenReport::Created => tracing::info!(file = %buffer.path().display(), "buffer created"),
-        OpenReport::Checked | OpenReport::PartlyChecked => tracing::info!(
-            file = %buffer.path().display(),
-            records = counters.stored,
-            unsent = counters.unsent,
-            next_seq = counters.next_seq,
-            "buffer opened"
-        ),
-        // The salvage logs what it did in detail.
-        OpenReport::Salvaged { .. } => {}
-    }
-    let hub = Hub::new(buffer.next_seq());
-    let writer = buffer.start_writer(hub.add_durable_sink(WRITER_QUEUE))?;
+    let settings = buffer::Settings::from_config(config);
+    let slot = BufferSlot::default();
+    let (hub, writer) = match buffer::open_or_defer(settings.clone())? {
+        Start::Open(buffer, report) => {
+            let counters = buffer.counters();
+            match report {
+                OpenReport::Created => {
+                    tracing::info!(file = %buffer.path().display(), "buffer created")
+                }
+                OpenReport::Checked | OpenReport::PartlyChecked => tracing::info!(
+                    file = %buffer.path().display(),
+                    records = counters.stored,
+                    unsent = counters.unsent,
+                    next_seq = counters.next_seq,
+                    "buffer opened"
+                ),
+                // The salvage logs what it did in detail.
+                OpenReport::Salvaged { .. } => {}
+            }
+            let hub = Hub::new(buffer.next_seq());
+            let writer = buffer.start_writer(hub.add_durable_sink(WRITER_QUEUE))?;
+            let _ = slot.set(buffer);
+            (hub, writer)
+        }
+        Start::Unavailable { error, first_seq } => {
+            tracing::error!(
+                %error,
+                first_seq,
+                "buffer unavailable at start; the live feed runs and readings wait in memory until it opens"
+            );
+            let hub = Hub::new(first_seq);
+            let sink = hub.add_durable_sink(WRITER_QUEUE);
+            let writer = buffer::start_deferred(settings, slot.clone(), sink, first_seq)?;
+            (hub, writer)
+        }
+    };
     if let Some(printer) = printer::start(print, hub.subscribe()) {
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -77,7 +98,7 @@ pub fn start(
     Ok(Gateway {
         id: config.gateway.id.clone(),
         hub,
-        buffer,
+        buffer: slot,
         devices,
         writer,
     })
@@ -119,12 +140,10 @@ pub async fn run(
             SHUTDOWN_GRACE.as_secs()
         );
     }
-    let counters = gateway.buffer.counters();
-    tracing::info!(
-        records = counters.stored,
-        unsent = counters.unsent,
-        "slmd stopped"
-    );
+    match gateway.buffer.get().map(|b| b.counters()) {
+        Some(c) => tracing::info!(records = c.stored, unsent = c.unsent, "slmd stopped"),
+        None => tracing::info!("slmd stopped (the buffer never opened)"),
+    }
     Ok(())
 }
 

@@ -318,6 +318,44 @@ fn a_damaged_file_is_moved_aside_and_its_readable_rows_salvaged() {
 }
 
 #[test]
+fn after_an_unclean_stop_numbering_skips_ahead_so_no_streamed_seq_is_reused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    let seqs = open.write(5);
+    // While running, the file says "not stopped cleanly".
+    let running: i64 = rusqlite::Connection::open(&path)
+        .and_then(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = 'clean_stop'", [], |r| {
+                r.get(0)
+            })
+        })
+        .expect("meta reads");
+    assert_eq!(running, 0);
+    let clean_next = open.close().next_seq();
+    assert_eq!(
+        clean_next,
+        seqs[4] + 1,
+        "a clean stop continues without a gap"
+    );
+
+    // A killed daemon leaves clean_stop = 0 behind; numbers it streamed live
+    // after its last commit are unknown, so numbering skips past them.
+    rusqlite::Connection::open(&path)
+        .and_then(|c| c.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'", []))
+        .expect("simulate a kill");
+    let (after_crash, _) = buffer::open(settings(&path, 1000)).expect("reopens");
+    assert_eq!(after_crash.next_seq(), clean_next + buffer::SEQ_SAFETY_GAP);
+    drop(after_crash);
+    // The raised number was saved at once: a second crash does not reuse it.
+    let (after_second, _) = buffer::open(settings(&path, 1000)).expect("reopens");
+    assert_eq!(
+        after_second.next_seq(),
+        clean_next + 2 * buffer::SEQ_SAFETY_GAP
+    );
+}
+
+#[test]
 fn a_burst_with_a_healthy_disk_is_held_back_not_lost() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut tight = settings(&dir.path().join("b.sqlite"), 100_000);

@@ -460,3 +460,223 @@ pub fn assert_records_match_answers(records: &[Value], answers: &[String]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The buffer file, read directly (crash, corruption and disk-full tests).
+// ---------------------------------------------------------------------------
+
+/// `n` TCP simulators with seeds `first_seed`, `first_seed + 1`, ….
+pub fn tcp_sims(n: usize, first_seed: u64) -> Vec<Sim> {
+    (0..n)
+        .map(|i| Sim::tcp(&["--seed", &(first_seed + i as u64).to_string()]))
+        .collect()
+}
+
+/// One `[[device]]` table per simulator, with ids `m0`, `m1`, ….
+pub fn tcp_devices(sims: &[Sim]) -> String {
+    sims.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            tcp_device(
+                &format!("m{i}"),
+                s.address.as_deref().expect("tcp simulator address"),
+                "",
+            )
+        })
+        .collect()
+}
+
+/// The buffer file of a [`Setup::config`] config.
+pub fn buffer_file(setup: &Setup) -> PathBuf {
+    setup.path("state").join("buffer.sqlite")
+}
+
+/// One row of the buffer's `records` table, exactly as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferRow {
+    /// `seq`.
+    pub seq: i64,
+    /// Device name id.
+    pub device: i64,
+    /// Unix ms.
+    pub received_at: i64,
+    /// Seconds relative to `received_at`, if any.
+    pub device_time: Option<i64>,
+    /// State code.
+    pub state: i64,
+    /// Flag bits.
+    pub flags: i64,
+    /// The encoded metrics.
+    pub metrics: Vec<u8>,
+}
+
+/// Opens the buffer for reading only, as a separate connection next to a
+/// running daemon (WAL: it sees exactly the committed records and never
+/// blocks the writer). Needs the daemon's `-shm` file, i.e. a daemon that
+/// has the file open; use [`open_buffer_rw`] on a stopped daemon's file.
+pub fn open_buffer_ro(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
+}
+
+/// Opens the buffer read-write (for a stopped daemon's file).
+pub fn open_buffer_rw(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap_or_else(|e| panic!("open {} read-write: {e}", path.display()));
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn
+}
+
+/// Every row of `records`, by `seq`.
+pub fn buffer_rows(
+    conn: &rusqlite::Connection,
+) -> rusqlite::Result<std::collections::BTreeMap<i64, BufferRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, device, received_at, device_time, state, flags, metrics FROM records",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(BufferRow {
+            seq: r.get(0)?,
+            device: r.get(1)?,
+            received_at: r.get(2)?,
+            device_time: r.get(3)?,
+            state: r.get(4)?,
+            flags: r.get(5)?,
+            metrics: r.get(6)?,
+        })
+    })?;
+    rows.map(|row| row.map(|row| (row.seq, row)))
+        .collect::<rusqlite::Result<_>>()
+}
+
+/// The `meta` counters, by key.
+pub fn buffer_meta(
+    conn: &rusqlite::Connection,
+) -> rusqlite::Result<std::collections::BTreeMap<String, i64>> {
+    let mut stmt = conn.prepare("SELECT key, value FROM meta")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// `None` when `meta` keeps the buffer's accounting
+/// (`written = stored + evicted_pushed + evicted_unsent`, `stored` = rows in
+/// `records`, `next_seq` above every stored `seq`), else what is wrong.
+pub fn buffer_accounting_error(conn: &rusqlite::Connection) -> Option<String> {
+    let meta = match buffer_meta(conn) {
+        Ok(m) => m,
+        Err(e) => return Some(format!("meta unreadable: {e}")),
+    };
+    let (count, max): (i64, Option<i64>) =
+        match conn.query_row("SELECT count(*), max(seq) FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        }) {
+            Ok(v) => v,
+            Err(e) => return Some(format!("records unreadable: {e}")),
+        };
+    let get = |k: &str| meta.get(k).copied();
+    let (Some(written), Some(stored), Some(pushed), Some(unsent), Some(next_seq)) = (
+        get("written"),
+        get("stored"),
+        get("evicted_pushed"),
+        get("evicted_unsent"),
+        get("next_seq"),
+    ) else {
+        return Some(format!("meta lacks a counter: {meta:?}"));
+    };
+    if written != stored + pushed + unsent {
+        return Some(format!(
+            "written {written} != stored {stored} + evicted_pushed {pushed} + evicted_unsent {unsent}: {meta:?}"
+        ));
+    }
+    if stored != count {
+        return Some(format!(
+            "meta.stored {stored} but records holds {count} rows: {meta:?}"
+        ));
+    }
+    if max.is_some_and(|m| next_seq <= m) {
+        return Some(format!(
+            "meta.next_seq {next_seq} is not above the highest stored seq {max:?}: {meta:?}"
+        ));
+    }
+    None
+}
+
+/// `PRAGMA quick_check` lines (`["ok"]` for a sound file).
+pub fn quick_check(conn: &rusqlite::Connection) -> Vec<String> {
+    conn.prepare("PRAGMA quick_check")
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect())
+        .unwrap_or_else(|e| vec![format!("quick_check failed: {e}")])
+}
+
+/// A printed record's `received_at` as Unix ms.
+pub fn received_at_ms(record: &Value) -> Option<i64> {
+    record["received_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis())
+}
+
+/// Waits for `n` more `record` lines at or after stdout line `from`; returns
+/// them and the line index after the last one (fewer at the deadline).
+pub fn records_after(proc: &Proc, from: usize, n: usize, timeout: Duration) -> (Vec<Value>, usize) {
+    let deadline = Instant::now() + timeout;
+    let mut found = Vec::new();
+    let mut next = from;
+    while found.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match proc.stdout.wait_json(next, left, |v| v["type"] == "record") {
+            Some((i, v)) => {
+                found.push(v);
+                next = i + 1;
+            }
+            None => break,
+        }
+    }
+    (found, next)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or the deadline passes.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // Polling interval of a deadline-bounded wait, not a synchronisation.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Files next to `db` named `<db file name>.corrupt-*` (not their
+/// `-wal`/`-shm`).
+pub fn moved_aside(db: &Path) -> Vec<PathBuf> {
+    let prefix = format!(
+        "{}.corrupt-",
+        db.file_name().expect("file name").to_string_lossy()
+    );
+    let mut found: Vec<PathBuf> = std::fs::read_dir(db.parent().expect("state dir"))
+        .expect("read state dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&prefix) && !n.ends_with("-wal") && !n.ends_with("-shm")
+            })
+        })
+        .collect();
+    found.sort();
+    found
+}

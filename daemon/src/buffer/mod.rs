@@ -19,9 +19,11 @@
 //! - **`seq` never reused.** `meta.next_seq` is raised in every insert
 //!   transaction and survives eviction; at open the hub starts at
 //!   `max(next_seq, max(seq) + 1)`. Numbers are assigned in memory before
-//!   the commit (live subscribers never wait on the disk); a crash can only
-//!   lose numbers that were never committed, and no committed number is
-//!   ever assigned again.
+//!   the commit (live subscribers never wait on the disk), so numbers may
+//!   have been streamed live past the last commit when a run dies:
+//!   `meta.clean_stop` is 0 while running and 1 after a clean stop, and
+//!   after an unclean one [`open`] continues [`SEQ_SAFETY_GAP`] higher and
+//!   saves that at once.
 //! - **Bounded.** Before an insert would pass `max_records` (or after a
 //!   commit passes `max_bytes`), the writer evicts in chunks: already-pushed
 //!   records first (they only serve history), then the oldest unsent ones,
@@ -35,9 +37,12 @@
 //!   power cut loses nothing committed either, at the cost of an fsync per
 //!   commit.
 //! - **A damaged file never stops the daemon.** [`open`] checks the file
-//!   (bounded `quick_check`); a file that fails is renamed
-//!   `*.corrupt-<timestamp>`, its readable rows are copied into a fresh
-//!   buffer, and the log says how many were saved.
+//!   (bounded `quick_check`); a file whose *content* fails is renamed
+//!   `*.corrupt-<timestamp>` (numbered if that name is taken), its readable
+//!   rows are copied into a fresh buffer, and the log says how many were
+//!   saved. A refusal by the disk or the OS (full, I/O error) is not damage:
+//!   [`open_or_defer`] lets the daemon start anyway and the writer opens the
+//!   buffer when it can.
 //! - **Disk full / I/O errors.** The writer keeps failed batches in a
 //!   bounded memory queue and retries; overflow is counted as lost. The
 //!   live fan-out is not involved and keeps working.
@@ -126,6 +131,102 @@ pub enum BufferError {
         /// The newest this build knows.
         known: i64,
     },
+}
+
+impl BufferError {
+    /// Whether the error comes from the disk, the OS or a lock rather than
+    /// from the buffer's content: worth retrying, never worth salvaging.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            BufferError::Sqlite { source, .. } => salvage::is_io(source),
+            BufferError::Io { .. } => true,
+            BufferError::TooNew { .. } => false,
+        }
+    }
+}
+
+/// Numbers skipped when numbering cannot know the last `seq` handed out:
+/// after an unclean stop (numbers streamed live but not yet saved) or when
+/// the live feed must start before the buffer opens and the write-ahead log
+/// may hold commits a read-only peek cannot see. Far more than the daemon
+/// streams between two commits, so no `seq` is ever handed out twice.
+pub const SEQ_SAFETY_GAP: u64 = 1_000_000;
+
+/// `meta` key: 1 after the writer stopped cleanly, 0 while running.
+const CLEAN_STOP: &str = "clean_stop";
+
+/// Whether the last run stopped cleanly (a buffer that never ran did).
+pub(crate) fn stopped_cleanly(conn: &Connection) -> rusqlite::Result<bool> {
+    let value: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [CLEAN_STOP], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(value != Some(0))
+}
+
+/// Records whether the writer stopped cleanly.
+pub(crate) fn set_clean_stop(conn: &Connection, clean: bool) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![CLEAN_STOP, i64::from(clean)],
+    )?;
+    Ok(())
+}
+
+/// How the buffer came up at start.
+#[derive(Debug)]
+pub enum Start {
+    /// Open and checked.
+    Open(Buffer, OpenReport),
+    /// The disk refused (full, I/O error, permissions): the live feed starts
+    /// numbering at `first_seq` and the writer opens the buffer when it can.
+    Unavailable {
+        /// Why it could not be opened.
+        error: BufferError,
+        /// Where the hub starts numbering.
+        first_seq: u64,
+    },
+}
+
+/// The buffer once it is open: set at start, or later by a deferred writer.
+pub type BufferSlot = Arc<std::sync::OnceLock<Buffer>>;
+
+/// Opens the buffer, or, when the disk refuses, says where numbering can
+/// safely continue so the daemon runs while the writer retries.
+pub fn open_or_defer(settings: Settings) -> Result<Start, BufferError> {
+    match open(settings.clone()) {
+        Ok((buffer, report)) => Ok(Start::Open(buffer, report)),
+        Err(error) if error.is_unavailable() => {
+            let peeked = salvage::peek_next_seq(&settings.path).unwrap_or(1);
+            let wal = {
+                let mut s = settings.path.as_os_str().to_owned();
+                s.push("-wal");
+                PathBuf::from(s)
+            };
+            let unseen = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+            let first_seq = if unseen {
+                peeked + SEQ_SAFETY_GAP
+            } else {
+                peeked
+            };
+            Ok(Start::Unavailable { error, first_seq })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Starts a writer for a buffer that could not be opened yet: it keeps
+/// records in memory (bounded), opens the buffer as soon as the disk lets
+/// it, publishes it in `slot`, and then writes as usual.
+pub fn start_deferred(
+    settings: Settings,
+    slot: BufferSlot,
+    records: tokio::sync::mpsc::Receiver<Arc<Record>>,
+    first_seq: u64,
+) -> Result<WriterHandle, BufferError> {
+    writer::start_deferred(settings, slot, records, first_seq)
 }
 
 /// The persisted counters (table `meta`).
@@ -355,7 +456,7 @@ pub struct Buffer {
 /// Opens (or creates) the buffer, checking and if need be salvaging it.
 pub fn open(settings: Settings) -> Result<(Buffer, OpenReport), BufferError> {
     let report = salvage::check_or_salvage(&settings)?;
-    let conn = connect(&settings.path, settings.durability)?;
+    let mut conn = connect(&settings.path, settings.durability)?;
     let sql = |source| BufferError::Sqlite {
         path: settings.path.clone(),
         source,
@@ -366,6 +467,20 @@ pub fn open(settings: Settings) -> Result<(Buffer, OpenReport), BufferError> {
         .map_err(sql)?;
     let max_seq = max_seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
     counters.next_seq = counters.next_seq.max(max_seq + 1).max(1);
+    if !stopped_cleanly(&conn).map_err(sql)? {
+        counters.next_seq += SEQ_SAFETY_GAP;
+        tracing::warn!(
+            next_seq = counters.next_seq,
+            "the previous run did not stop cleanly: numbering continues {SEQ_SAFETY_GAP} higher, \
+             so no seq that was streamed live but not yet saved is ever used again"
+        );
+    }
+    // From here until a clean stop, a restart must assume a crash. The
+    // raised `next_seq` is saved now, so a second crash cannot reuse it.
+    let tx = conn.transaction().map_err(sql)?;
+    counters.save(&tx).map_err(sql)?;
+    set_clean_stop(&tx, false).map_err(sql)?;
+    tx.commit().map_err(sql)?;
     let names = Names::load(&conn).map_err(sql)?;
     let buffer = Buffer {
         shared: Arc::new(Shared {

@@ -46,9 +46,15 @@ pub enum OpenReport {
 }
 
 enum Check {
+    /// An empty file or one without tables: a buffer not yet created.
+    Fresh,
     Passed,
     PassedWithinBudget,
-    Failed(String),
+    /// The content is damaged: salvage.
+    Damaged(String),
+    /// The file could not be read for a reason outside it (disk full, I/O
+    /// error, permissions): never a reason to move it aside.
+    Unavailable(rusqlite::Error),
 }
 
 pub(super) fn check_or_salvage(settings: &Settings) -> Result<OpenReport, BufferError> {
@@ -57,9 +63,14 @@ pub(super) fn check_or_salvage(settings: &Settings) -> Result<OpenReport, Buffer
         return Ok(OpenReport::Created);
     }
     match check(path) {
+        Check::Fresh => Ok(OpenReport::Created),
         Check::Passed => Ok(OpenReport::Checked),
         Check::PassedWithinBudget => Ok(OpenReport::PartlyChecked),
-        Check::Failed(reason) => {
+        Check::Unavailable(source) => Err(BufferError::Sqlite {
+            path: path.clone(),
+            source,
+        }),
+        Check::Damaged(reason) => {
             tracing::error!(file = %path.display(), %reason, "buffer database is damaged; moving it aside and salvaging its rows");
             let report = salvage(settings, reason)?;
             if let OpenReport::Salvaged {
@@ -82,11 +93,44 @@ pub(super) fn check_or_salvage(settings: &Settings) -> Result<OpenReport, Buffer
     }
 }
 
+/// A content problem is salvaged; a refusal by the disk, the OS or a lock
+/// is not (the file may be perfectly sound).
+fn damaged_or_unavailable(what: &str, e: rusqlite::Error) -> Check {
+    if is_io(&e) {
+        Check::Unavailable(e)
+    } else {
+        Check::Damaged(format!("{what}: {e}"))
+    }
+}
+
+/// Errors that come from the disk, the OS or locks, not from the content.
+pub(crate) fn is_io(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(
+        f.code,
+        SystemIoFailure | DiskFull | CannotOpen | PermissionDenied | ReadOnly
+            | DatabaseBusy | DatabaseLocked | OutOfMemory
+    ))
+}
+
 fn check(path: &Path) -> Check {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        return Check::Fresh;
+    }
     let conn = match Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(c) => c,
-        Err(e) => return Check::Failed(format!("cannot open: {e}")),
+        Err(e) => return damaged_or_unavailable("cannot open", e),
     };
+    let tables: rusqlite::Result<i64> = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    );
+    match tables {
+        Ok(0) => return Check::Fresh,
+        Ok(_) => {}
+        Err(e) => return damaged_or_unavailable("schema unreadable", e),
+    }
     // The schema and the counters must read, whatever the budget.
     let basics = conn
         .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
@@ -97,7 +141,7 @@ fn check(path: &Path) -> Check {
             })
         });
     if let Err(e) = basics {
-        return Check::Failed(format!("schema or counters unreadable: {e}"));
+        return damaged_or_unavailable("schema or counters unreadable", e);
     }
     let started = Instant::now();
     conn.progress_handler(10_000, Some(move || started.elapsed() > CHECK_BUDGET));
@@ -107,14 +151,36 @@ fn check(path: &Path) -> Check {
     conn.progress_handler(0, None::<fn() -> bool>);
     match result {
         Ok(lines) if lines.len() == 1 && lines[0] == "ok" => Check::Passed,
-        Ok(lines) => Check::Failed(lines.join("; ")),
+        Ok(lines) => Check::Damaged(lines.join("; ")),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::OperationInterrupted =>
         {
             Check::PassedWithinBudget
         }
-        Err(e) => Check::Failed(e.to_string()),
+        Err(e) => damaged_or_unavailable("quick_check", e),
     }
+}
+
+/// The `seq` the buffer at `path` would continue from, read without
+/// writing anything (no `-shm`, no WAL replay): used to keep numbering the
+/// live feed while the file cannot be opened for writing.
+pub(super) fn peek_next_seq(path: &Path) -> Option<u64> {
+    let uri = format!("file:{}?immutable=1", path.display());
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri, flags).ok()?;
+    let counters = Counters::load(&conn).ok()?;
+    let max_seq: Option<i64> = conn
+        .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
+        .ok()?;
+    let max_seq = max_seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+    let next = counters.next_seq.max(max_seq + 1).max(1);
+    // The same rule `open` applies, so both agree once the file opens.
+    let clean = super::stopped_cleanly(&conn).ok()?;
+    Some(if clean {
+        next
+    } else {
+        next + super::SEQ_SAFETY_GAP
+    })
 }
 
 /// `path` + `suffix` (`buffer.sqlite` + `-wal`).
@@ -124,10 +190,28 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `buffer.sqlite.corrupt-<UTC time>`, numbered when that name is taken
+/// (two salvages in one second must not overwrite the first damaged file).
+fn aside_name(path: &Path) -> PathBuf {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let taken = |p: &Path| {
+        ["", "-wal", "-shm"]
+            .iter()
+            .any(|s| with_suffix(p, s).exists())
+    };
+    let base = with_suffix(path, &format!(".corrupt-{stamp}"));
+    if !taken(&base) {
+        return base;
+    }
+    (1u32..)
+        .map(|n| with_suffix(path, &format!(".corrupt-{stamp}.{n}")))
+        .find(|p| !taken(p))
+        .unwrap_or(base)
+}
+
 fn salvage(settings: &Settings, reason: String) -> Result<OpenReport, BufferError> {
     let path = &settings.path;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    let moved_to = with_suffix(path, &format!(".corrupt-{stamp}"));
+    let moved_to = aside_name(path);
     for suffix in ["", "-wal", "-shm"] {
         let from = with_suffix(path, suffix);
         if from.exists() {
@@ -262,11 +346,17 @@ fn copy_range(
 }
 
 fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<Row>> {
-    let mut stmt = old.prepare_cached(
-        "SELECT seq, device, received_at, device_time, state, flags, metrics
-         FROM records WHERE seq >= ?1 AND seq < ?2",
-    )?;
-    let rows = stmt.query_map(params![lo, hi], |r| {
+    // One row is read by equality: a range scan steps on to the next row to
+    // test its bound, and fails there when that row's page is damaged.
+    let (sql, args) = if hi - lo == 1 {
+        ("WHERE seq = ?1", params![lo])
+    } else {
+        ("WHERE seq >= ?1 AND seq < ?2", params![lo, hi])
+    };
+    let mut stmt = old.prepare_cached(&format!(
+        "SELECT seq, device, received_at, device_time, state, flags, metrics FROM records {sql}"
+    ))?;
+    let rows = stmt.query_map(args, |r| {
         Ok((
             r.get(0)?,
             r.get(1)?,

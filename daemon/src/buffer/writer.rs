@@ -54,6 +54,82 @@ pub(super) fn start(
     Ok(WriterHandle { thread })
 }
 
+pub(super) fn start_deferred(
+    settings: super::Settings,
+    slot: super::BufferSlot,
+    mut records: Receiver<Arc<Record>>,
+    first_seq: u64,
+) -> Result<WriterHandle, BufferError> {
+    let thread = std::thread::Builder::new()
+        .name("slmd-buffer".into())
+        .spawn(move || {
+            let mut held = VecDeque::new();
+            let mut lost = 0u64;
+            let mut last_error = String::new();
+            let cap = settings.memory_queue.max(settings.batch_max);
+            loop {
+                let opened = super::open(settings.clone()).and_then(|(buffer, report)| {
+                    let conn = connect(&settings.path, settings.durability)?;
+                    Ok((buffer, report, conn))
+                });
+                match opened {
+                    Ok((buffer, report, conn)) => {
+                        tracing::info!(
+                            ?report,
+                            held = held.len(),
+                            "buffer opened; writing the readings held in memory"
+                        );
+                        if buffer.next_seq() > first_seq {
+                            tracing::error!(
+                                buffer_next_seq = buffer.next_seq(),
+                                live_first_seq = first_seq,
+                                "the buffer holds seq numbers the live feed has reused"
+                            );
+                        }
+                        let _ = slot.set(buffer.clone());
+                        let mut writer = Writer::new(buffer, conn);
+                        writer.pending = held;
+                        writer.lost_unsaved = lost;
+                        writer.run(records);
+                        return;
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        if message != last_error {
+                            tracing::error!(
+                                error = %message,
+                                "buffer cannot be opened; readings wait in memory (live feed unaffected) and opening retries every {}s",
+                                RETRY.as_secs()
+                            );
+                            last_error = message;
+                        }
+                    }
+                }
+                loop {
+                    match records.try_recv() {
+                        Ok(r) if held.len() < cap => held.push_back(r),
+                        Ok(_) => lost += 1,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            let unsaved = held.len() as u64 + lost;
+                            tracing::error!(
+                                lost = unsaved,
+                                "shutting down before the buffer could be opened: {unsaved} readings were not saved"
+                            );
+                            return;
+                        }
+                    }
+                }
+                std::thread::sleep(RETRY);
+            }
+        })
+        .map_err(|source| BufferError::Io {
+            path: "buffer writer thread".into(),
+            source,
+        })?;
+    Ok(WriterHandle { thread })
+}
+
 /// An eviction episode in progress: unsent records are being evicted.
 #[derive(Debug, Default)]
 struct Episode {
@@ -129,6 +205,13 @@ impl Writer {
             }
         }
         self.end_episode();
+        if self.failing.is_none() {
+            // Same lock order as every other write.
+            let _guard = lock(&self.buffer.shared.counters);
+            if let Err(e) = super::set_clean_stop(&self.conn, true) {
+                tracing::warn!(error = %e, "buffer: could not record the clean stop");
+            }
+        }
     }
 
     /// Queues a record, counting it as lost when the memory queue is full.
