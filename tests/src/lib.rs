@@ -353,6 +353,16 @@ impl Daemon {
         }
     }
 
+    /// Every record it printed so far.
+    pub fn printed_records(&self) -> Vec<Value> {
+        self.proc
+            .stdout
+            .json()
+            .into_iter()
+            .filter(|v| v["type"] == "record")
+            .collect()
+    }
+
     /// Waits for `n` records of `device` at or after line `from`.
     pub fn records(&self, device: &str, n: usize, timeout: Duration) -> Vec<Value> {
         self.proc.stdout.wait_count(n, timeout, |v| {

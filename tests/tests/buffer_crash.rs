@@ -48,13 +48,7 @@ fn reused(
 
 /// Every record line the daemon printed so far.
 fn all_printed(daemon: &Daemon) -> Vec<Value> {
-    daemon
-        .proc
-        .stdout
-        .json()
-        .into_iter()
-        .filter(|v| v["type"] == "record")
-        .collect()
+    daemon.printed_records()
 }
 
 #[test]

@@ -232,15 +232,7 @@ fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itsel
                 daemon.proc.transcript()
             )
         });
-    let printed_by_now = seqs(
-        &daemon
-            .proc
-            .stdout
-            .json()
-            .into_iter()
-            .filter(|v| v["type"] == "record")
-            .collect::<Vec<_>>(),
-    );
+    let printed_by_now = seqs(&daemon.printed_records());
     let rows = poll_until(Duration::from_secs(15), || {
         let rows = buffer_rows(&open_buffer_ro(&db)).ok()?;
         waiting
@@ -308,15 +300,7 @@ fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itsel
     );
     let meta = buffer_meta(&conn).expect("meta");
     assert_eq!(meta["lost"], 0, "nothing was lost: {meta:?}");
-    let all_printed = seqs(
-        &daemon
-            .proc
-            .stdout
-            .json()
-            .into_iter()
-            .filter(|v| v["type"] == "record")
-            .collect::<Vec<_>>(),
-    );
+    let all_printed = seqs(&daemon.printed_records());
     let rows = buffer_rows(&conn).expect("rows");
     let missing: Vec<&i64> = all_printed
         .iter()
@@ -397,15 +381,7 @@ fn starting_on_a_full_disk_keeps_the_buffer_and_the_live_feed() {
 
     // Space returns: everything is there, old and new.
     std::fs::remove_file(&filler).expect("remove filler");
-    let printed_by_now = seqs(
-        &daemon
-            .proc
-            .stdout
-            .json()
-            .into_iter()
-            .filter(|v| v["type"] == "record")
-            .collect::<Vec<_>>(),
-    );
+    let printed_by_now = seqs(&daemon.printed_records());
     let rows = poll_until(Duration::from_secs(15), || {
         let rows = buffer_rows(&open_buffer_ro(&db)).ok()?;
         printed_by_now

@@ -110,13 +110,7 @@ fn junk_prompts_echo_and_split_answers_never_produce_a_wrong_value() {
 /// Stops the daemon and returns every record it printed.
 fn stop_and_collect(daemon: &mut Daemon) -> Vec<Value> {
     daemon.proc.terminate(Duration::from_secs(10));
-    daemon
-        .proc
-        .stdout
-        .json()
-        .into_iter()
-        .filter(|v| v["type"] == "record")
-        .collect()
+    daemon.printed_records()
 }
 
 /// Waits for a `down` state of `device`, then for records after it.
