@@ -582,6 +582,18 @@ pub fn buffer_meta(
 /// (`written = stored + evicted_pushed + evicted_unsent`, `stored` = rows in
 /// `records`, `next_seq` above every stored `seq`), else what is wrong.
 pub fn buffer_accounting_error(conn: &rusqlite::Connection) -> Option<String> {
+    // One read transaction, so the counters and the rows come from the same
+    // snapshot even while a running daemon commits between the two reads.
+    let snapshot = match conn.unchecked_transaction() {
+        Ok(t) => t,
+        Err(e) => return Some(format!("cannot open a read transaction: {e}")),
+    };
+    let error = accounting_error_in(&snapshot);
+    drop(snapshot);
+    error
+}
+
+fn accounting_error_in(conn: &rusqlite::Connection) -> Option<String> {
     let meta = match buffer_meta(conn) {
         Ok(m) => m,
         Err(e) => return Some(format!("meta unreadable: {e}")),
