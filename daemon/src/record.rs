@@ -49,6 +49,9 @@ pub enum Flag {
     /// The meter's clock disagrees with the gateway clock by more than the
     /// tolerance, so `device_time` should not be trusted as wall time.
     ClockUnsynced,
+    /// The fleet rejected this record as malformed: it is kept in the
+    /// buffer's quarantine and not pushed again.
+    Quarantined,
 }
 
 impl Flag {
@@ -59,6 +62,7 @@ impl Flag {
             Flag::UnderRange => "under_range",
             Flag::Replayed => "replayed",
             Flag::ClockUnsynced => "clock_unsynced",
+            Flag::Quarantined => "quarantined",
         }
     }
 }

@@ -442,3 +442,77 @@ proptest! {
         open.close();
     }
 }
+
+#[test]
+fn a_quarantined_record_is_kept_flagged_counted_and_skipped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    let seqs = open.write(10);
+    let buffer = open.close();
+
+    buffer.mark_pushed(seqs[2]).expect("cursor");
+    // Only the first unsent record can be quarantined.
+    assert!(!buffer.quarantine(seqs[5], "not first").expect("no error"));
+    assert_eq!(buffer.counters().quarantined, 0);
+    assert!(
+        buffer
+            .quarantine(seqs[3], "the fleet answered 400: bad lmax")
+            .expect("quarantined")
+    );
+    let c = buffer.counters();
+    assert_eq!((c.cursor, c.quarantined, c.unsent), (seqs[3], 1, 6));
+    assert_eq!(buffer.unsent(1).expect("reads")[0].seq, seqs[4]);
+    assert_accounting(&c, &buffer);
+    assert_eq!(buffer.status().quarantined, 1);
+
+    let kept = buffer.quarantined(10).expect("reads");
+    assert_eq!(kept.len(), 1);
+    let (record_kept, reason) = &kept[0];
+    assert_eq!(reason, "the fleet answered 400: bad lmax");
+    assert_eq!(record_kept.seq, seqs[3]);
+    assert!(record_kept.flags.contains(&Flag::Quarantined));
+    assert_eq!(record_kept.metrics, record(seqs[3]).metrics);
+    let in_ring = buffer.history(None, None, 100).expect("history");
+    assert!(
+        in_ring
+            .iter()
+            .find(|r| r.seq == seqs[3])
+            .is_some_and(|r| r.flags.contains(&Flag::Quarantined)),
+        "the ring's copy is flagged too"
+    );
+
+    // The counter and the quarantine survive a restart.
+    drop(buffer);
+    let (again, _) = buffer::open(settings(&path, 1000)).expect("reopens");
+    assert_eq!(again.counters().quarantined, 1);
+    assert_eq!(again.quarantined(10).expect("reads").len(), 1);
+}
+
+#[test]
+fn a_version_1_buffer_is_migrated_with_its_records() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    let seqs = open.write(5);
+    drop(open.close());
+    // Turn the file back into the first schema version.
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch("DROP TABLE quarantine; PRAGMA user_version = 1;")
+        .expect("downgrade");
+    drop(conn);
+
+    let (buffer, _) = buffer::open(settings(&path, 1000)).expect("migrates");
+    assert_eq!(stored_seqs(&buffer), seqs);
+    buffer.mark_pushed(seqs[0]).expect("cursor");
+    assert!(
+        buffer
+            .quarantine(seqs[1], "bad")
+            .expect("the new table exists")
+    );
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, buffer::schema::VERSION);
+}

@@ -7,7 +7,8 @@
 //!   compact row form);
 //! - `names`: small integer ids for device ids (kind 0) and metric names
 //!   (kind 1), so rows do not repeat strings;
-//! - `meta`: the persisted counters, one integer each (see [`Counters`]).
+//! - `meta`: the persisted counters, one integer each (see [`Counters`]);
+//! - `quarantine`: copies of records the fleet rejected, with the reason.
 //!
 //! The schema version is `PRAGMA user_version`; [`schema::migrate`] brings
 //! older files forward and refuses newer ones.
@@ -29,8 +30,14 @@
 //!   records first (they only serve history), then the oldest unsent ones,
 //!   counted with their `received_at` range; one log line per episode.
 //! - **Delivered means acknowledged.** The push cursor (`meta.cursor`: every
-//!   `seq` ≤ cursor was accepted by the fleet) only moves forward, in
-//!   [`Buffer::mark_pushed`], in its own transaction.
+//!   `seq` ≤ cursor was accepted by the fleet, or quarantined) only moves
+//!   forward, in [`Buffer::mark_pushed`] and [`Buffer::quarantine`], each in
+//!   its own transaction.
+//! - **A poison record is kept.** A record the fleet rejects as malformed
+//!   is copied to `quarantine` (outside the ring, the newest
+//!   [`QUARANTINE_KEEP`] kept), flagged `quarantined` in `records`, and
+//!   counted in `meta.quarantined`; the cursor moves past it so it never
+//!   blocks the records behind it.
 //! - **Crash safety.** A commit is atomic (WAL). `durability = "normal"`
 //!   (`synchronous=NORMAL`): a killed process loses nothing committed; a
 //!   power cut may lose the last commits. `"full"` (`synchronous=FULL`): a
@@ -64,6 +71,10 @@ use std::time::Duration;
 
 pub use salvage::OpenReport;
 pub use writer::WriterHandle;
+
+/// Quarantined records kept (the newest); older ones are dropped, still
+/// counted in `meta.quarantined`.
+pub const QUARANTINE_KEEP: i64 = 10_000;
 
 /// File name of the buffer inside the state folder.
 pub const FILE_NAME: &str = "buffer.sqlite";
@@ -234,7 +245,7 @@ pub fn start_deferred(
 pub struct Counters {
     /// The next `seq` to assign (one past the highest ever committed).
     pub next_seq: u64,
-    /// Every `seq` ≤ cursor was accepted by the fleet.
+    /// Every `seq` ≤ cursor was accepted by the fleet (or quarantined).
     pub cursor: u64,
     /// Records ever committed.
     pub written: u64,
@@ -252,10 +263,12 @@ pub struct Counters {
     pub evicted_unsent_last_ms: i64,
     /// Records that never reached the disk (memory queue overflowed).
     pub lost: u64,
+    /// Records the fleet rejected as malformed, ever (see [`Buffer::quarantine`]).
+    pub quarantined: u64,
 }
 
 impl Counters {
-    const KEYS: [&'static str; 10] = [
+    const KEYS: [&'static str; 11] = [
         "next_seq",
         "cursor",
         "written",
@@ -266,9 +279,10 @@ impl Counters {
         "evicted_unsent_first_ms",
         "evicted_unsent_last_ms",
         "lost",
+        "quarantined",
     ];
 
-    fn values(&self) -> [i64; 10] {
+    fn values(&self) -> [i64; 11] {
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         [
             i(self.next_seq),
@@ -281,6 +295,7 @@ impl Counters {
             self.evicted_unsent_first_ms,
             self.evicted_unsent_last_ms,
             i(self.lost),
+            i(self.quarantined),
         ]
     }
 
@@ -297,6 +312,7 @@ impl Counters {
             "evicted_unsent_first_ms" => self.evicted_unsent_first_ms = value,
             "evicted_unsent_last_ms" => self.evicted_unsent_last_ms = value,
             "lost" => self.lost = u,
+            "quarantined" => self.quarantined = u,
             _ => {}
         }
     }
@@ -348,6 +364,8 @@ pub struct BufferStatus {
     pub queued_in_memory: u64,
     /// The last write error, while writes fail.
     pub write_error: Option<String>,
+    /// Records the fleet rejected as malformed, kept in quarantine.
+    pub quarantined: u64,
 }
 
 /// State shared by the writer and the readers.
@@ -565,6 +583,7 @@ impl Buffer {
             lost: counters.lost,
             queued_in_memory: queued,
             write_error,
+            quarantined: counters.quarantined,
         }
     }
 
@@ -623,6 +642,15 @@ impl Buffer {
         tail: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Record>, BufferError> {
+        self.select_from("records", tail, args)
+    }
+
+    fn select_from(
+        &self,
+        table: &str,
+        tail: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Record>, BufferError> {
         let sql_err = |source| BufferError::Sqlite {
             path: self.shared.settings.path.clone(),
             source,
@@ -630,7 +658,7 @@ impl Buffer {
         let conn = lock(&self.shared.reader);
         let query = format!(
             "SELECT r.seq, r.device, r.received_at, r.device_time, r.state, r.flags, r.metrics
-             FROM records r {tail}"
+             FROM {table} r {tail}"
         );
         let mut stmt = conn.prepare_cached(&query).map_err(sql_err)?;
         let rows = stmt
@@ -677,6 +705,91 @@ impl Buffer {
             });
         }
         Ok(records)
+    }
+
+    /// Puts the first unsent record, `seq`, in quarantine because the
+    /// fleet rejected it as malformed (`reason`): a copy goes to the
+    /// `quarantine` table (out of the ring's reach, the newest
+    /// [`QUARANTINE_KEEP`] kept), the row gets the `quarantined` flag, the
+    /// counter goes up and the cursor moves past it, so the records behind
+    /// it are pushed. Returns false when `seq` is not the first unsent
+    /// record (nothing is changed then).
+    pub fn quarantine(&self, seq: u64, reason: &str) -> Result<bool, BufferError> {
+        let sql_err = |source| BufferError::Sqlite {
+            path: self.shared.settings.path.clone(),
+            source,
+        };
+        let mut shared = lock(&self.shared.counters);
+        let mut counters = *shared;
+        let mut conn = lock(&self.shared.reader);
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
+        let cursor = i64::try_from(counters.cursor).unwrap_or(i64::MAX);
+        let first: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM records WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                [cursor],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql_err)?;
+        let seq_i = i64::try_from(seq).unwrap_or(i64::MAX);
+        if first != Some(seq_i) {
+            return Ok(false);
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        tx.execute(
+            "UPDATE records SET flags = flags | ?2 WHERE seq = ?1",
+            params![seq_i, row::QUARANTINED_BIT],
+        )
+        .map_err(sql_err)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO quarantine
+                 (seq, device, received_at, device_time, state, flags, metrics, quarantined_at, reason)
+             SELECT seq, device, received_at, device_time, state, flags, metrics, ?2, ?3
+             FROM records WHERE seq = ?1",
+            params![seq_i, now_ms, reason],
+        )
+        .map_err(sql_err)?;
+        tx.execute(
+            "DELETE FROM quarantine WHERE seq IN
+                 (SELECT seq FROM quarantine ORDER BY seq DESC LIMIT -1 OFFSET ?1)",
+            [QUARANTINE_KEEP],
+        )
+        .map_err(sql_err)?;
+        counters.cursor = seq;
+        counters.unsent = counters.unsent.saturating_sub(1);
+        counters.quarantined += 1;
+        counters.save(&tx).map_err(sql_err)?;
+        tx.commit().map_err(sql_err)?;
+        *shared = counters;
+        Ok(true)
+    }
+
+    /// The quarantined records still kept, oldest first, with the reason
+    /// the fleet gave.
+    pub fn quarantined(&self, limit: usize) -> Result<Vec<(Record, String)>, BufferError> {
+        let sql_err = |source| BufferError::Sqlite {
+            path: self.shared.settings.path.clone(),
+            source,
+        };
+        let reasons: Vec<(i64, String)> = {
+            let conn = lock(&self.shared.reader);
+            let mut stmt = conn
+                .prepare("SELECT seq, reason FROM quarantine ORDER BY seq LIMIT ?1")
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql_err)?;
+            rows.collect::<Result<_, _>>().map_err(sql_err)?
+        };
+        let mut out = Vec::with_capacity(reasons.len());
+        for (seq, reason) in reasons {
+            let record = self.select_from("quarantine", "WHERE r.seq = ?1", &[&seq])?;
+            out.extend(record.into_iter().map(|r| (r, reason.clone())));
+        }
+        Ok(out)
     }
 
     /// Records that every `seq` ≤ `up_to` was accepted by the fleet. The

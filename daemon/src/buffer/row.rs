@@ -7,7 +7,7 @@
 //! | `received_at` | INTEGER | Unix time in ms |
 //! | `device_time` | INTEGER or NULL | meter time minus `received_at`, in whole seconds (small) |
 //! | `state` | INTEGER | 0 unknown, 1 measuring, 2 stopped, 3 paused |
-//! | `flags` | INTEGER | bit set: 1 overload, 2 under_range, 4 replayed, 8 clock_unsynced |
+//! | `flags` | INTEGER | bit set: 1 overload, 2 under_range, 4 replayed, 8 clock_unsynced, 16 quarantined |
 //! | `metrics` | BLOB | entries of `[name id: u8][value]`, see below |
 //!
 //! Metric entries: the name id (from `names`, kind 1, < 128) and then either
@@ -127,12 +127,16 @@ pub fn state_from_code(code: i64) -> MeterState {
     }
 }
 
-const FLAG_BITS: [(Flag, i64); 4] = [
+const FLAG_BITS: [(Flag, i64); 5] = [
     (Flag::Overload, 1),
     (Flag::UnderRange, 2),
     (Flag::Replayed, 4),
     (Flag::ClockUnsynced, 8),
+    (Flag::Quarantined, 16),
 ];
+
+/// The bit of [`Flag::Quarantined`].
+pub const QUARANTINED_BIT: i64 = 16;
 
 /// Flags as a bit set.
 pub fn flag_bits(flags: &[Flag]) -> i64 {

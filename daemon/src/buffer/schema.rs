@@ -9,10 +9,10 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// Migration steps; step `i` takes version `i` to `i + 1`.
-const STEPS: [&str; 1] = [
+const STEPS: [&str; 2] = [
     // 0 → 1: the first schema.
     "CREATE TABLE meta (
          key   TEXT PRIMARY KEY,
@@ -33,6 +33,19 @@ const STEPS: [&str; 1] = [
          state       INTEGER NOT NULL,
          flags       INTEGER NOT NULL,
          metrics     BLOB NOT NULL
+     );",
+    // 1 → 2: records the fleet rejected as malformed, kept apart from the
+    // ring (eviction never reaches them) with the reason.
+    "CREATE TABLE quarantine (
+         seq            INTEGER PRIMARY KEY,
+         device         INTEGER NOT NULL,
+         received_at    INTEGER NOT NULL,
+         device_time    INTEGER,
+         state          INTEGER NOT NULL,
+         flags          INTEGER NOT NULL,
+         metrics        BLOB NOT NULL,
+         quarantined_at INTEGER NOT NULL,
+         reason         TEXT NOT NULL
      );",
 ];
 
