@@ -20,6 +20,8 @@
 //!   updated.
 //! - `tcp`: the TCP listener (one client at a time).
 //! - [`pty`]: the pseudo-terminal link ([`PtyMeter`]).
+//! - [`fleet`]: the fleet ingest server simulator ([`fleet::FleetSim`],
+//!   SPEC §7), served by `fleet-sim`.
 //!
 //! The [`Simulator`] is the meter: cloning it gives another handle to the
 //! same meter, whose state (measuring, echo, clock, pacing, stored records)
@@ -28,6 +30,7 @@
 //! [`Simulator::new`].
 
 pub mod config;
+pub mod fleet;
 mod levels;
 mod meter;
 pub mod pty;
@@ -36,6 +39,7 @@ mod session;
 mod tcp;
 
 pub use config::{Faults, ParseError, SimConfig, parse_duration, parse_probability, parse_stall};
+pub use meter::Recording;
 pub use pty::PtyMeter;
 pub use report::{SimEvent, SimStats};
 

@@ -161,6 +161,33 @@ impl Store {
     }
 }
 
+/// A recorded measurement, one record per second, from the same level model
+/// as the live meter: for benchmarks and rigs that need many realistic
+/// records at once (no link, no pacing). Each item is the record's
+/// meter-local epoch second and its main-channel values.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    /// The walk and integration behind the records.
+    store: Store,
+}
+
+impl Recording {
+    /// A recording whose first record is at `first_time` (epoch seconds).
+    pub fn new(seed: u64, first_time: i64) -> Recording {
+        Recording {
+            store: Store::new(seed, first_time),
+        }
+    }
+}
+
+impl Iterator for Recording {
+    type Item = (i64, ChannelValues);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.store.next_record(None))
+    }
+}
+
 /// The simulated NL-43.
 #[derive(Debug)]
 pub struct Meter {

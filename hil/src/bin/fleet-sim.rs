@@ -1,0 +1,302 @@
+//! `fleet-sim`: the fleet ingest server simulator (SPEC §7) for test rigs.
+//!
+//! Parses the command line, binds, prints the machine-readable event stream
+//! on stdout (one JSON object a line, flushed per line) and stops cleanly on
+//! SIGTERM or SIGINT. The first line is `{"event":"listening","addr":...}`,
+//! then one `ingest` line per ingest request and one line per admin change
+//! (`rotate`, `expire_previous`, `fault`, `faults_cleared`, `max_records`,
+//! `poison`), and last `{"event":"stats",...}`. Tokens are never printed,
+//! only their fingerprints. Diagnostics go to stderr.
+
+use clap::Parser;
+use serde::Serialize;
+use slmd_hil::fleet::{DEFAULT_GRACE, FleetEvent, FleetSim, FleetSimConfig, FleetStats};
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio_util::sync::CancellationToken;
+
+/// Fleet ingest server simulator: dual-token grace, de-duplication and fault
+/// injection. Its admin routes are unauthenticated: for test rigs only.
+#[derive(Parser)]
+#[command(name = "fleet-sim", version)]
+struct Cli {
+    /// Serve HTTP on this address (e.g. 127.0.0.1:0 for any free port).
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// The current fleet token.
+    #[arg(long, value_name = "TOKEN", value_parser = non_empty)]
+    token: String,
+    /// A previous token, honoured for --grace from start.
+    #[arg(long, value_name = "TOKEN", value_parser = non_empty)]
+    previous_token: Option<String>,
+    /// Grace of a rotated-out token (e.g. 500ms, 5s, 2m, 24h).
+    #[arg(long, value_name = "DURATION", value_parser = slmd_hil::parse_duration)]
+    grace: Option<Duration>,
+    /// Refuse batches of more than N records with 413.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_records: Option<u64>,
+    /// Refuse batches holding any of these seqs with 400 (e.g. 17,42).
+    #[arg(long, value_name = "SEQS", value_delimiter = ',')]
+    poison: Vec<u64>,
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens are secrets: the config's Debug shows fingerprints only.
+        f.debug_struct("Cli")
+            .field("listen", &self.listen)
+            .field("config", &self.config())
+            .finish()
+    }
+}
+
+/// A token must have something in it besides whitespace.
+fn non_empty(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("a token must not be empty".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+impl Cli {
+    fn config(&self) -> FleetSimConfig {
+        FleetSimConfig {
+            token: self.token.clone(),
+            previous_token: self.previous_token.clone(),
+            grace: self.grace.unwrap_or(DEFAULT_GRACE),
+            max_records: self
+                .max_records
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            poison: self.poison.iter().copied().collect::<BTreeSet<u64>>(),
+        }
+    }
+}
+
+/// `{"event":"listening","addr":...}`
+#[derive(Serialize)]
+struct Listening {
+    event: &'static str,
+    addr: SocketAddr,
+}
+
+/// `{"event":"stats",...}`
+#[derive(Serialize)]
+struct Stats<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    stats: &'a FleetStats,
+}
+
+/// Prints one JSON line on stdout and flushes it.
+fn emit(value: &impl Serialize) {
+    let line = match serde_json::to_string(value) {
+        Ok(line) => line,
+        Err(e) => {
+            tracing::error!("could not encode an event: {e}");
+            return;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        tracing::debug!("stdout: {e}");
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = cli.config();
+    tracing::info!(?config, "fleet-sim starting");
+    let sim = FleetSim::new(config);
+    let mut events = sim.events();
+    let shutdown = CancellationToken::new();
+    // Before the first line is printed: whoever reads it may signal at once.
+    watch_signals(shutdown.clone());
+
+    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("fleet-sim: cannot listen on {}: {e}", cli.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let bound = match listener.local_addr() {
+        Ok(bound) => bound,
+        Err(e) => {
+            eprintln!("fleet-sim: cannot read the bound address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    emit(&Listening {
+        event: "listening",
+        addr: bound,
+    });
+    let mut server = {
+        let (sim, token) = (sim.clone(), shutdown.clone());
+        tokio::spawn(async move { sim.serve(listener, token).await })
+    };
+
+    let finished = loop {
+        tokio::select! {
+            // Something happened in the fleet: print it.
+            event = events.recv() => match event {
+                Ok(event) => emit(&event),
+                Err(RecvError::Lagged(n)) => tracing::warn!("{n} events were not printed (stdout too slow)"),
+                Err(RecvError::Closed) => break None,
+            },
+            // A signal: stop.
+            () = shutdown.cancelled() => break None,
+            // The server stopped on its own (an error): stop too.
+            served = &mut server => break Some(served),
+        }
+    };
+    shutdown.cancel();
+    let served = match finished {
+        Some(served) => served,
+        None => server.await,
+    };
+    drain(&mut events);
+    emit(&Stats {
+        event: "stats",
+        stats: &sim.stats(),
+    });
+    match served {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("fleet-sim: the server failed: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("fleet-sim: the server task failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the events still queued.
+fn drain(events: &mut tokio::sync::broadcast::Receiver<FleetEvent>) {
+    loop {
+        match events.try_recv() {
+            Ok(event) => emit(&event),
+            Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot watch signals: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let (mut term, mut int) = (term, int);
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        shutdown.cancel();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let cli = Cli::try_parse_from([
+            "fleet-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "t1",
+            "--previous-token",
+            "t0",
+            "--grace",
+            "5s",
+            "--max-records",
+            "100",
+            "--poison",
+            "17,42",
+        ])
+        .expect("valid command line");
+        let config = cli.config();
+        assert_eq!(config.token, "t1");
+        assert_eq!(config.previous_token.as_deref(), Some("t0"));
+        assert_eq!(config.grace, Duration::from_secs(5));
+        assert_eq!(config.max_records, Some(100));
+        assert_eq!(config.poison, BTreeSet::from([17, 42]));
+        let debug = format!("{cli:?}");
+        assert!(
+            !debug.contains("\"t1\"") && !debug.contains("\"t0\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn bad_command_lines_are_refused() {
+        for args in [
+            &["fleet-sim"][..],
+            &["fleet-sim", "--listen", "127.0.0.1:0"],
+            &["fleet-sim", "--token", "t"],
+            &["fleet-sim", "--listen", "127.0.0.1:0", "--token", " "],
+            &[
+                "fleet-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "t",
+                "--grace",
+                "5",
+            ],
+            &[
+                "fleet-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "t",
+                "--max-records",
+                "0",
+            ],
+            &[
+                "fleet-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "t",
+                "--poison",
+                "x",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

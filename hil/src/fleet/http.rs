@@ -1,0 +1,815 @@
+//! The fleet simulator over HTTP/1.1: the ingest route, the admin routes,
+//! and the ingest pipeline.
+//!
+//! Ingest (`POST /api/fleet/ingest`) answers by the first of these that
+//! applies: (1) a queued fault, consumed on arrival and answered before
+//! anything else (faults model a load balancer or an outage in front of the
+//! fleet); (2) the bearer token (`401`); (3) the body: size,
+//! `Content-Type`, `Content-Encoding`, gzip, JSON and every record field
+//! (`413` beyond [`MAX_BODY_BYTES`], `400` naming the field otherwise);
+//! (4) `max_records` (`413`); (5) poisoned seqs (`400`); (6) storing,
+//! de-duplicated by `(gateway, seq)` (`200`). The body is always read, decoded
+//! and parsed, whatever the answer, so `body_bytes` counts every request, the
+//! connection stays usable, and the log names the batch of a refused or
+//! faulted request too. Decompression, parsing and checking run without the
+//! state lock; steps 4 to 6 and the request's log entry happen under one lock,
+//! so counters, log and store always agree.
+//!
+//! Every error answer is JSON with an `error` field; unknown routes are
+//! `404`, wrong methods `405`.
+
+use super::faults::Fault;
+use super::record::{self, SlotJson, excerpt};
+use super::report::{FleetStats, Outcome, RequestLog};
+use super::tokens::{RotateReport, TokenDigest, TokenStatus, digest, fingerprint_of};
+use super::{FleetSim, MAX_BODY_BYTES};
+use crate::config::{ParseError, parse_duration};
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::serve::ListenerExt as _;
+use chrono::Utc;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::pin::Pin;
+use tokio_util::sync::CancellationToken;
+
+/// Largest admin request body taken.
+const ADMIN_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+struct App {
+    /// The fleet.
+    sim: FleetSim,
+    /// Cancelled on shutdown: releases the requests a `hang` fault holds.
+    shutdown: CancellationToken,
+}
+
+/// Serves `sim` on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    sim: FleetSim,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = App {
+        sim,
+        shutdown: shutdown.clone(),
+    };
+    // Answers are small and written at once; without NODELAY a client that
+    // delays its ACKs could stall every request/answer round trip.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Every route.
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/api/fleet/ingest", post(ingest))
+        .route("/admin/rotate", post(rotate))
+        .route("/admin/expire-previous", post(expire_previous))
+        .route("/admin/tokens", get(tokens))
+        .route(
+            "/admin/faults",
+            post(inject).get(pending_faults).delete(clear_faults),
+        )
+        .route("/admin/max-records", put(set_max_records).get(max_records))
+        .route("/admin/poison", put(set_poison).get(poison))
+        .route("/admin/received", get(received))
+        .route("/admin/seqs", get(seqs))
+        .route("/admin/gateways", get(gateways))
+        .route("/admin/stats", get(stats))
+        .route("/admin/requests", get(requests))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+// ---------------------------------------------------------------------------
+// Ingest.
+
+/// A request body as read from the wire.
+struct Wire {
+    /// The bytes read (all of them unless `error`).
+    bytes: Vec<u8>,
+    /// Bytes received, including any beyond the limit in the last frame.
+    seen: u64,
+    /// Why reading stopped early, if it did.
+    error: Option<BodyError>,
+}
+
+/// Why a body was not read to its end.
+enum BodyError {
+    /// It is larger than the limit.
+    TooLarge,
+    /// The connection failed or the framing was broken.
+    Read(String),
+}
+
+/// Reads `body` up to `limit` bytes.
+async fn read_body(mut body: Body, limit: usize) -> Wire {
+    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+    let mut wire = Wire {
+        bytes: Vec::with_capacity(hint.min(limit)),
+        seen: 0,
+        error: None,
+    };
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => break,
+            Some(Err(e)) => {
+                wire.error = Some(BodyError::Read(e.to_string()));
+                break;
+            }
+            Some(Ok(frame)) => {
+                // Trailers carry nothing for us.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                wire.seen += data.len() as u64;
+                if wire.bytes.len() + data.len() > limit {
+                    wire.error = Some(BodyError::TooLarge);
+                    break;
+                }
+                wire.bytes.extend_from_slice(&data);
+            }
+        }
+    }
+    wire
+}
+
+/// The body's `Content-Encoding`.
+enum Encoding {
+    /// None or `identity`.
+    Identity,
+    /// `gzip` (or `x-gzip`).
+    Gzip,
+    /// Anything else, as sent (shortened).
+    Unsupported(String),
+}
+
+/// Reads `Content-Encoding`.
+fn encoding(headers: &HeaderMap) -> Encoding {
+    let Some(value) = headers.get(CONTENT_ENCODING) else {
+        return Encoding::Identity;
+    };
+    let text = String::from_utf8_lossy(value.as_bytes())
+        .trim()
+        .to_ascii_lowercase();
+    match text.as_str() {
+        "" | "identity" => Encoding::Identity,
+        "gzip" | "x-gzip" => Encoding::Gzip,
+        other => Encoding::Unsupported(excerpt(other).into_owned()),
+    }
+}
+
+/// The digest of the bearer token, if one was presented.
+fn bearer(headers: &HeaderMap) -> Option<TokenDigest> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| digest(token))
+}
+
+/// Checks that the body is declared as JSON.
+fn json_content_type(headers: &HeaderMap) -> Result<(), String> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Err("missing Content-Type: expected application/json".to_owned());
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let media = text.split(';').next().unwrap_or_default().trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(format!(
+            "Content-Type `{}` is not application/json",
+            excerpt(&text)
+        ))
+    }
+}
+
+/// An answer to an ingest request that was not hit by a `status` or `hang`
+/// fault.
+#[derive(Clone)]
+struct Answer {
+    /// The status.
+    status: StatusCode,
+    /// The JSON body.
+    body: serde_json::Value,
+    /// What became of the request.
+    outcome: Outcome,
+    /// Why it was refused, for the log.
+    detail: Option<String>,
+}
+
+impl Answer {
+    /// `401`.
+    fn unknown_token() -> Answer {
+        Answer {
+            status: StatusCode::UNAUTHORIZED,
+            body: json!({"error": "unknown or expired token"}),
+            outcome: Outcome::UnknownToken,
+            detail: None,
+        }
+    }
+
+    /// `400` for a body that is not a valid push.
+    fn malformed(detail: String) -> Answer {
+        Answer {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({"error": "malformed", "detail": detail}),
+            outcome: Outcome::Malformed,
+            detail: Some(detail),
+        }
+    }
+
+    /// `413` for a body beyond [`MAX_BODY_BYTES`].
+    fn body_too_large() -> Answer {
+        let detail = format!("the body is larger than {MAX_BODY_BYTES} bytes");
+        Answer {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            body: json!({"error": "body too large", "limit_bytes": MAX_BODY_BYTES}),
+            outcome: Outcome::TooLarge,
+            detail: Some(detail),
+        }
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// A checked batch, ready to store.
+struct Prepared {
+    /// The pushing gateway.
+    gateway: String,
+    /// Its records, in the order sent.
+    pending: Vec<record::Pending>,
+}
+
+/// `POST /api/fleet/ingest`.
+async fn ingest(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let at = Utc::now();
+    // Taken on arrival, so faults hit requests in the order they arrive.
+    let fault = app.sim.take_fault();
+    let presented = bearer(&headers);
+    let encoding = encoding(&headers);
+    let wire = read_body(body, MAX_BODY_BYTES).await;
+    let log = RequestLog {
+        at,
+        token: presented.as_ref().map(fingerprint_of),
+        token_role: None,
+        status: None,
+        outcome: Outcome::Malformed,
+        fault: fault.as_ref().map(Fault::kind),
+        gateway: None,
+        records: None,
+        accepted: 0,
+        duplicates: 0,
+        first_seq: None,
+        last_seq: None,
+        body_bytes: wire.seen,
+        gzip: matches!(encoding, Encoding::Gzip),
+        detail: None,
+    };
+    if let Some(response) = handle(&app.sim, &headers, fault, presented, encoding, &wire, log) {
+        return response;
+    }
+    // A `hang` fault: held until shutdown. If the client gives up first, the
+    // connection closes and this future is dropped with it.
+    drop(wire);
+    app.shutdown.cancelled().await;
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": "shutting down"})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Answers and logs an ingest request; `None` when a `hang` fault holds it.
+///
+/// The body is decoded and parsed whatever the fault or token, so the log
+/// names the batch (gateway, records, seqs) of every request whose body
+/// parses; the answer still follows the order of checks.
+fn handle(
+    sim: &FleetSim,
+    headers: &HeaderMap,
+    fault: Option<Fault>,
+    presented: Option<TokenDigest>,
+    encoding: Encoding,
+    wire: &Wire,
+    mut log: RequestLog,
+) -> Option<Response> {
+    let decoded = decode(headers, encoding, wire);
+    let parsed = match &decoded {
+        Ok(bytes) => record::parse(bytes).map_err(Answer::malformed),
+        Err(answer) => Err(answer.clone()),
+    };
+    if let Ok(body) = &parsed {
+        log.gateway = Some(body.gateway.0.to_string());
+        log.records = Some(body.records.len());
+        log.first_seq = body.records.first().map(|r| r.0.seq);
+        log.last_seq = body.records.last().map(|r| r.0.seq);
+    }
+    match fault {
+        Some(Fault::Status {
+            status,
+            retry_after,
+            ..
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            sim.settle(
+                log,
+                Outcome::Fault,
+                Some(status.as_u16()),
+                Some("injected fault".to_owned()),
+            );
+            let mut response = (
+                status,
+                axum::Json(json!({"error": "injected fault", "status": status.as_u16()})),
+            )
+                .into_response();
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            Some(response)
+        }
+        Some(Fault::Hang { .. }) => {
+            sim.settle(log, Outcome::Hang, None, None);
+            None
+        }
+        Some(Fault::NotJson { .. }) => {
+            // Processed normally; only the answer is replaced, like a proxy
+            // that swallows it.
+            let _ = process(sim, presented, parsed, log, true);
+            Some(
+                (
+                    StatusCode::OK,
+                    [(CONTENT_TYPE, "text/html; charset=utf-8")],
+                    "<html>OK</html>",
+                )
+                    .into_response(),
+            )
+        }
+        None => Some(process(sim, presented, parsed, log, false).into_response()),
+    }
+}
+
+/// The body as JSON bytes: read in full, declared as JSON, decompressed.
+fn decode<'w>(
+    headers: &HeaderMap,
+    encoding: Encoding,
+    wire: &'w Wire,
+) -> Result<Cow<'w, [u8]>, Answer> {
+    match &wire.error {
+        Some(BodyError::TooLarge) => return Err(Answer::body_too_large()),
+        Some(BodyError::Read(e)) => {
+            return Err(Answer::malformed(format!("reading the body failed: {e}")));
+        }
+        None => {}
+    }
+    json_content_type(headers).map_err(Answer::malformed)?;
+    match encoding {
+        Encoding::Identity => Ok(Cow::Borrowed(&wire.bytes)),
+        Encoding::Gzip => gunzip(&wire.bytes).map(Cow::Owned),
+        Encoding::Unsupported(name) => Err(Answer::malformed(format!(
+            "unsupported Content-Encoding `{name}`: expected gzip or none"
+        ))),
+    }
+}
+
+/// The token, then the body, then storing; logs the request. With
+/// `not_json` the log says the client saw `200` (the caller answers HTML).
+fn process(
+    sim: &FleetSim,
+    presented: Option<TokenDigest>,
+    parsed: Result<record::IngestBody<'_>, Answer>,
+    mut log: RequestLog,
+    not_json: bool,
+) -> Answer {
+    let checked = match presented.and_then(|presented| sim.check_token(&presented)) {
+        Some(role) => {
+            log.token_role = Some(role);
+            parsed
+        }
+        None => Err(Answer::unknown_token()),
+    };
+    match checked {
+        Ok(body) => {
+            let gateway = body.gateway.0.into_owned();
+            // Interned without the state lock; storing takes it.
+            let pending = {
+                let mut interner = sim.interner();
+                body.records
+                    .into_iter()
+                    .map(|record| interner.prepare(record.0))
+                    .collect()
+            };
+            sim.admit(Prepared { gateway, pending }, log, not_json)
+        }
+        Err(answer) => {
+            let status = if not_json {
+                200
+            } else {
+                answer.status.as_u16()
+            };
+            sim.settle(log, answer.outcome, Some(status), answer.detail.clone());
+            answer
+        }
+    }
+}
+
+/// Decompresses a gzip body (several members allowed), up to
+/// [`MAX_BODY_BYTES`].
+fn gunzip(wire: &[u8]) -> Result<Vec<u8>, Answer> {
+    // JSON compresses about tenfold; the Vec grows if it needs to.
+    let mut out = Vec::with_capacity(wire.len().saturating_mul(10).min(MAX_BODY_BYTES));
+    let limit = MAX_BODY_BYTES as u64 + 1;
+    match flate2::read::MultiGzDecoder::new(wire)
+        .take(limit)
+        .read_to_end(&mut out)
+    {
+        Ok(_) if out.len() > MAX_BODY_BYTES => Err(Answer::body_too_large()),
+        Ok(_) => Ok(out),
+        Err(e) => Err(Answer::malformed(format!(
+            "the body does not decompress as gzip: {e}"
+        ))),
+    }
+}
+
+impl FleetSim {
+    /// Steps 4 to 6 and the log entry, under one lock.
+    fn admit(&self, prepared: Prepared, mut log: RequestLog, not_json: bool) -> Answer {
+        let Prepared { gateway, pending } = prepared;
+        let n = pending.len();
+        let mut state = self.state();
+        let answer = if let Some(max) = state.max_records.filter(|&max| n > max) {
+            Answer {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                body: json!({"error": "batch too large", "max_records": max, "records": n}),
+                outcome: Outcome::TooLarge,
+                detail: Some(format!("{n} records in the batch, at most {max} taken")),
+            }
+        } else {
+            let mut poisoned: Vec<u64> = Vec::new();
+            if !state.poison.is_empty() {
+                for record in &pending {
+                    if state.poison.contains(&record.seq) && !poisoned.contains(&record.seq) {
+                        poisoned.push(record.seq);
+                    }
+                }
+            }
+            if poisoned.is_empty() {
+                let stored = state.store.insert(&gateway, pending);
+                state.stats.unique += stored.accepted as u64;
+                state.stats.out_of_order += stored.out_of_order as u64;
+                log.accepted = stored.accepted;
+                log.duplicates = stored.duplicates;
+                Answer {
+                    status: StatusCode::OK,
+                    body: json!({"accepted": stored.accepted, "duplicates": stored.duplicates}),
+                    outcome: Outcome::Accepted,
+                    detail: None,
+                }
+            } else {
+                let listed: Vec<String> = poisoned.iter().map(u64::to_string).collect();
+                Answer {
+                    status: StatusCode::BAD_REQUEST,
+                    body: json!({"error": "malformed record", "seqs": poisoned}),
+                    outcome: Outcome::Poison,
+                    detail: Some(format!("poisoned seqs: {}", listed.join(", "))),
+                }
+            }
+        };
+        log.status = Some(if not_json {
+            200
+        } else {
+            answer.status.as_u16()
+        });
+        log.outcome = answer.outcome;
+        log.detail.clone_from(&answer.detail);
+        state.finish(log, &self.shared.events);
+        answer
+    }
+
+    /// Logs a request that ends before storing.
+    fn settle(
+        &self,
+        mut log: RequestLog,
+        outcome: Outcome,
+        status: Option<u16>,
+        detail: Option<String>,
+    ) {
+        log.outcome = outcome;
+        log.status = status;
+        log.detail = detail;
+        self.state().finish(log, &self.shared.events);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Admin.
+
+/// Bad admin input: `400` with `{"error": ...}`.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    /// The body is not the JSON this route takes.
+    #[error("the body is not valid for this route: {0}")]
+    Json(String),
+    /// The body is too large.
+    #[error("the body is larger than {ADMIN_BODY_BYTES} bytes")]
+    TooLarge,
+    /// The body could not be read.
+    #[error("reading the body failed: {0}")]
+    Read(String),
+    /// A rotation to an empty token.
+    #[error("token must not be empty")]
+    EmptyToken,
+    /// A grace that is not a duration.
+    #[error("grace: {0}")]
+    Grace(#[from] ParseError),
+    /// A fault that cannot be injected.
+    #[error("fault: {0}")]
+    Fault(#[from] super::InvalidFault),
+    /// A batch limit of zero.
+    #[error("max_records must be at least 1, or null for no limit")]
+    ZeroMaxRecords,
+    /// A query string this route does not take.
+    #[error("{0}")]
+    Query(String),
+    /// The answer could not be encoded (a bug).
+    #[error("cannot encode the answer: {0}")]
+    Encode(String),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            AdminError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        (status, axum::Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+/// Reads an admin body as `T`.
+async fn admin_json<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, AdminError> {
+    let wire = read_body(body, ADMIN_BODY_BYTES).await;
+    match wire.error {
+        Some(BodyError::TooLarge) => return Err(AdminError::TooLarge),
+        Some(BodyError::Read(e)) => return Err(AdminError::Read(e)),
+        None => {}
+    }
+    serde_json::from_slice(&wire.bytes).map_err(|e| AdminError::Json(e.to_string()))
+}
+
+/// `POST /admin/rotate` body. No `Debug`: it holds a plain token.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// The new current token.
+    token: String,
+    /// Grace of the old one, e.g. `"24h"`, `"500ms"` (default: configured).
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+/// `POST /admin/rotate`.
+async fn rotate(
+    State(app): State<App>,
+    body: Body,
+) -> Result<axum::Json<RotateReport>, AdminError> {
+    let request: RotateRequest = admin_json(body).await?;
+    let token = request.token.trim();
+    if token.is_empty() {
+        return Err(AdminError::EmptyToken);
+    }
+    let grace = request.grace.as_deref().map(parse_duration).transpose()?;
+    Ok(axum::Json(app.sim.rotate(token, grace)))
+}
+
+/// `POST /admin/expire-previous` answer.
+#[derive(Serialize)]
+struct Expired {
+    /// Fingerprint of the token retired, if any.
+    retired: Option<String>,
+    /// The tokens now.
+    #[serde(flatten)]
+    tokens: TokenStatus,
+}
+
+/// `POST /admin/expire-previous` (any body is ignored).
+async fn expire_previous(State(app): State<App>) -> axum::Json<Expired> {
+    let retired = app.sim.expire_previous();
+    axum::Json(Expired {
+        retired,
+        tokens: app.sim.tokens(),
+    })
+}
+
+/// `GET /admin/tokens`.
+async fn tokens(State(app): State<App>) -> axum::Json<TokenStatus> {
+    axum::Json(app.sim.tokens())
+}
+
+/// The faults waiting, as admin routes answer.
+fn pending_answer(sim: &FleetSim) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"pending": sim.pending_faults()}))
+}
+
+/// `POST /admin/faults`.
+async fn inject(
+    State(app): State<App>,
+    body: Body,
+) -> Result<axum::Json<serde_json::Value>, AdminError> {
+    let fault: Fault = admin_json(body).await?;
+    app.sim.inject(fault)?;
+    Ok(pending_answer(&app.sim))
+}
+
+/// `GET /admin/faults`.
+async fn pending_faults(State(app): State<App>) -> axum::Json<serde_json::Value> {
+    pending_answer(&app.sim)
+}
+
+/// `DELETE /admin/faults`.
+async fn clear_faults(State(app): State<App>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"dropped": app.sim.clear_faults()}))
+}
+
+/// `PUT /admin/max-records` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaxRecordsRequest {
+    /// The limit, or null for none; the field must be present.
+    #[serde(deserialize_with = "present")]
+    max_records: Option<usize>,
+}
+
+/// A nullable field that must be present.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    Option::<usize>::deserialize(deserializer)
+}
+
+/// `PUT /admin/max-records`.
+async fn set_max_records(
+    State(app): State<App>,
+    body: Body,
+) -> Result<axum::Json<serde_json::Value>, AdminError> {
+    let request: MaxRecordsRequest = admin_json(body).await?;
+    if request.max_records == Some(0) {
+        return Err(AdminError::ZeroMaxRecords);
+    }
+    app.sim.set_max_records(request.max_records);
+    Ok(axum::Json(json!({"max_records": request.max_records})))
+}
+
+/// `GET /admin/max-records`.
+async fn max_records(State(app): State<App>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"max_records": app.sim.max_records()}))
+}
+
+/// `PUT /admin/poison` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoisonRequest {
+    /// The poisoned seqs (replacing the previous set).
+    seqs: BTreeSet<u64>,
+}
+
+/// `PUT /admin/poison`.
+async fn set_poison(
+    State(app): State<App>,
+    body: Body,
+) -> Result<axum::Json<serde_json::Value>, AdminError> {
+    let request: PoisonRequest = admin_json(body).await?;
+    app.sim.set_poison(request.seqs);
+    Ok(axum::Json(json!({"seqs": app.sim.poison()})))
+}
+
+/// `GET /admin/poison`.
+async fn poison(State(app): State<App>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"seqs": app.sim.poison()}))
+}
+
+/// `?gateway=...[&from=N][&limit=N]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayQuery {
+    /// The gateway id.
+    gateway: String,
+    /// Index (in first-arrival order) of the first record answered.
+    #[serde(default)]
+    from: usize,
+    /// Most records answered (default: all).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The query, or a JSON `400`.
+fn gateway_query(
+    query: Result<Query<GatewayQuery>, QueryRejection>,
+) -> Result<GatewayQuery, AdminError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|e| AdminError::Query(e.body_text()))
+}
+
+/// `{"records": [...]}`, serialized straight from the store.
+#[derive(Serialize)]
+struct RecordsAnswer<'a> {
+    /// The records, as received.
+    records: Vec<SlotJson<'a>>,
+}
+
+/// `GET /admin/received?gateway=...`.
+async fn received(
+    State(app): State<App>,
+    query: Result<Query<GatewayQuery>, QueryRejection>,
+) -> Result<Response, AdminError> {
+    let query = gateway_query(query)?;
+    let bytes = {
+        let state = app.sim.state();
+        let records = state
+            .store
+            .records_json(&query.gateway, query.from, query.limit)
+            .collect();
+        serde_json::to_vec(&RecordsAnswer { records })
+            .map_err(|e| AdminError::Encode(e.to_string()))?
+    };
+    Ok(([(CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// `GET /admin/seqs?gateway=...`.
+async fn seqs(
+    State(app): State<App>,
+    query: Result<Query<GatewayQuery>, QueryRejection>,
+) -> Result<axum::Json<serde_json::Value>, AdminError> {
+    let query = gateway_query(query)?;
+    let seqs = app
+        .sim
+        .state()
+        .store
+        .seqs(&query.gateway, query.from, query.limit);
+    Ok(axum::Json(json!({"seqs": seqs})))
+}
+
+/// `GET /admin/gateways`.
+async fn gateways(State(app): State<App>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"gateways": app.sim.gateways()}))
+}
+
+/// `GET /admin/stats`.
+async fn stats(State(app): State<App>) -> axum::Json<FleetStats> {
+    axum::Json(app.sim.stats())
+}
+
+/// `GET /admin/requests`.
+async fn requests(State(app): State<App>) -> axum::Json<Vec<RequestLog>> {
+    axum::Json(app.sim.requests())
+}
+
+/// Any other path.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(
+            json!({"error": "no such route", "method": method.as_str(), "path": uri.path()}),
+        ),
+    )
+        .into_response()
+}
+
+/// A known path with the wrong method.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(
+            json!({"error": "method not allowed", "method": method.as_str(), "path": uri.path()}),
+        ),
+    )
+        .into_response()
+}

@@ -1,0 +1,366 @@
+//! The fleet ingest server simulator (`fleet-sim`): the server side of SPEC
+//! §7, for test rigs.
+//!
+//! It takes pushes on `POST /api/fleet/ingest`, honours the current token and
+//! at most one previous token during its grace window, de-duplicates by
+//! `(gateway, seq)`, and lets a test script the fleet's bad days: queued
+//! faults (error statuses with `Retry-After`, a `200` that is not JSON, a
+//! request never answered), a batch size limit (`413`) and poisoned seqs
+//! (`400`). Everything it received and every request it answered can be read
+//! back, in-process or over the admin routes on the same listener.
+//!
+//! The admin surface (`/admin/...`) is unauthenticated: the simulator is for
+//! test rigs on loopback or a lab network, never for a reachable address.
+//!
+//! Layout (one module per role):
+//! - [`tokens`]: token digests, rotation and grace ([`fingerprint`],
+//!   [`RotateReport`], [`TokenStatus`]).
+//! - [`faults`]: [`Fault`] and the fault queue.
+//! - [`record`]: the record on its way in (typed, checked parsing) and at
+//!   rest (compact, interned), and [`StoredRecord`].
+//! - `store`: per-gateway records in first-arrival order, de-duplication.
+//! - [`report`]: [`FleetStats`], [`RequestLog`], [`FleetEvent`].
+//! - `http`: the routes, the ingest pipeline and the admin handlers.
+//!
+//! [`FleetSim`] is the server: cloning it gives another handle to the same
+//! fleet, whose state persists across connections and listeners.
+
+pub mod faults;
+mod http;
+pub mod record;
+pub mod report;
+mod store;
+pub mod tokens;
+
+pub use faults::{Fault, FaultKind, InvalidFault};
+pub use record::{RecordState, StoredRecord};
+pub use report::{FleetEvent, FleetStats, Outcome, RequestLog};
+pub use tokens::{RotateReport, TokenRole, TokenStatus, fingerprint};
+
+use faults::FaultQueue;
+use record::Interner;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use store::Store;
+use tokens::{TokenDigest, Tokens};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// The grace a rotated-out token gets unless told otherwise (SPEC §7).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Largest request body taken, on the wire and after decompression; beyond
+/// it the answer is `413`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// How a fleet simulator starts. Tokens are trimmed of surrounding
+/// whitespace, as the daemon trims its token files.
+#[derive(Clone)]
+pub struct FleetSimConfig {
+    /// The current token.
+    pub token: String,
+    /// A previous token honoured for `grace` from start, as if a rotation had
+    /// just happened.
+    pub previous_token: Option<String>,
+    /// The grace of `previous_token`, and of rotations that do not name one
+    /// (default 24 h).
+    pub grace: Duration,
+    /// Batches with more records are refused with `413` (default: no limit).
+    pub max_records: Option<usize>,
+    /// Batches holding any of these seqs are refused with `400`.
+    pub poison: BTreeSet<u64>,
+}
+
+impl FleetSimConfig {
+    /// `token` as the current token, nothing else.
+    pub fn new(token: &str) -> FleetSimConfig {
+        FleetSimConfig {
+            token: token.to_owned(),
+            previous_token: None,
+            grace: DEFAULT_GRACE,
+            max_records: None,
+            poison: BTreeSet::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for FleetSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens are secrets: fingerprints only.
+        f.debug_struct("FleetSimConfig")
+            .field("token", &fingerprint(self.token.trim()))
+            .field(
+                "previous_token",
+                &self
+                    .previous_token
+                    .as_deref()
+                    .map(|t| fingerprint(t.trim())),
+            )
+            .field("grace", &self.grace)
+            .field("max_records", &self.max_records)
+            .field("poison", &self.poison)
+            .finish()
+    }
+}
+
+/// A simulated fleet ingest server; clones share the same fleet.
+#[derive(Clone)]
+pub struct FleetSim {
+    /// Everything the handles share.
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for FleetSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSim")
+            .field("tokens", &self.tokens())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fleet and its surroundings, shared by every handle and connection.
+struct Shared {
+    /// The fleet's state; locked for short synchronous work only, never
+    /// across `.await` and never while a body is decompressed or parsed.
+    state: Mutex<State>,
+    /// Record profiles; a separate lock so interning a batch does not hold
+    /// up requests that only need the state.
+    interner: Mutex<Interner>,
+    /// Where events go; `send` never blocks and fails only without receivers.
+    events: broadcast::Sender<FleetEvent>,
+    /// The grace of rotations that do not name one.
+    grace: Duration,
+}
+
+/// Everything that changes.
+struct State {
+    /// The honoured tokens (digests only).
+    tokens: Tokens,
+    /// Faults waiting for requests.
+    faults: FaultQueue,
+    /// Batch size limit.
+    max_records: Option<usize>,
+    /// Seqs that make a batch `400`.
+    poison: BTreeSet<u64>,
+    /// The records received.
+    store: Store,
+    /// Counters.
+    stats: FleetStats,
+    /// The last ingest requests, oldest first.
+    requests: VecDeque<RequestLog>,
+}
+
+impl FleetSim {
+    /// A fleet configured by `config`; a previous token's grace starts now.
+    pub fn new(config: FleetSimConfig) -> FleetSim {
+        let (events, _) = broadcast::channel(report::EVENT_CAPACITY);
+        let tokens = Tokens::new(
+            config.token.trim(),
+            config.previous_token.as_deref().map(str::trim),
+            config.grace,
+        );
+        FleetSim {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    tokens,
+                    faults: FaultQueue::default(),
+                    max_records: config.max_records,
+                    poison: config.poison,
+                    store: Store::default(),
+                    stats: FleetStats::default(),
+                    requests: VecDeque::new(),
+                }),
+                interner: Mutex::new(Interner::default()),
+                events,
+                grace: config.grace,
+            }),
+        }
+    }
+
+    /// Serves HTTP/1.1 from `listener` (ingest and admin routes) until
+    /// `shutdown` is cancelled and the requests in progress are answered;
+    /// requests held by a `hang` fault are then answered `503` and closed.
+    /// TCP_NODELAY is set on every connection.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        http::serve(self.clone(), listener, shutdown).await
+    }
+
+    /// Makes `new_token` current: the old current token becomes the previous
+    /// one, honoured for `grace` (default: the configured grace), and an
+    /// older previous token is retired at once (at most one previous token
+    /// is honoured). Rotating to the current token changes nothing.
+    pub fn rotate(&self, new_token: &str, grace: Option<Duration>) -> RotateReport {
+        let grace = grace.unwrap_or(self.shared.grace);
+        let mut state = self.state();
+        let report = state.tokens.rotate(new_token.trim(), grace);
+        tracing::info!(
+            current = %report.current,
+            previous = ?report.previous,
+            retired = ?report.retired,
+            "token rotated"
+        );
+        self.emit(FleetEvent::Rotate(report.clone()));
+        drop(state);
+        report
+    }
+
+    /// Ends the previous token's grace now; returns its fingerprint, if
+    /// there was one.
+    pub fn expire_previous(&self) -> Option<String> {
+        let mut state = self.state();
+        let retired = state.tokens.expire_previous();
+        self.emit(FleetEvent::ExpirePrevious {
+            retired: retired.clone(),
+        });
+        drop(state);
+        retired
+    }
+
+    /// The honoured tokens by fingerprint.
+    pub fn tokens(&self) -> TokenStatus {
+        self.state().tokens.status(Instant::now())
+    }
+
+    /// Queues `fault` for the next requests (after the faults already
+    /// waiting); returns how many faults are now waiting.
+    pub fn inject(&self, fault: Fault) -> Result<usize, InvalidFault> {
+        fault.validate()?;
+        let mut state = self.state();
+        let pending = state.faults.push(fault.clone());
+        self.emit(FleetEvent::Fault { fault, pending });
+        drop(state);
+        Ok(pending)
+    }
+
+    /// The faults waiting, each with the requests it still applies to.
+    pub fn pending_faults(&self) -> Vec<Fault> {
+        self.state().faults.pending()
+    }
+
+    /// Drops every waiting fault; returns how many there were.
+    pub fn clear_faults(&self) -> usize {
+        let mut state = self.state();
+        let dropped = state.faults.clear();
+        self.emit(FleetEvent::FaultsCleared { dropped });
+        drop(state);
+        dropped
+    }
+
+    /// Refuses batches of more than `n` records with `413` (`None`: no
+    /// limit).
+    pub fn set_max_records(&self, n: Option<usize>) {
+        let mut state = self.state();
+        state.max_records = n;
+        self.emit(FleetEvent::MaxRecords { max_records: n });
+    }
+
+    /// The batch size limit.
+    pub fn max_records(&self) -> Option<usize> {
+        self.state().max_records
+    }
+
+    /// Refuses batches holding any of `seqs` with `400` (replaces the set).
+    pub fn set_poison(&self, seqs: BTreeSet<u64>) {
+        let mut state = self.state();
+        let listed = seqs.iter().copied().collect();
+        state.poison = seqs;
+        self.emit(FleetEvent::Poison { seqs: listed });
+    }
+
+    /// The poisoned seqs.
+    pub fn poison(&self) -> BTreeSet<u64> {
+        self.state().poison.clone()
+    }
+
+    /// `gateway`'s unique records in first-arrival order, as received.
+    pub fn received(&self, gateway: &str) -> Vec<StoredRecord> {
+        self.state().store.records(gateway, 0, None)
+    }
+
+    /// `gateway`'s unique seqs in first-arrival order.
+    pub fn seqs(&self, gateway: &str) -> Vec<u64> {
+        self.state().store.seqs(gateway, 0, None)
+    }
+
+    /// The gateways that pushed anything, sorted.
+    pub fn gateways(&self) -> Vec<String> {
+        self.state().store.gateways()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> FleetStats {
+        self.state().stats.clone()
+    }
+
+    /// The ingest requests so far (the last
+    /// [`report::REQUEST_LOG_CAPACITY`]), oldest first.
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.state().requests.iter().cloned().collect()
+    }
+
+    /// A receiver of every event from now on.
+    pub fn events(&self) -> broadcast::Receiver<FleetEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The state, tolerant of a poisoned lock (a panic in one request must
+    /// not take the fleet down for the next).
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The interner, tolerant of a poisoned lock.
+    fn interner(&self) -> MutexGuard<'_, Interner> {
+        self.shared
+            .interner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends an event; called with the state locked, so events go out in the
+    /// order of the changes they report.
+    fn emit(&self, event: FleetEvent) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.shared.events.send(event);
+    }
+
+    /// The next request's fault, if one is waiting.
+    fn take_fault(&self) -> Option<Fault> {
+        self.state().faults.take()
+    }
+
+    /// The role of the presented token now, or `None` if it is not honoured.
+    fn check_token(&self, presented: &TokenDigest) -> Option<TokenRole> {
+        self.state().tokens.check(presented, Instant::now())
+    }
+}
+
+impl State {
+    /// Counts an ingest request, keeps its log entry and sends its event.
+    fn finish(&mut self, log: RequestLog, events: &broadcast::Sender<FleetEvent>) {
+        let stats = &mut self.stats;
+        stats.requests += 1;
+        match log.status {
+            Some(status) => *stats.by_status.entry(status).or_default() += 1,
+            None => stats.hung += 1,
+        }
+        stats.body_bytes += log.body_bytes;
+        stats.records_in_bodies += log.records.unwrap_or(0) as u64;
+        stats.accepted += log.accepted as u64;
+        stats.duplicates += log.duplicates as u64;
+        if self.requests.len() >= report::REQUEST_LOG_CAPACITY {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(log.clone());
+        // No receiver is not an error: nobody is watching.
+        let _ = events.send(FleetEvent::Ingest(log));
+    }
+}

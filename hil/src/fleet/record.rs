@@ -1,0 +1,929 @@
+//! The record of SPEC §3 on its way in (parsed and checked from a push body)
+//! and at rest (a compact form kept for up to millions of records).
+//!
+//! Parsing is typed serde over the body's bytes, borrowing strings where the
+//! JSON has no escapes, and checks every field as it goes (an RFC 3339
+//! timestamp, a non-empty device, a known state, numbers or null as
+//! metrics), so an error names the field; unknown fields are refused, since
+//! the fleet record is exactly SPEC §3 and a field the daemon should not push
+//! (battery, raw line) must show up in a rig, not slip through.
+//!
+//! At rest a record is a `Slot`: its sequence number, an interned
+//! `Profile` (device, metric names in order, flags: the same few
+//! combinations repeat across a whole run), its timestamps as integers when
+//! they have the daemon's canonical form (text otherwise, so every record is
+//! served back exactly as received), its state, and its metric values in the
+//! gateway's value arena. Metric numbers keep their JSON kind: an integer
+//! comes back as an integer, a float as the same `f64`.
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
+use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+
+/// Run state of the meter, as SPEC §3 names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// Measuring.
+    Measuring,
+    /// Stopped.
+    Stopped,
+    /// Paused.
+    Paused,
+    /// Not known.
+    Unknown,
+}
+
+/// A record as the fleet received it, in the JSON form of SPEC §3
+/// (serializing it gives that form back).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRecord {
+    /// Gateway-wide sequence number.
+    pub seq: u64,
+    /// Device id.
+    pub device: String,
+    /// Gateway wall clock at reception, exactly as sent.
+    pub received_at: String,
+    /// The meter's timestamp exactly as sent, or `None` for null.
+    pub device_time: Option<String>,
+    /// Metric name and value (`None` for null) in the order sent; numbers
+    /// keep their JSON kind (integer or float).
+    pub metrics: Vec<(String, Option<serde_json::Number>)>,
+    /// Run state.
+    pub state: RecordState,
+    /// Flags in the order sent.
+    pub flags: Vec<String>,
+}
+
+impl StoredRecord {
+    /// The value of metric `name` as `f64`: `None` when the record has no
+    /// such metric, `Some(None)` when it was null.
+    pub fn metric(&self, name: &str) -> Option<Option<f64>> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref().and_then(serde_json::Number::as_f64))
+    }
+}
+
+impl Serialize for StoredRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The metrics as a JSON object in their order.
+        struct Metrics<'a>(&'a [(String, Option<serde_json::Number>)]);
+        impl Serialize for Metrics<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(self.0.len()))?;
+                for (name, value) in self.0 {
+                    map.serialize_entry(name, value)?;
+                }
+                map.end()
+            }
+        }
+        let mut record = serializer.serialize_struct("StoredRecord", 7)?;
+        record.serialize_field("seq", &self.seq)?;
+        record.serialize_field("device", &self.device)?;
+        record.serialize_field("received_at", &self.received_at)?;
+        record.serialize_field("device_time", &self.device_time)?;
+        record.serialize_field("metrics", &Metrics(&self.metrics))?;
+        record.serialize_field("state", &self.state)?;
+        record.serialize_field("flags", &self.flags)?;
+        record.end()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// On the way in.
+
+/// A push body, borrowing from its bytes.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"an object {"gateway": "...", "records": [...]}"#
+)]
+pub(crate) struct IngestBody<'a> {
+    /// The pushing gateway's id.
+    #[serde(borrow)]
+    pub(crate) gateway: Name<'a>,
+    /// The records, in the order sent.
+    #[serde(borrow)]
+    pub(crate) records: Vec<Object<RecordIn<'a>>>,
+}
+
+/// One record of a push body, checked field by field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a record object (SPEC §3)")]
+pub(crate) struct RecordIn<'a> {
+    /// Gateway-wide sequence number.
+    pub(crate) seq: u64,
+    /// Device id, non-empty.
+    #[serde(borrow)]
+    pub(crate) device: Name<'a>,
+    /// RFC 3339.
+    pub(crate) received_at: Stamp,
+    /// RFC 3339 or null, but present.
+    #[serde(deserialize_with = "nullable")]
+    pub(crate) device_time: Option<Stamp>,
+    /// Name → number or null.
+    #[serde(borrow)]
+    pub(crate) metrics: MetricsIn<'a>,
+    /// One of the four states.
+    pub(crate) state: RecordState,
+    /// Any strings.
+    #[serde(borrow)]
+    pub(crate) flags: Vec<Str<'a>>,
+}
+
+/// A `T` that must be a JSON object: a derived struct would also take an
+/// array of its fields in order, which no SPEC §7 body is.
+#[derive(Debug)]
+pub(crate) struct Object<T>(pub(crate) T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(ObjectOnly(deserializer)).map(Object)
+    }
+}
+
+/// A deserializer that reads structs as maps only.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A JSON string, borrowed from the body when it has no escapes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes the borrowed form whenever the deserializer offers it.
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor).map(Str)
+    }
+}
+
+/// A non-empty JSON string (gateway and device ids).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Name<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Str(text) = Str::deserialize(deserializer)?;
+        if text.is_empty() {
+            return Err(de::Error::invalid_value(
+                Unexpected::Str(""),
+                &"a non-empty string",
+            ));
+        }
+        Ok(Name(text))
+    }
+}
+
+/// Reads a value that may be null but must be present: with
+/// `deserialize_with`, serde reports a missing field instead of taking it as
+/// null, as it does for a plain `Option` field.
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)
+}
+
+/// A metric value as stored: `f64` bits, or `i64` bits when the metric's bit
+/// is set in the record's integer mask. Null is this NaN (JSON has no NaN, so
+/// no number can collide with it).
+const NULL_BITS: u64 = 0x7ff8_0000_0000_0bad;
+
+/// Metrics beyond this many in one record keep integers as `f64` (the
+/// integer mask is a `u64`); meters have about a dozen.
+const INT_MASK_BITS: usize = 64;
+
+/// The metrics object of a record.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct MetricsIn<'a> {
+    /// Names in the order sent.
+    pub(crate) names: Vec<Str<'a>>,
+    /// Values in the same order, encoded as stored (see [`NULL_BITS`]).
+    pub(crate) values: Vec<u64>,
+    /// Bit `i` set: value `i` is an integer.
+    pub(crate) ints: u64,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MetricsIn<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Reads the object entry by entry, refusing repeated names.
+        struct MetricsVisitor;
+        impl<'de> Visitor<'de> for MetricsVisitor {
+            type Value = MetricsIn<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of metric name → number or null")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut metrics = MetricsIn::default();
+                while let Some(name) = map.next_key::<Str<'de>>()? {
+                    let value: Num = map.next_value()?;
+                    if metrics.names.iter().any(|n| n.0 == name.0) {
+                        return Err(de::Error::custom(format_args!(
+                            "metric `{}` appears twice",
+                            excerpt(&name.0)
+                        )));
+                    }
+                    let i = metrics.values.len();
+                    let bits = match value {
+                        Num::Null => NULL_BITS,
+                        Num::Float(f) => f.to_bits(),
+                        Num::Int(n) if i < INT_MASK_BITS => {
+                            metrics.ints |= 1 << i;
+                            // Reinterpreted, not converted: read back as i64.
+                            n as u64
+                        }
+                        Num::Int(n) => (n as f64).to_bits(),
+                    };
+                    metrics.values.push(bits);
+                    metrics.names.push(name);
+                }
+                Ok(metrics)
+            }
+        }
+        deserializer.deserialize_map(MetricsVisitor)
+    }
+}
+
+/// A metric value as sent.
+enum Num {
+    /// `null`.
+    Null,
+    /// A number with a fraction or exponent (or an integer beyond `i64`).
+    Float(f64),
+    /// An integer.
+    Int(i64),
+}
+
+impl<'de> Deserialize<'de> for Num {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Keeps the JSON kind of the number.
+        struct NumVisitor;
+        impl Visitor<'_> for NumVisitor {
+            type Value = Num;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Num, E> {
+                Ok(Num::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Num, E> {
+                Ok(Num::Null)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
+                Ok(Num::Float(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num, E> {
+                Ok(Num::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
+                Ok(i64::try_from(v).map_or(Num::Float(v as f64), Num::Int))
+            }
+        }
+        deserializer.deserialize_any(NumVisitor)
+    }
+}
+
+/// At most this much of a sent string goes into an error message.
+const EXCERPT_CHARS: usize = 64;
+
+/// `text`, cut to [`EXCERPT_CHARS`] characters for an error message.
+pub(crate) fn excerpt(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
+/// Parses a push body; the error names the field (e.g.
+/// `records[3].received_at: ...`).
+pub(crate) fn parse(body: &[u8]) -> Result<IngestBody<'_>, String> {
+    match serde_json::from_slice::<Object<IngestBody<'_>>>(body) {
+        Ok(Object(parsed)) => Ok(parsed),
+        // The fast path does not track where it is; errors are rare, so
+        // parse again with the path tracked to say where.
+        Err(plain) => Err(explain(body).unwrap_or_else(|| plain.to_string())),
+    }
+}
+
+/// The error of parsing `body` with its path, or `None` if it parses.
+fn explain(body: &[u8]) -> Option<String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let error =
+        match serde_path_to_error::deserialize::<_, Object<IngestBody<'_>>>(&mut deserializer) {
+            Ok(_) => return deserializer.end().err().map(|e| e.to_string()),
+            Err(error) => error,
+        };
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    Some(if path == "." {
+        inner.to_string()
+    } else {
+        format!("{path}: {inner}")
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Timestamps.
+
+/// A timestamp as stored: an integer when the text is the daemon's canonical
+/// form (so it can be written back identically), the text otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as milliseconds since the epoch.
+    Millis(i64),
+    /// `YYYY-MM-DDTHH:MM:SSZ`, as seconds since the epoch.
+    Secs(i64),
+    /// Any other RFC 3339 text, kept as sent.
+    Text(Box<str>),
+}
+
+impl<'de> Deserialize<'de> for Stamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Str(text) = Str::deserialize(deserializer)?;
+        let parsed = DateTime::parse_from_rfc3339(&text).map_err(|e| {
+            de::Error::custom(format_args!(
+                "`{}` is not an RFC 3339 timestamp ({e})",
+                excerpt(&text)
+            ))
+        })?;
+        Ok(Stamp::canonical(&text, parsed.timestamp_millis())
+            .unwrap_or_else(|| Stamp::Text(text.into())))
+    }
+}
+
+impl Stamp {
+    /// The integer form of `text` (which parsed as RFC 3339 to `millis`), if
+    /// writing it back gives exactly `text`: digits in the fixed positions, an
+    /// upper-case `T` and `Z`, no leap second, and either no fraction or
+    /// exactly three digits of it.
+    fn canonical(text: &str, millis: i64) -> Option<Stamp> {
+        let b = text.as_bytes();
+        let digits = |range: std::ops::Range<usize>| {
+            b.get(range)
+                .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+        };
+        let fixed = b.len() >= 20
+            && digits(0..4)
+            && b[4] == b'-'
+            && digits(5..7)
+            && b[7] == b'-'
+            && digits(8..10)
+            && b[10] == b'T'
+            && digits(11..13)
+            && b[13] == b':'
+            && digits(14..16)
+            && b[16] == b':'
+            && digits(17..19)
+            && &b[17..19] != b"60";
+        if !fixed {
+            return None;
+        }
+        match b.len() {
+            20 if b[19] == b'Z' => Some(Stamp::Secs(millis.div_euclid(1000))),
+            24 if b[19] == b'.' && digits(20..23) && b[23] == b'Z' => Some(Stamp::Millis(millis)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The integer forms came from parsed timestamps, so they are in
+        // chrono's range; failing here would be a bug, reported as an error.
+        match self {
+            Stamp::Millis(ms) => {
+                let at = DateTime::<Utc>::from_timestamp_millis(*ms).ok_or(fmt::Error)?;
+                write!(f, "{}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+            }
+            Stamp::Secs(secs) => {
+                let at = DateTime::<Utc>::from_timestamp(*secs, 0).ok_or(fmt::Error)?;
+                write!(f, "{}", at.format("%Y-%m-%dT%H:%M:%SZ"))
+            }
+            Stamp::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Stamp::Text(text) => serializer.serialize_str(text),
+            _ => serializer.collect_str(self),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// At rest.
+
+/// What many records share: the device, the metric names in order, the
+/// flags. Interned, so a record holds one pointer to it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Profile {
+    /// Device id.
+    device: Box<str>,
+    /// Metric names in the order sent.
+    names: Box<[Box<str>]>,
+    /// Flags in the order sent.
+    flags: Box<[Box<str>]>,
+}
+
+impl Profile {
+    /// Whether `record` has this profile.
+    fn matches(&self, record: &RecordIn<'_>) -> bool {
+        *self.device == *record.device.0
+            && same(&self.names, &record.metrics.names)
+            && same(&self.flags, &record.flags)
+    }
+}
+
+/// Whether the stored strings equal the sent ones.
+fn same(stored: &[Box<str>], sent: &[Str<'_>]) -> bool {
+    stored.len() == sent.len() && stored.iter().zip(sent).all(|(a, b)| **a == *b.0)
+}
+
+/// The profiles seen so far. Never shrinks: a run has a handful.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    /// Profile by its key (see [`Interner::key`]).
+    profiles: HashMap<Box<str>, Arc<Profile>>,
+    /// The last profile handed out: consecutive records usually share it.
+    last: Option<Arc<Profile>>,
+    /// Scratch space for keys, kept to avoid an allocation per record.
+    key: String,
+}
+
+impl Interner {
+    /// The record ready to store, with its profile interned.
+    pub(crate) fn prepare(&mut self, record: RecordIn<'_>) -> Pending {
+        let profile = self.profile(&record);
+        Pending {
+            seq: record.seq,
+            profile,
+            received_at: record.received_at,
+            device_time: record.device_time,
+            values: record.metrics.values,
+            ints: record.metrics.ints,
+            state: record.state,
+        }
+    }
+
+    /// The interned profile of `record`.
+    fn profile(&mut self, record: &RecordIn<'_>) -> Arc<Profile> {
+        if let Some(last) = self.last.as_ref().filter(|last| last.matches(record)) {
+            return Arc::clone(last);
+        }
+        self.key(record);
+        let profile = match self.profiles.get(self.key.as_str()) {
+            Some(profile) => Arc::clone(profile),
+            None => {
+                let profile = Arc::new(Profile {
+                    device: record.device.0.as_ref().into(),
+                    names: record
+                        .metrics
+                        .names
+                        .iter()
+                        .map(|n| n.0.as_ref().into())
+                        .collect(),
+                    flags: record.flags.iter().map(|f| f.0.as_ref().into()).collect(),
+                });
+                self.profiles
+                    .insert(self.key.as_str().into(), Arc::clone(&profile));
+                profile
+            }
+        };
+        self.last = Some(Arc::clone(&profile));
+        profile
+    }
+
+    /// Writes the key of `record`'s profile to `self.key`: every string
+    /// length-prefixed, sections marked, so no two profiles share a key.
+    fn key(&mut self, record: &RecordIn<'_>) {
+        let key = &mut self.key;
+        key.clear();
+        // Writing to a String cannot fail.
+        let part = |key: &mut String, text: &str| {
+            let _ = write!(key, "{}:", text.len());
+            key.push_str(text);
+        };
+        part(key, &record.device.0);
+        key.push('m');
+        for name in &record.metrics.names {
+            part(key, &name.0);
+        }
+        key.push('f');
+        for flag in &record.flags {
+            part(key, &flag.0);
+        }
+    }
+}
+
+/// A checked record with its profile interned, not yet stored.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Gateway-wide sequence number.
+    pub(crate) seq: u64,
+    /// Device, metric names, flags.
+    pub(crate) profile: Arc<Profile>,
+    /// Gateway wall clock at reception.
+    pub(crate) received_at: Stamp,
+    /// The meter's timestamp, if any.
+    pub(crate) device_time: Option<Stamp>,
+    /// Metric values (see [`NULL_BITS`]).
+    pub(crate) values: Vec<u64>,
+    /// Which values are integers.
+    pub(crate) ints: u64,
+    /// Run state.
+    pub(crate) state: RecordState,
+}
+
+/// A stored record; its metric values live in its gateway's arena.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Gateway-wide sequence number.
+    pub(crate) seq: u64,
+    /// Device, metric names, flags.
+    profile: Arc<Profile>,
+    /// Gateway wall clock at reception.
+    received_at: Stamp,
+    /// The meter's timestamp, if any.
+    device_time: Option<Stamp>,
+    /// Where its values start in the arena (as many as the profile has names).
+    values_at: usize,
+    /// Which values are integers.
+    ints: u64,
+    /// Run state.
+    state: RecordState,
+}
+
+impl Slot {
+    /// Stores `pending`, appending its values to `arena`.
+    pub(crate) fn store(pending: Pending, arena: &mut Vec<u64>) -> Slot {
+        let values_at = arena.len();
+        arena.extend_from_slice(&pending.values);
+        Slot {
+            seq: pending.seq,
+            profile: pending.profile,
+            received_at: pending.received_at,
+            device_time: pending.device_time,
+            values_at,
+            ints: pending.ints,
+            state: pending.state,
+        }
+    }
+
+    /// Its metrics: name, value bits, whether an integer.
+    fn metrics<'a>(&'a self, arena: &'a [u64]) -> impl Iterator<Item = (&'a str, Value)> + 'a {
+        let values = arena
+            .get(self.values_at..self.values_at + self.profile.names.len())
+            .unwrap_or_default();
+        self.profile
+            .names
+            .iter()
+            .zip(values)
+            .enumerate()
+            .map(|(i, (name, &bits))| {
+                let int = i < INT_MASK_BITS && self.ints & (1 << i) != 0;
+                (&**name, Value::decode(bits, int))
+            })
+    }
+
+    /// The public form.
+    pub(crate) fn to_record(&self, arena: &[u64]) -> StoredRecord {
+        StoredRecord {
+            seq: self.seq,
+            device: self.profile.device.to_string(),
+            received_at: self.received_at.to_string(),
+            device_time: self.device_time.as_ref().map(ToString::to_string),
+            metrics: self
+                .metrics(arena)
+                .map(|(name, value)| (name.to_owned(), value.number()))
+                .collect(),
+            state: self.state,
+            flags: self.profile.flags.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Serializes as SPEC §3, with no intermediate copy.
+    pub(crate) fn json<'a>(&'a self, arena: &'a [u64]) -> SlotJson<'a> {
+        SlotJson { slot: self, arena }
+    }
+}
+
+/// A metric value decoded from the arena.
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    /// null
+    Null,
+    /// A float.
+    Float(f64),
+    /// An integer.
+    Int(i64),
+}
+
+impl Value {
+    /// Reads stored bits.
+    fn decode(bits: u64, int: bool) -> Value {
+        if int {
+            return Value::Int(bits as i64);
+        }
+        let f = f64::from_bits(bits);
+        if f.is_nan() {
+            Value::Null
+        } else {
+            Value::Float(f)
+        }
+    }
+
+    /// As a JSON number.
+    fn number(self) -> Option<serde_json::Number> {
+        match self {
+            Value::Null => None,
+            Value::Float(f) => serde_json::Number::from_f64(f),
+            Value::Int(n) => Some(n.into()),
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Value::Null => serializer.serialize_none(),
+            Value::Float(f) => serializer.serialize_f64(f),
+            Value::Int(n) => serializer.serialize_i64(n),
+        }
+    }
+}
+
+/// A [`Slot`] ready to serialize as SPEC §3.
+pub(crate) struct SlotJson<'a> {
+    /// The record.
+    slot: &'a Slot,
+    /// Its gateway's value arena.
+    arena: &'a [u64],
+}
+
+impl Serialize for SlotJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The metrics object.
+        struct Metrics<'a>(&'a SlotJson<'a>);
+        impl Serialize for Metrics<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let slot = self.0.slot;
+                let mut map = serializer.serialize_map(Some(slot.profile.names.len()))?;
+                for (name, value) in slot.metrics(self.0.arena) {
+                    map.serialize_entry(name, &value)?;
+                }
+                map.end()
+            }
+        }
+        let slot = self.slot;
+        let mut record = serializer.serialize_struct("Record", 7)?;
+        record.serialize_field("seq", &slot.seq)?;
+        record.serialize_field("device", &*slot.profile.device)?;
+        record.serialize_field("received_at", &slot.received_at)?;
+        record.serialize_field("device_time", &slot.device_time)?;
+        record.serialize_field("metrics", &Metrics(self))?;
+        record.serialize_field("state", &slot.state)?;
+        record.serialize_field("flags", &slot.profile.flags)?;
+        record.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value as Json, json};
+
+    const EXAMPLE: &str = r#"{"seq":1041,"device":"nl43-north","received_at":"2026-11-22T14:15:17.123Z","device_time":"2026-11-22T14:15:16Z","metrics":{"lp":52.1,"leq":55.3,"lmax":null},"state":"measuring","flags":["clock_unsynced"]}"#;
+
+    /// Parses `records` as one body, stores them, serializes them back as
+    /// text.
+    fn round_trip_text(records: &str) -> Vec<String> {
+        round_trip(records)
+            .into_iter()
+            .map(|(text, _)| text)
+            .collect()
+    }
+
+    /// Parses `records` as one body, stores them, serializes them back.
+    fn round_trip_json(records: &str) -> Vec<Json> {
+        round_trip(records)
+            .into_iter()
+            .map(|(_, json)| json)
+            .collect()
+    }
+
+    /// Parses `records` as one body, stores them, serializes them back (text
+    /// and JSON value).
+    fn round_trip(records: &str) -> Vec<(String, Json)> {
+        let body = format!(r#"{{"gateway":"gw","records":[{records}]}}"#);
+        let parsed = parse(body.as_bytes()).expect("valid body");
+        let mut interner = Interner::default();
+        let mut arena = Vec::new();
+        let slots: Vec<Slot> = parsed
+            .records
+            .into_iter()
+            .map(|r| Slot::store(interner.prepare(r.0), &mut arena))
+            .collect();
+        slots
+            .iter()
+            .map(|slot| {
+                let direct = serde_json::to_string(&slot.json(&arena)).expect("serializable");
+                let public = serde_json::to_string(&slot.to_record(&arena)).expect("serializable");
+                assert_eq!(direct, public, "both forms agree");
+                let json = serde_json::from_str(&direct).expect("JSON");
+                (direct, json)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_come_back_exactly_as_sent() {
+        assert_eq!(round_trip_text(EXAMPLE), vec![EXAMPLE.to_owned()]);
+        // Non-canonical timestamps, integers, huge numbers, escapes, no flags.
+        let odd = r#"{"seq":18446744073709551615,"device":"d\u00e9v","received_at":"2026-11-22T15:15:17.1+01:00","device_time":null,"metrics":{"a":52,"b":-3,"c":1e300,"d":0.5},"state":"unknown","flags":[]}"#;
+        let back = &round_trip_json(odd)[0];
+        assert_eq!(
+            *back,
+            json!({"seq": u64::MAX, "device": "dév", "received_at": "2026-11-22T15:15:17.1+01:00",
+                   "device_time": null, "metrics": {"a": 52, "b": -3, "c": 1e300, "d": 0.5},
+                   "state": "unknown", "flags": []})
+        );
+        assert!(back["metrics"]["a"].is_i64());
+        // Lower-case separators and leap seconds stay text.
+        for stamp in [
+            "2026-11-22t14:15:17Z",
+            "2016-12-31T23:59:60Z",
+            "2026-11-22T14:15:17.12345Z",
+        ] {
+            let record = EXAMPLE.replace("2026-11-22T14:15:16Z", stamp);
+            assert_eq!(round_trip_json(&record)[0]["device_time"], stamp);
+        }
+    }
+
+    #[test]
+    fn a_stored_record_stays_small() {
+        // A million records must fit comfortably: 88 bytes plus 8 per metric.
+        assert!(
+            std::mem::size_of::<Slot>() <= 88,
+            "{}",
+            std::mem::size_of::<Slot>()
+        );
+        assert_eq!(
+            std::mem::size_of::<Option<Stamp>>(),
+            std::mem::size_of::<Stamp>()
+        );
+    }
+
+    #[test]
+    fn profiles_are_shared() {
+        let body = format!(r#"{{"gateway":"gw","records":[{EXAMPLE},{EXAMPLE}]}}"#);
+        let parsed = parse(body.as_bytes()).expect("valid body");
+        let mut interner = Interner::default();
+        let pending: Vec<Pending> = parsed
+            .records
+            .into_iter()
+            .map(|r| interner.prepare(r.0))
+            .collect();
+        assert!(Arc::ptr_eq(&pending[0].profile, &pending[1].profile));
+        assert_eq!(interner.profiles.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                "received_at",
+                r#""yesterday""#,
+                "records[0].received_at: `yesterday` is not an RFC 3339 timestamp",
+            ),
+            (
+                "device",
+                r#""""#,
+                "records[0].device: invalid value: string \"\", expected a non-empty string",
+            ),
+            (
+                "state",
+                r#""running""#,
+                "records[0].state: unknown variant `running`",
+            ),
+            (
+                "seq",
+                "-1",
+                "records[0].seq: invalid value: integer `-1`, expected u64",
+            ),
+            (
+                "metrics",
+                r#"{"lp":"52"}"#,
+                "records[0].metrics.lp: invalid type: string \"52\", expected a number or null",
+            ),
+            (
+                "flags",
+                r#"[1]"#,
+                "records[0].flags[0]: invalid type: integer `1`, expected a string",
+            ),
+        ];
+        for (field, value, expected) in cases {
+            let mut record: serde_json::Map<String, Json> =
+                serde_json::from_str(EXAMPLE).expect("example");
+            record.insert(field.into(), serde_json::from_str(value).expect("value"));
+            let body = json!({"gateway": "gw", "records": [record]}).to_string();
+            let error = parse(body.as_bytes()).expect_err(field);
+            assert!(error.starts_with(expected), "{field}: {error}");
+        }
+        let twice = EXAMPLE.replace(r#""leq":55.3"#, r#""lp":1"#);
+        let body = format!(r#"{{"gateway":"gw","records":[{twice}]}}"#);
+        let error = parse(body.as_bytes()).expect_err("metric twice");
+        assert!(
+            error.starts_with("records[0].metrics: metric `lp` appears twice"),
+            "{error}"
+        );
+
+        let missing = EXAMPLE.replace(r#""device_time":"2026-11-22T14:15:16Z","#, "");
+        let body = format!(r#"{{"gateway":"gw","records":[{EXAMPLE},{missing}]}}"#);
+        let error = parse(body.as_bytes()).expect_err("missing field");
+        assert!(error.contains("missing field `device_time`"), "{error}");
+        assert!(error.starts_with("records[1]"), "{error}");
+
+        let extra = EXAMPLE.replace(r#""seq""#, r#""battery":80,"seq""#);
+        let body = format!(r#"{{"gateway":"gw","records":[{extra}]}}"#);
+        let error = parse(body.as_bytes()).expect_err("unknown field");
+        assert!(error.contains("unknown field `battery`"), "{error}");
+
+        for (body, expected) in [
+            ("[]", "invalid type: sequence, expected an object"),
+            (r#"{"gateway":"","records":[]}"#, "gateway: invalid value"),
+            (r#"{"gateway":"g"}"#, "missing field `records`"),
+            (r#"{"gateway":"g","records":[]} x"#, "trailing characters"),
+            ("{", "EOF while parsing"),
+            (r#"["gw",[]]"#, "invalid type: sequence, expected an object"),
+            (
+                r#"{"gateway":"gw","records":[[1041]]}"#,
+                "records[0]: invalid type: sequence",
+            ),
+        ] {
+            let error = parse(body.as_bytes()).expect_err(body);
+            assert!(error.contains(expected), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn long_strings_are_cut_in_errors() {
+        let long = "x".repeat(500);
+        let record = EXAMPLE.replace("2026-11-22T14:15:17.123Z", &long);
+        let body = format!(r#"{{"gateway":"gw","records":[{record}]}}"#);
+        let error = parse(body.as_bytes()).expect_err("bad stamp");
+        assert!(error.len() < 300, "{error}");
+        assert_eq!(
+            excerpt("é".repeat(100).as_str()).chars().count(),
+            EXCERPT_CHARS + 1
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! What the fleet simulator tells the outside world: counters, the log of
+//! ingest requests, and events.
+//!
+//! [`FleetStats`] are cumulative over the simulator's life. Every ingest
+//! request leaves one [`RequestLog`] (the last [`REQUEST_LOG_CAPACITY`] are
+//! kept) and one [`FleetEvent::Ingest`]; every admin change leaves one event.
+//! Events go out on a broadcast channel: a receiver more than
+//! [`EVENT_CAPACITY`] events behind is told it lagged and continues. Counters,
+//! log and event are updated together under the simulator's lock, so they
+//! always agree. No plain token appears in any of them: tokens are named by
+//! their fingerprint.
+
+use super::faults::{Fault, FaultKind};
+use super::tokens::{RotateReport, TokenRole, rfc3339_ms};
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+
+/// Events a receiver may fall behind before it is told it lagged.
+pub const EVENT_CAPACITY: usize = 4096;
+
+/// Ingest requests kept in the log (the oldest are dropped beyond this).
+pub const REQUEST_LOG_CAPACITY: usize = 100_000;
+
+/// Counters over the simulator's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FleetStats {
+    /// Ingest requests, whatever their answer (hung ones included).
+    pub requests: u64,
+    /// Answered ingest requests by the status the client saw (`200` for a
+    /// `not_json` fault).
+    pub by_status: BTreeMap<u16, u64>,
+    /// Ingest requests held unanswered by a `hang` fault.
+    pub hung: u64,
+    /// Records new to the fleet.
+    pub accepted: u64,
+    /// Records received again (re-sends) and ignored.
+    pub duplicates: u64,
+    /// Unique records stored, over all gateways.
+    pub unique: u64,
+    /// Ingest request body bytes as received on the wire (compressed size
+    /// when gzipped).
+    pub body_bytes: u64,
+    /// Records in bodies that parsed, whatever happened to them next.
+    pub records_in_bodies: u64,
+    /// Unique records that arrived with a seq below the highest one already
+    /// stored for their gateway.
+    pub out_of_order: u64,
+}
+
+/// What became of an ingest request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stored: new records kept, duplicates ignored (`200`).
+    Accepted,
+    /// Answered by a `status` fault; nothing looked at.
+    Fault,
+    /// Held by a `hang` fault; never answered.
+    Hang,
+    /// No token, or one that is unknown or past its grace (`401`).
+    UnknownToken,
+    /// More records than `max_records`, or a body over the size bound (`413`).
+    TooLarge,
+    /// A poisoned seq in the batch (`400`); nothing stored.
+    Poison,
+    /// Not a valid push body (`400`); nothing stored.
+    Malformed,
+}
+
+/// One ingest request as the simulator saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestLog {
+    /// When it arrived (RFC 3339 UTC, ms).
+    #[serde(serialize_with = "ser_rfc3339_ms")]
+    pub at: DateTime<Utc>,
+    /// Fingerprint of the bearer token presented (known or not), `None`
+    /// without one.
+    pub token: Option<String>,
+    /// Which honoured token it was, `None` when rejected or not checked.
+    pub token_role: Option<TokenRole>,
+    /// The status answered; `None` for a hung request.
+    pub status: Option<u16>,
+    /// What became of it.
+    pub outcome: Outcome,
+    /// The fault that hit it, if any.
+    pub fault: Option<FaultKind>,
+    /// The gateway id from the body, when it parsed.
+    pub gateway: Option<String>,
+    /// Records in the body, when it parsed.
+    pub records: Option<usize>,
+    /// Records new to the fleet.
+    pub accepted: usize,
+    /// Records ignored as re-sends.
+    pub duplicates: usize,
+    /// Seq of the first record in the body, when it parsed and had one.
+    pub first_seq: Option<u64>,
+    /// Seq of the last record in the body.
+    pub last_seq: Option<u64>,
+    /// Body bytes as received on the wire.
+    pub body_bytes: u64,
+    /// Whether the body was gzipped (`Content-Encoding: gzip`).
+    pub gzip: bool,
+    /// Why it was refused (`400`, `413`), in the words of the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Serializes a timestamp as RFC 3339 UTC with milliseconds.
+fn ser_rfc3339_ms<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339_ms(*at))
+}
+
+/// One thing that happened, as `fleet-sim` prints it (one JSON object a line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum FleetEvent {
+    /// An ingest request was answered (or, for `hang`, taken and held).
+    Ingest(RequestLog),
+    /// The token was rotated.
+    Rotate(RotateReport),
+    /// The previous token's grace was ended by hand.
+    ExpirePrevious {
+        /// Fingerprint of the token retired, if there was one.
+        retired: Option<String>,
+    },
+    /// A fault was queued.
+    Fault {
+        /// The fault.
+        #[serde(flatten)]
+        fault: Fault,
+        /// Faults now waiting, this one included.
+        pending: usize,
+    },
+    /// The waiting faults were dropped.
+    FaultsCleared {
+        /// How many were waiting.
+        dropped: usize,
+    },
+    /// The batch size limit changed.
+    MaxRecords {
+        /// The new limit (`None`: no limit).
+        max_records: Option<usize>,
+    },
+    /// The poisoned seqs changed.
+    Poison {
+        /// The poisoned seqs now.
+        seqs: Vec<u64>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialize_as_tagged_json() {
+        let fault = FleetEvent::Fault {
+            fault: Fault::Status {
+                status: 503,
+                retry_after: Some(2),
+                count: 3,
+            },
+            pending: 1,
+        };
+        assert_eq!(
+            serde_json::to_value(&fault).ok(),
+            Some(
+                serde_json::json!({"event": "fault", "kind": "status", "status": 503,
+                                    "retry_after": 2, "count": 3, "pending": 1})
+            )
+        );
+        let cleared = FleetEvent::FaultsCleared { dropped: 2 };
+        assert_eq!(
+            serde_json::to_string(&cleared).ok().as_deref(),
+            Some(r#"{"event":"faults_cleared","dropped":2}"#)
+        );
+        let mut stats = FleetStats::default();
+        stats.by_status.insert(200, 4);
+        let json = serde_json::to_value(&stats).expect("serializable");
+        assert_eq!(json["by_status"]["200"], 4);
+    }
+}

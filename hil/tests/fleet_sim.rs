@@ -1,0 +1,1075 @@
+//! The fleet simulator over real sockets: tokens and their grace, storing and
+//! de-duplication, every refusal, every fault, the admin routes, and the real
+//! `fleet-sim` binary.
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use slmd_hil::fleet::{FleetEvent, FleetSim, FleetSimConfig, fingerprint};
+use std::io::Write as _;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before it fails.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A gateway id.
+const GW: &str = "gw-0042";
+
+/// A fleet simulator served on 127.0.0.1 and a client for it.
+struct Fleet {
+    /// The simulator (the same fleet the server serves).
+    sim: FleetSim,
+    /// `http://127.0.0.1:port`.
+    base: String,
+    /// Stops the server.
+    shutdown: CancellationToken,
+    /// The server task.
+    server: JoinHandle<std::io::Result<()>>,
+    /// A client without a timeout of its own (each wait has a deadline).
+    client: reqwest::Client,
+}
+
+/// An answer: status, the headers a test looks at, the body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    content_type: Option<String>,
+    text: String,
+}
+
+impl Reply {
+    /// The body as JSON; fails the test when it is not.
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+}
+
+fn client(timeout: Option<Duration>) -> reqwest::Client {
+    // reqwest is built without a crypto provider; plain HTTP needs none, but
+    // the builder insists on one being installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    builder.build().expect("a reqwest client")
+}
+
+async fn start(config: FleetSimConfig) -> Fleet {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    let sim = FleetSim::new(config);
+    let shutdown = CancellationToken::new();
+    let server = {
+        let (sim, shutdown) = (sim.clone(), shutdown.clone());
+        tokio::spawn(async move { sim.serve(listener, shutdown).await })
+    };
+    Fleet {
+        sim,
+        base: format!("http://{addr}"),
+        shutdown,
+        server,
+        client: client(None),
+    }
+}
+
+/// A record as SPEC §3 shows it.
+fn record(seq: u64) -> Value {
+    json!({"seq": seq, "device": "nl43-north", "received_at": "2026-11-22T14:15:17.123Z",
+           "device_time": "2026-11-22T14:15:16Z", "metrics": {"lp": 52.1, "leq": 55.3, "lmax": null},
+           "state": "measuring", "flags": ["clock_unsynced"]})
+}
+
+/// A push body from `gateway` with records `seqs`.
+fn batch(gateway: &str, seqs: &[u64]) -> Value {
+    let records: Vec<Value> = seqs.iter().map(|&seq| record(seq)).collect();
+    json!({"gateway": gateway, "records": records})
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+impl Fleet {
+    /// Sends `request` and reads the whole answer in time.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = tokio::time::timeout(DEADLINE, request.send())
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &reqwest::header::HeaderValue| {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                })
+        };
+        let (retry_after, content_type) = (header("retry-after"), header("content-type"));
+        let status = response.status().as_u16();
+        let text = tokio::time::timeout(DEADLINE, response.text())
+            .await
+            .expect("a body in time")
+            .expect("a body");
+        Reply {
+            status,
+            retry_after,
+            content_type,
+            text,
+        }
+    }
+
+    /// An ingest request with `bytes` as the body and `headers` besides the
+    /// token.
+    fn ingest(
+        &self,
+        client: &reqwest::Client,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        bytes: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = client
+            .post(format!("{}/api/fleet/ingest", self.base))
+            .body(bytes);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+    }
+
+    /// Pushes `body` as JSON with `token`.
+    async fn push(&self, token: &str, body: &Value) -> Reply {
+        let request = self.ingest(
+            &self.client,
+            Some(token),
+            &[("content-type", "application/json")],
+            body.to_string().into_bytes(),
+        );
+        self.send(request).await
+    }
+
+    /// Pushes `seqs` from [`GW`] with `token`.
+    async fn push_seqs(&self, token: &str, seqs: &[u64]) -> Reply {
+        self.push(token, &batch(GW, seqs)).await
+    }
+
+    /// Whether `token` is honoured now (an empty batch stores nothing).
+    async fn accepts(&self, token: &str) -> bool {
+        let reply = self.push(token, &batch("probe", &[])).await;
+        match reply.status {
+            200 => true,
+            401 => {
+                assert_eq!(reply.json(), json!({"error": "unknown or expired token"}));
+                false
+            }
+            other => panic!("probe answered {other}: {}", reply.text),
+        }
+    }
+
+    /// An admin request with a raw body.
+    async fn admin_raw(&self, method: &str, path: &str, body: &str) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        self.send(request).await
+    }
+
+    /// An admin request that must succeed; its JSON answer.
+    async fn admin(&self, method: &str, path: &str, body: &Value) -> Value {
+        let reply = self.admin_raw(method, path, &body.to_string()).await;
+        assert_eq!(reply.status, 200, "{method} {path} {body}: {}", reply.text);
+        reply.json()
+    }
+
+    /// An admin GET that must succeed.
+    async fn get(&self, path: &str) -> Value {
+        let reply = self
+            .send(self.client.get(format!("{}{path}", self.base)))
+            .await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
+        reply.json()
+    }
+
+    async fn seqs(&self, gateway: &str) -> Value {
+        self.get(&format!("/admin/seqs?gateway={gateway}")).await["seqs"].clone()
+    }
+
+    /// Stops the server; it must return in time.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.server)
+            .await
+            .expect("the server stops in time")
+            .expect("the server task")
+            .expect("the server");
+    }
+}
+
+/// Every event received so far.
+fn drain(events: &mut broadcast::Receiver<FleetEvent>) -> Vec<FleetEvent> {
+    let mut all = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        all.push(event);
+    }
+    all
+}
+
+#[tokio::test]
+async fn the_current_token_is_accepted_and_others_are_not() {
+    let fleet = start(FleetSimConfig::new("t1")).await;
+    let reply = fleet.push_seqs("t1", &[1, 2, 3]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json(), json!({"accepted": 3, "duplicates": 0}));
+    assert!(!fleet.accepts("t2").await);
+
+    // No Authorization header, or another scheme: 401 too.
+    let body = batch(GW, &[4]).to_string().into_bytes();
+    let none = fleet.ingest(
+        &fleet.client,
+        None,
+        &[("content-type", "application/json")],
+        body.clone(),
+    );
+    assert_eq!(fleet.send(none).await.status, 401);
+    let basic = fleet.ingest(
+        &fleet.client,
+        None,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Basic dDE6"),
+        ],
+        body,
+    );
+    assert_eq!(fleet.send(basic).await.status, 401);
+
+    let log = fleet.get("/admin/requests").await;
+    let log = log.as_array().expect("a list");
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[0]["token"], fingerprint("t1"));
+    assert_eq!(log[0]["token_role"], "current");
+    assert_eq!(log[0]["outcome"], "accepted");
+    assert_eq!(
+        (log[0]["first_seq"].clone(), log[0]["last_seq"].clone()),
+        (json!(1), json!(3))
+    );
+    assert_eq!(log[1]["token"], fingerprint("t2"));
+    assert_eq!(log[1]["outcome"], "unknown_token");
+    assert_eq!(log[1]["status"], 401);
+    assert_eq!(log[2]["token"], Value::Null);
+    // A refused batch is still named in the log.
+    assert_eq!(log[2]["first_seq"], 4);
+    assert_eq!(fleet.seqs(GW).await, json!([1, 2, 3]));
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotation_honours_both_tokens_and_a_second_one_retires_the_first() {
+    let fleet = start(FleetSimConfig::new("t1")).await;
+    let report = fleet
+        .admin("POST", "/admin/rotate", &json!({"token": "t2"}))
+        .await;
+    assert_eq!(report["current"], fingerprint("t2"));
+    assert_eq!(report["previous"], fingerprint("t1"));
+    assert_eq!(report["retired"], Value::Null);
+    assert_eq!(report["grace_ms"], 24 * 3600 * 1000);
+    assert!(report["previous_expires_at"].is_string(), "{report}");
+    assert!(fleet.accepts("t1").await);
+    assert!(fleet.accepts("t2").await);
+    assert!(!fleet.accepts("t3").await);
+
+    let report = fleet
+        .admin(
+            "POST",
+            "/admin/rotate",
+            &json!({"token": "t3", "grace": "2m"}),
+        )
+        .await;
+    assert_eq!(report["retired"], fingerprint("t1"));
+    assert_eq!(report["previous"], fingerprint("t2"));
+    assert_eq!(report["grace_ms"], 120_000);
+    assert!(!fleet.accepts("t1").await, "retired at once");
+    assert!(fleet.accepts("t2").await);
+    assert!(fleet.accepts("t3").await);
+
+    let tokens = fleet.get("/admin/tokens").await;
+    assert_eq!(tokens["current"], fingerprint("t3"));
+    assert_eq!(tokens["previous_active"], true);
+    let roles: Vec<Value> = fleet
+        .get("/admin/requests")
+        .await
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| r["token_role"].clone())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            json!("previous"),
+            json!("current"),
+            Value::Null,
+            Value::Null,
+            json!("previous"),
+            json!("current")
+        ]
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn expire_previous_ends_the_grace_at_once() {
+    let mut config = FleetSimConfig::new("t2");
+    config.previous_token = Some("t1".to_owned());
+    let fleet = start(config).await;
+    assert!(
+        fleet.accepts("t1").await,
+        "a configured previous token is honoured"
+    );
+    let answer = fleet
+        .admin("POST", "/admin/expire-previous", &json!({}))
+        .await;
+    assert_eq!(answer["retired"], fingerprint("t1"));
+    assert_eq!(answer["previous"], Value::Null);
+    assert!(!fleet.accepts("t1").await);
+    assert!(fleet.accepts("t2").await);
+    let again = fleet
+        .admin("POST", "/admin/expire-previous", &json!({}))
+        .await;
+    assert_eq!(again["retired"], Value::Null);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn the_previous_token_expires_when_its_grace_ends() {
+    let fleet = start(FleetSimConfig::new("t1")).await;
+    let rotated = Instant::now();
+    fleet
+        .admin(
+            "POST",
+            "/admin/rotate",
+            &json!({"token": "t2", "grace": "300ms"}),
+        )
+        .await;
+    assert!(fleet.accepts("t1").await, "honoured inside the grace");
+    loop {
+        if !fleet.accepts("t1").await {
+            break;
+        }
+        assert!(
+            rotated.elapsed() < DEADLINE,
+            "t1 still honoured after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        rotated.elapsed() >= Duration::from_millis(300),
+        "refused after {:?}, before its grace ended",
+        rotated.elapsed()
+    );
+    assert!(fleet.accepts("t2").await);
+    let tokens = fleet.get("/admin/tokens").await;
+    assert_eq!(tokens["previous"], fingerprint("t1"));
+    assert_eq!(tokens["previous_active"], false);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn re_sends_are_counted_as_duplicates_and_stored_once() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let answers = [
+        fleet.push_seqs("t", &[1, 2, 3]).await.json(),
+        fleet.push_seqs("t", &[3, 4]).await.json(),
+        fleet.push_seqs("t", &[2, 2]).await.json(),
+        fleet.push_seqs("t", &[10]).await.json(),
+        fleet.push_seqs("t", &[5]).await.json(),
+    ];
+    assert_eq!(
+        answers,
+        [
+            json!({"accepted": 3, "duplicates": 0}),
+            json!({"accepted": 1, "duplicates": 1}),
+            json!({"accepted": 0, "duplicates": 2}),
+            json!({"accepted": 1, "duplicates": 0}),
+            json!({"accepted": 1, "duplicates": 0}),
+        ]
+    );
+    // Another gateway has its own seq space.
+    assert_eq!(
+        fleet.push("t", &batch("gw-2", &[1])).await.json(),
+        json!({"accepted": 1, "duplicates": 0})
+    );
+    assert_eq!(fleet.seqs(GW).await, json!([1, 2, 3, 4, 10, 5]));
+    assert_eq!(fleet.seqs("gw-2").await, json!([1]));
+    assert_eq!(fleet.seqs("nobody").await, json!([]));
+
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["requests"], 6);
+    assert_eq!(stats["by_status"], json!({"200": 6}));
+    assert_eq!(stats["accepted"], 7);
+    assert_eq!(stats["duplicates"], 3);
+    assert_eq!(stats["unique"], 7);
+    assert_eq!(stats["records_in_bodies"], 10);
+    assert_eq!(stats["out_of_order"], 1, "seq 5 after 10");
+    assert_eq!(stats["hung"], 0);
+    assert!(stats["body_bytes"].as_u64().unwrap_or(0) > 0, "{stats}");
+
+    // Records come back exactly as sent, in first-arrival order.
+    let received = fleet.get(&format!("/admin/received?gateway={GW}")).await;
+    let expected: Vec<Value> = [1, 2, 3, 4, 10, 5].iter().map(|&s| record(s)).collect();
+    assert_eq!(received["records"], json!(expected));
+    let page = fleet
+        .get(&format!("/admin/received?gateway={GW}&from=4&limit=1"))
+        .await;
+    assert_eq!(page["records"], json!([record(10)]));
+    let in_process = fleet.sim.received(GW);
+    assert_eq!(in_process.len(), 6);
+    assert_eq!(
+        serde_json::to_value(&in_process[0]).expect("serializable"),
+        record(1)
+    );
+    assert_eq!(in_process[0].metric("lp"), Some(Some(52.1)));
+    assert_eq!(fleet.sim.stats().unique, 7);
+    assert_eq!(
+        fleet.get("/admin/gateways").await["gateways"],
+        json!([GW, "gw-2"])
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_gzip_body_is_taken_and_counted_compressed() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let seqs: Vec<u64> = (1..=200).collect();
+    let plain = batch(GW, &seqs).to_string().into_bytes();
+    let compressed = gzip(&plain);
+    assert!(compressed.len() * 4 < plain.len(), "JSON compresses");
+    let request = fleet.ingest(
+        &fleet.client,
+        Some("t"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        compressed.clone(),
+    );
+    let reply = fleet.send(request).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json(), json!({"accepted": 200, "duplicates": 0}));
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["body_bytes"], compressed.len() as u64);
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[0]["gzip"], true);
+    assert_eq!(log[0]["body_bytes"], compressed.len() as u64);
+    assert_eq!(log[0]["records"], 200);
+
+    // Bytes that are not gzip, and an encoding the fleet does not take.
+    let request = fleet.ingest(
+        &fleet.client,
+        Some("t"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        plain.clone(),
+    );
+    let reply = fleet.send(request).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"], "malformed");
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gzip"),
+        "{}",
+        reply.text
+    );
+    let request = fleet.ingest(
+        &fleet.client,
+        Some("t"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+        ],
+        plain,
+    );
+    let reply = fleet.send(request).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`br`"),
+        "{}",
+        reply.text
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_body_is_refused_naming_the_field() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let mut body = batch(GW, &[1, 2, 3, 4, 5]);
+    body["records"][3]["received_at"] = json!("yesterday");
+    let reply = fleet.push("t", &body).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    let answer = reply.json();
+    assert_eq!(answer["error"], "malformed");
+    let detail = answer["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("records[3].received_at: "), "{detail}");
+
+    for (field, value, named) in [
+        ("seq", json!("7"), "records[0].seq"),
+        ("device", json!(""), "records[0].device"),
+        (
+            "device_time",
+            json!("2026-13-01T00:00:00Z"),
+            "records[0].device_time",
+        ),
+        ("metrics", json!({"lp": "loud"}), "records[0].metrics.lp"),
+        ("state", json!("running"), "records[0].state"),
+        ("flags", json!("overload"), "records[0].flags"),
+        ("battery", json!(80), "unknown field `battery`"),
+    ] {
+        let mut body = batch(GW, &[1]);
+        body["records"][0][field] = value;
+        let reply = fleet.push("t", &body).await;
+        assert_eq!(reply.status, 400, "{field}: {}", reply.text);
+        let detail = reply.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(detail.contains(named), "{field}: {detail}");
+    }
+    let not_json = fleet.ingest(
+        &fleet.client,
+        Some("t"),
+        &[("content-type", "application/json")],
+        b"{\"gateway\": ".to_vec(),
+    );
+    assert_eq!(fleet.send(not_json).await.status, 400);
+    let wrong_type = fleet.ingest(
+        &fleet.client,
+        Some("t"),
+        &[("content-type", "text/plain")],
+        batch(GW, &[1]).to_string().into_bytes(),
+    );
+    let reply = fleet.send(wrong_type).await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.text.contains("Content-Type"), "{}", reply.text);
+
+    // The token is checked before the body.
+    let reply = fleet.push("wrong", &body).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(fleet.seqs(GW).await, json!([]), "nothing stored");
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["by_status"], json!({"400": 10, "401": 1}));
+    let outcomes: Vec<Value> = fleet
+        .get("/admin/requests")
+        .await
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| r["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes[0], "malformed");
+    assert_eq!(outcomes[10], "unknown_token");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn batches_above_max_records_are_too_large() {
+    let mut config = FleetSimConfig::new("t");
+    config.max_records = Some(3);
+    let fleet = start(config).await;
+    let reply = fleet.push_seqs("t", &[1, 2, 3, 4]).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(
+        reply.json(),
+        json!({"error": "batch too large", "max_records": 3, "records": 4})
+    );
+    assert_eq!(fleet.push_seqs("t", &[1, 2, 3]).await.status, 200);
+
+    let set = fleet
+        .admin("PUT", "/admin/max-records", &json!({"max_records": 1}))
+        .await;
+    assert_eq!(set, json!({"max_records": 1}));
+    assert_eq!(fleet.push_seqs("t", &[4, 5]).await.status, 413);
+    assert_eq!(fleet.push_seqs("t", &[4]).await.status, 200);
+    fleet
+        .admin("PUT", "/admin/max-records", &json!({"max_records": null}))
+        .await;
+    assert_eq!(
+        fleet.get("/admin/max-records").await,
+        json!({"max_records": null})
+    );
+    assert_eq!(fleet.push_seqs("t", &[5, 6, 7, 8, 9]).await.status, 200);
+    assert_eq!(fleet.seqs(GW).await, json!([1, 2, 3, 4, 5, 6, 7, 8, 9]));
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[0]["outcome"], "too_large");
+    assert_eq!(log[0]["records"], 4);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_with_a_poisoned_seq_is_refused_whole() {
+    let mut config = FleetSimConfig::new("t");
+    config.poison = [17].into();
+    let fleet = start(config).await;
+    let reply = fleet.push_seqs("t", &[16, 17, 18]).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.json(),
+        json!({"error": "malformed record", "seqs": [17]})
+    );
+    assert_eq!(fleet.push_seqs("t", &[16]).await.status, 200);
+
+    let set = fleet
+        .admin("PUT", "/admin/poison", &json!({"seqs": [42, 17]}))
+        .await;
+    assert_eq!(set, json!({"seqs": [17, 42]}));
+    let reply = fleet.push_seqs("t", &[42, 18, 17, 42]).await;
+    assert_eq!(
+        reply.json(),
+        json!({"error": "malformed record", "seqs": [42, 17]})
+    );
+    fleet
+        .admin("PUT", "/admin/poison", &json!({"seqs": []}))
+        .await;
+    assert_eq!(fleet.push_seqs("t", &[17, 18]).await.status, 200);
+    assert_eq!(fleet.seqs(GW).await, json!([16, 17, 18]));
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[0]["outcome"], "poison");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn status_faults_apply_in_order_for_their_count_before_the_token() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let pending = fleet
+        .admin(
+            "POST",
+            "/admin/faults",
+            &json!({"kind": "status", "status": 503, "count": 2, "retry_after": 1}),
+        )
+        .await;
+    assert_eq!(pending["pending"][0]["count"], 2);
+    fleet
+        .admin(
+            "POST",
+            "/admin/faults",
+            &json!({"kind": "status", "status": 429}),
+        )
+        .await;
+    assert_eq!(
+        fleet.get("/admin/faults").await["pending"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    let first = fleet.push_seqs("t", &[1]).await;
+    assert_eq!(first.status, 503);
+    assert_eq!(first.retry_after.as_deref(), Some("1"));
+    assert_eq!(first.json()["error"], "injected fault");
+    // Faults come before the token: an unknown one sees the outage too.
+    let second = fleet.push_seqs("unknown", &[1]).await;
+    assert_eq!(second.status, 503);
+    let third = fleet.push_seqs("t", &[1]).await;
+    assert_eq!(third.status, 429);
+    assert_eq!(third.retry_after, None);
+    let fourth = fleet.push_seqs("t", &[1]).await;
+    assert_eq!(fourth.json(), json!({"accepted": 1, "duplicates": 0}));
+    assert_eq!(fleet.get("/admin/faults").await, json!({"pending": []}));
+
+    // Queued faults can be dropped.
+    fleet
+        .admin(
+            "POST",
+            "/admin/faults",
+            &json!({"kind": "status", "status": 500, "count": 9}),
+        )
+        .await;
+    assert_eq!(
+        fleet.admin("DELETE", "/admin/faults", &json!(null)).await,
+        json!({"dropped": 1})
+    );
+    assert_eq!(fleet.push_seqs("t", &[2]).await.status, 200);
+
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["by_status"], json!({"200": 2, "429": 1, "503": 2}));
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[0]["outcome"], "fault");
+    assert_eq!(log[0]["fault"], "status");
+    assert_eq!(log[0]["first_seq"], 1, "the faulted batch is named");
+    assert_eq!(fleet.seqs(GW).await, json!([1, 2]));
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_not_json_fault_stores_the_batch_but_answers_html() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    fleet
+        .admin(
+            "POST",
+            "/admin/faults",
+            &json!({"kind": "not_json", "count": 1}),
+        )
+        .await;
+    let reply = fleet.push_seqs("t", &[1, 2]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text, "<html>OK</html>");
+    assert!(
+        reply
+            .content_type
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("text/html"),
+        "{reply:?}"
+    );
+    // The re-send finds the records stored.
+    let again = fleet.push_seqs("t", &[1, 2]).await;
+    assert_eq!(again.json(), json!({"accepted": 0, "duplicates": 2}));
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[0]["fault"], "not_json");
+    assert_eq!(log[0]["outcome"], "accepted");
+    assert_eq!(log[0]["status"], 200);
+    assert_eq!(log[0]["accepted"], 2);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_hang_fault_holds_the_request_and_the_next_one_is_answered() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    fleet
+        .admin(
+            "POST",
+            "/admin/faults",
+            &json!({"kind": "hang", "count": 1}),
+        )
+        .await;
+    let impatient = client(Some(Duration::from_millis(500)));
+    let request = fleet.ingest(
+        &impatient,
+        Some("t"),
+        &[("content-type", "application/json")],
+        batch(GW, &[1, 2]).to_string().into_bytes(),
+    );
+    let started = Instant::now();
+    let error = tokio::time::timeout(DEADLINE, request.send())
+        .await
+        .expect("the client gives up in time")
+        .expect_err("no answer to a hung request");
+    assert!(error.is_timeout(), "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    let reply = fleet.push_seqs("t", &[3]).await;
+    assert_eq!(reply.json(), json!({"accepted": 1, "duplicates": 0}));
+    assert_eq!(
+        fleet.seqs(GW).await,
+        json!([3]),
+        "nothing stored from the hung request"
+    );
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["hung"], 1);
+    assert_eq!(stats["requests"], 2);
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[0]["outcome"], "hang");
+    assert_eq!(log[0]["status"], Value::Null);
+    assert_eq!(log[0]["records"], 2);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_releases_a_hung_request() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    fleet
+        .admin(
+            "POST",
+            "/admin/faults",
+            &json!({"kind": "hang", "count": 1}),
+        )
+        .await;
+    let mut events = fleet.sim.events();
+    let request = fleet.ingest(
+        &fleet.client,
+        Some("t"),
+        &[("content-type", "application/json")],
+        batch(GW, &[1]).to_string().into_bytes(),
+    );
+    let waiting = tokio::spawn(request.send());
+    // Shut down only once the request is held.
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Ok(FleetEvent::Ingest(log)) = events.recv().await {
+                assert_eq!(log.fault, Some(slmd_hil::fleet::FaultKind::Hang));
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the hung request is logged");
+    fleet.stop().await;
+    let answer = tokio::time::timeout(DEADLINE, waiting)
+        .await
+        .expect("released in time")
+        .expect("the request task");
+    // Answered 503 or cut off: either way, released.
+    if let Ok(response) = answer {
+        assert_eq!(response.status().as_u16(), 503);
+    }
+}
+
+#[tokio::test]
+async fn bad_admin_input_is_a_400_with_a_json_error() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    for (method, path, body) in [
+        ("POST", "/admin/rotate", "{}"),
+        ("POST", "/admin/rotate", r#"{"token": "  "}"#),
+        (
+            "POST",
+            "/admin/rotate",
+            r#"{"token": "t2", "grace": "soon"}"#,
+        ),
+        ("POST", "/admin/rotate", r#"{"token": "t2", "grace": 5}"#),
+        ("POST", "/admin/rotate", "not json"),
+        (
+            "POST",
+            "/admin/faults",
+            r#"{"kind": "status", "status": 200}"#,
+        ),
+        (
+            "POST",
+            "/admin/faults",
+            r#"{"kind": "status", "status": 503, "count": 0}"#,
+        ),
+        ("POST", "/admin/faults", r#"{"kind": "explode"}"#),
+        (
+            "POST",
+            "/admin/faults",
+            r#"{"kind": "hang", "retry_after": 1}"#,
+        ),
+        ("PUT", "/admin/max-records", r#"{"max_records": 0}"#),
+        ("PUT", "/admin/max-records", r#"{"max_records": -1}"#),
+        ("PUT", "/admin/max-records", "{}"),
+        ("PUT", "/admin/poison", r#"{"seqs": ["a"]}"#),
+        ("PUT", "/admin/poison", r#"{"seq": [1]}"#),
+        ("GET", "/admin/received", ""),
+        ("GET", "/admin/seqs?gateway=gw&from=x", ""),
+        ("GET", "/admin/seqs?gw=gw", ""),
+    ] {
+        let reply = fleet.admin_raw(method, path, body).await;
+        assert_eq!(reply.status, 400, "{method} {path} {body}: {}", reply.text);
+        let error = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!error.is_empty(), "{method} {path} {body}: {}", reply.text);
+    }
+    let grace = fleet
+        .admin_raw(
+            "POST",
+            "/admin/rotate",
+            r#"{"token": "t2", "grace": "soon"}"#,
+        )
+        .await;
+    assert!(
+        grace.json()["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("soon"),
+        "{}",
+        grace.text
+    );
+    // Nothing changed.
+    assert_eq!(
+        fleet.get("/admin/tokens").await["current"],
+        fingerprint("t")
+    );
+    assert_eq!(fleet.get("/admin/faults").await, json!({"pending": []}));
+
+    let missing = fleet.admin_raw("GET", "/nope", "").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["error"], "no such route");
+    let wrong = fleet.admin_raw("GET", "/api/fleet/ingest", "").await;
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.json()["error"], "method not allowed");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn plain_tokens_appear_nowhere() {
+    let (current, next, unknown) = ("secret-AAAA-1", "secret-BBBB-2", "secret-CCCC-3");
+    let mut config = FleetSimConfig::new(current);
+    config.previous_token = Some("secret-DDDD-0".to_owned());
+    let fleet = start(config).await;
+    let mut events = fleet.sim.events();
+    fleet.push_seqs(current, &[1]).await;
+    fleet.push_seqs(unknown, &[2]).await;
+    let rotated = fleet
+        .admin("POST", "/admin/rotate", &json!({"token": next}))
+        .await;
+    fleet.push_seqs(next, &[3]).await;
+    fleet
+        .admin(
+            "POST",
+            "/admin/faults",
+            &json!({"kind": "status", "status": 503}),
+        )
+        .await;
+    fleet.push_seqs(next, &[4]).await;
+    let expired = fleet
+        .admin("POST", "/admin/expire-previous", &json!({}))
+        .await;
+
+    let mut seen = vec![
+        rotated.to_string(),
+        expired.to_string(),
+        fleet.get("/admin/requests").await.to_string(),
+        fleet.get("/admin/stats").await.to_string(),
+        fleet.get("/admin/tokens").await.to_string(),
+        format!("{:?}", fleet.sim),
+        format!("{:?}", FleetSimConfig::new(current)),
+    ];
+    let events = drain(&mut events);
+    assert!(events.len() >= 7, "{events:?}");
+    for event in &events {
+        seen.push(serde_json::to_string(event).expect("serializable"));
+        seen.push(format!("{event:?}"));
+    }
+    for text in &seen {
+        assert!(!text.contains("secret-"), "a plain token leaked: {text}");
+    }
+    let all = seen.join("\n");
+    for token in [current, next, unknown] {
+        assert!(
+            all.contains(&fingerprint(token)),
+            "{token} is named by its fingerprint"
+        );
+    }
+    fleet.stop().await;
+}
+
+/// The next stdout line of `fleet-sim` as JSON, `None` at end of output.
+async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<Value> {
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("a line from fleet-sim in time")
+        .expect("read stdout")?;
+    Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+}
+
+#[tokio::test]
+async fn the_fleet_sim_binary_prints_its_address_and_every_request() {
+    let token = "bin-secret-token";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            token,
+            "--grace",
+            "1h",
+            "--poison",
+            "99",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fleet-sim");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = next_json(&mut lines).await.expect("listening line");
+    assert_eq!(listening["event"], "listening", "{listening}");
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad addr: {listening}"));
+    assert_ne!(addr.port(), 0, "the real bound port");
+
+    let http = client(None);
+    let body = gzip(batch(GW, &[7, 8, 9]).to_string().as_bytes());
+    let response = tokio::time::timeout(
+        DEADLINE,
+        http.post(format!("http://{addr}/api/fleet/ingest"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send(),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("an answer");
+    assert_eq!(response.status().as_u16(), 200);
+    let ingest = next_json(&mut lines).await.expect("ingest line");
+    assert_eq!(ingest["event"], "ingest", "{ingest}");
+    assert_eq!(ingest["status"], 200);
+    assert_eq!(ingest["outcome"], "accepted");
+    assert_eq!(ingest["token"], fingerprint(token));
+    assert_eq!(ingest["records"], 3);
+    assert_eq!(ingest["accepted"], 3);
+    assert_eq!(ingest["duplicates"], 0);
+    assert_eq!(
+        (ingest["first_seq"].clone(), ingest["last_seq"].clone()),
+        (json!(7), json!(9))
+    );
+
+    let rotate = http
+        .post(format!("http://{addr}/admin/rotate"))
+        .body(r#"{"token":"bin-secret-next"}"#)
+        .send()
+        .await
+        .expect("rotate");
+    assert_eq!(rotate.status().as_u16(), 200);
+    let rotated = next_json(&mut lines).await.expect("rotate line");
+    assert_eq!(rotated["event"], "rotate", "{rotated}");
+    assert_eq!(rotated["current"], fingerprint("bin-secret-next"));
+
+    let pid = Pid::from_raw(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .expect("pid"),
+    );
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let mut rest = Vec::new();
+    while let Some(value) = next_json(&mut lines).await {
+        rest.push(value);
+    }
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("fleet-sim exits in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    let stats = rest.last().expect("a stats line");
+    assert_eq!(stats["event"], "stats", "{rest:?}");
+    assert_eq!(stats["unique"], 3);
+    let printed = format!("{listening}{ingest}{rotated}{rest:?}");
+    assert!(
+        !printed.contains("secret"),
+        "a plain token was printed: {printed}"
+    );
+}
