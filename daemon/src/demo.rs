@@ -1,13 +1,16 @@
 //! `slmd demo`: the whole pipeline on this machine with no meter attached.
 //!
 //! Starts two simulated NL-43 meters from the HIL kit, one over a
-//! pseudo-terminal (the serial path) and one over TCP, writes a config for
+//! pseudo-terminal (the serial path) and one over TCP, and a local fleet
+//! sink (the HIL kit's fleet simulator on loopback), writes a config for
 //! them into a temporary folder, loads it through the same validation as a
-//! real config, and runs the daemon on it, printing readings until Ctrl-C.
+//! real config, and runs the daemon on it, printing readings and push
+//! progress until Ctrl-C.
 
 use crate::config;
 use crate::printer::PrintMode;
 use crate::supervisor;
+use slmd_hil::fleet::{FleetSim, FleetSimConfig};
 use slmd_hil::{SimConfig, Simulator};
 use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
@@ -30,9 +33,9 @@ pub enum DemoError {
     /// The generated config did not validate (a bug: it is reported, not hidden).
     #[error("demo config: {0}")]
     Config(#[from] config::ConfigError),
-    /// The buffer could not be opened in the demo's state folder.
-    #[error("demo buffer: {0}")]
-    Buffer(#[from] crate::buffer::BufferError),
+    /// The pipeline could not start in the demo's state folder.
+    #[error("demo: {0}")]
+    Start(#[from] supervisor::StartError),
 }
 
 /// A temporary folder removed when dropped.
@@ -102,23 +105,67 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
         }
     });
 
+    // The fleet sink: a demo token, random per run, never printed.
+    let token = {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("demo-{random:016x}")
+    };
+    let fleet = FleetSim::new(FleetSimConfig::new(&token));
+    let fleet_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(DemoError::Simulator)?;
+    let fleet_address = fleet_listener.local_addr().map_err(DemoError::Simulator)?;
+    let fleet_stop = sims.clone();
+    tokio::spawn(async move {
+        if let Err(e) = fleet.serve(fleet_listener, fleet_stop).await {
+            tracing::error!("simulated fleet stopped: {e}");
+        }
+    });
+
     let config_path = dir.path().join("slmd.toml");
-    let text = demo_config(dir.path(), &tcp_address.to_string(), &serial_path);
-    std::fs::write(&config_path, text).map_err(state_error)?;
+    let text = demo_config(
+        dir.path(),
+        &tcp_address.to_string(),
+        &serial_path,
+        &format!("http://{fleet_address}"),
+    );
+    write_private(&config_path, &text, &token).map_err(state_error)?;
     let config = config::load(&config_path)?;
 
     println!("slmd demo: two simulated Rion NL-43 meters, no hardware needed");
     println!("  nl43-tcp     TCP    {tcp_address}");
     println!("  nl43-serial  serial {}", serial_path.display());
+    println!("  fleet        http://{fleet_address} (local sink, pushes every 5 s)");
     println!("  config and state in {}", dir.path().display());
     println!("  Ctrl-C to stop");
     println!();
-    let result = supervisor::run(config, PrintMode::Text, shutdown).await;
+    let result = supervisor::run(
+        config,
+        supervisor::Options::new(PrintMode::Text, None),
+        shutdown,
+    )
+    .await;
     sims.cancel();
     Ok(result?)
 }
 
-fn demo_config(dir: &Path, tcp_address: &str, serial_path: &Path) -> String {
+/// Writes the config readable by its owner only (it holds the demo token).
+fn write_private(path: &Path, text: &str, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.replace("{token}", token).as_bytes())
+}
+
+fn demo_config(dir: &Path, tcp_address: &str, serial_path: &Path, fleet_url: &str) -> String {
     format!(
         r#"# Written by `slmd demo`.
 [gateway]
@@ -139,6 +186,11 @@ transport = "serial"
 path = "{serial}"
 baud = 38400
 poll_interval = "1s"
+
+[fleet]
+enabled = true
+url = "{fleet_url}"
+tokens = ["{{token}}"]
 "#,
         state = dir.join("state").display(),
         serial = serial_path.display(),

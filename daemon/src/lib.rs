@@ -6,10 +6,12 @@
 //! | module | owns |
 //! |---|---|
 //! | [`buffer`] | the SQLite ring buffer: every record on disk until pushed, bounded, crash-safe |
+//! | [`clock`] | the wall clock record timestamps come from (steppable in tests) |
 //! | [`config`] | the one serde tree of `slmd.toml`, validation, located errors |
 //! | [`device`] | one task per meter: the link, protocol pacing, reconnects, device status |
 //! | [`record`] | the record of SPEC §3 and its JSON form |
 //! | [`fanout`] | `seq` assignment and delivery to every consumer without waiting |
+//! | [`uplink`] | pushing the buffer to the fleet: order, retries, token failover, quarantine |
 //! | [`printer`] | the live feed on stdout (`text`, `jsonl`) |
 //! | [`supervisor`] | wiring the tasks together and stopping them |
 //! | [`demo`] | the whole pipeline against simulated meters |
@@ -17,6 +19,7 @@
 //! See `ARCHITECTURE.md` at the repository root for how a reading flows.
 
 pub mod buffer;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod device;
@@ -24,3 +27,4 @@ pub mod fanout;
 pub mod printer;
 pub mod record;
 pub mod supervisor;
+pub mod uplink;

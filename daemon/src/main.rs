@@ -70,8 +70,11 @@ fn main() -> ExitCode {
 
 async fn async_main(command: Command) -> ExitCode {
     match command {
-        Command::Run { config, print } => {
-            let config = match config::load(&config) {
+        Command::Run {
+            config: path,
+            print,
+        } => {
+            let config = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("slmd: invalid configuration: {e}");
@@ -83,7 +86,8 @@ async fn async_main(command: Command) -> ExitCode {
                 eprintln!("slmd: cannot install signal handlers: {e}");
                 return ExitCode::from(EXIT_FAILURE);
             }
-            match supervisor::run(config, print, shutdown).await {
+            let options = supervisor::Options::new(print, Some(path));
+            match supervisor::run(config, options, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("slmd: {e}");

@@ -6,6 +6,7 @@
 
 use crate::fanout::{Event, LinkState};
 use crate::record::{Record, format_millis};
+use crate::uplink::UplinkEvent;
 use std::future::Future;
 use std::io::Write;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -23,18 +24,25 @@ pub enum PrintMode {
     Jsonl,
 }
 
-/// The printer task for `mode`, or `None` when nothing is printed.
+/// The printer task for `mode`, or `None` when nothing is printed. It
+/// prints the live feed and, when the uplink runs, its push progress.
 pub fn start(
     mode: PrintMode,
     mut events: broadcast::Receiver<Event>,
+    mut uplink: Option<broadcast::Receiver<UplinkEvent>>,
 ) -> Option<impl Future<Output = ()>> {
     if mode == PrintMode::None {
         return None;
     }
     Some(async move {
         loop {
-            let line = match events.recv().await {
-                Ok(event) => render(mode, &event),
+            let received = tokio::select! {
+                event = events.recv() => event.map(Printed::Live),
+                Some(event) = next_uplink(&mut uplink) => event.map(Printed::Uplink),
+            };
+            let line = match received {
+                Ok(Printed::Live(event)) => render(mode, &event),
+                Ok(Printed::Uplink(event)) => render_uplink(mode, &event),
                 Err(RecvError::Lagged(missed)) => match mode {
                     PrintMode::Jsonl => format!(r#"{{"type":"lagged","missed":{missed}}}"#),
                     _ => format!("… printer fell behind, {missed} events not shown"),
@@ -48,6 +56,70 @@ pub fn start(
             }
         }
     })
+}
+
+/// One thing to print.
+enum Printed {
+    Live(Event),
+    Uplink(UplinkEvent),
+}
+
+/// The next uplink event; never ready when there is no uplink or it ended.
+async fn next_uplink(
+    uplink: &mut Option<broadcast::Receiver<UplinkEvent>>,
+) -> Option<Result<UplinkEvent, RecvError>> {
+    let Some(receiver) = uplink else {
+        return std::future::pending().await;
+    };
+    match receiver.recv().await {
+        Err(RecvError::Closed) => {
+            *uplink = None;
+            std::future::pending().await
+        }
+        other => Some(other),
+    }
+}
+
+fn render_uplink(mode: PrintMode, event: &UplinkEvent) -> String {
+    if mode == PrintMode::Jsonl {
+        return serde_json::to_string(event).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","error":"cannot serialise event: {e}"}}"#)
+        });
+    }
+    let now = format_millis(&chrono::Utc::now());
+    let time = now.get(11..23).unwrap_or("");
+    let what = match event {
+        UplinkEvent::Push {
+            first_seq,
+            last_seq,
+            records,
+            accepted,
+            duplicates,
+            bytes,
+            token,
+            backlog,
+            ..
+        } => format!(
+            "pushed #{first_seq}..#{last_seq}: {records} records, {accepted} new, {duplicates} re-sent, {bytes} bytes (token {token}), backlog {backlog}"
+        ),
+        UplinkEvent::TokenRejected { token, slot } => {
+            format!("token {token} (slot {slot}) rejected")
+        }
+        UplinkEvent::PushFailed {
+            error, retry_in_ms, ..
+        } => format!("push failed: {error}; retry in {retry_in_ms} ms"),
+        UplinkEvent::AuthFailed { tokens, .. } => {
+            format!(
+                "every token rejected ({}); pushing paused",
+                tokens.join(", ")
+            )
+        }
+        UplinkEvent::Quarantined { seq, reason } => format!("record #{seq} quarantined: {reason}"),
+        UplinkEvent::TokensReloaded { tokens } => {
+            format!("tokens reloaded: {}", tokens.join(", "))
+        }
+    };
+    format!("{time}  fleet        {what}")
 }
 
 fn render(mode: PrintMode, event: &Event) -> String {

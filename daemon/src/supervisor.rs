@@ -1,16 +1,25 @@
 //! Wiring and lifetime: opens the buffer, builds the hub, starts one task
-//! per device and the chosen printer, and stops them all on one signal.
+//! per device, the uplink (when `[fleet]` is enabled) and the chosen
+//! printer, reloads on `SIGHUP`, and stops them all on one signal.
+//!
+//! Reload (`SIGHUP`): the config file is read and validated again; a
+//! broken file is reported and changes nothing. The fleet tokens take
+//! effect at once (no buffered data is touched, no device connection
+//! dropped); other changes take effect at the next start.
 //!
 //! Shutdown: one [`CancellationToken`] fans out to every task; [`run`]
 //! waits for all of them, up to [`SHUTDOWN_GRACE`], then closes the hub's
 //! durable sinks so the buffer writer commits what it holds and ends.
 
 use crate::buffer::{self, BufferError, BufferSlot, OpenReport, Start, WriterHandle};
+use crate::clock::WallClock;
 use crate::config::Config;
 use crate::device::{DeviceTask, StatusCell};
 use crate::fanout::Hub;
 use crate::printer::{self, PrintMode};
-use std::sync::Arc;
+use crate::uplink::{FleetStatus, FleetStatusCell, Uplink, UplinkError, UplinkHandle};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +30,42 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Records the hub may queue for the buffer writer before counting them
 /// lost (the writer moves them into its own bounded memory queue at once).
 const WRITER_QUEUE: usize = 8192;
+
+/// How the pipeline is run, beyond the config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// What is printed on stdout.
+    pub print: PrintMode,
+    /// Where record timestamps come from.
+    pub clock: WallClock,
+    /// The config file, read again on `SIGHUP` (none: no reload).
+    pub config_path: Option<PathBuf>,
+}
+
+impl Options {
+    /// Printing `print`, the system clock, reloading from `config_path`.
+    pub fn new(print: PrintMode, config_path: Option<PathBuf>) -> Options {
+        Options {
+            print,
+            clock: WallClock::system(),
+            config_path,
+        }
+    }
+}
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The buffer could not be opened or its writer started.
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    /// The uplink could not be set up.
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    /// A signal handler could not be installed.
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
+}
 
 /// The running pipeline's shared parts (the API will serve these).
 pub struct Gateway {
@@ -33,6 +78,10 @@ pub struct Gateway {
     pub buffer: BufferSlot,
     /// One status cell per configured device, in config order.
     pub devices: Vec<StatusCell>,
+    /// The fleet uplink's status (`disabled` when `[fleet]` is off).
+    pub fleet: FleetStatusCell,
+    /// The running uplink, when enabled.
+    pub uplink: Option<UplinkHandle>,
     /// The buffer's writer thread, joined at shutdown.
     writer: WriterHandle,
 }
@@ -40,10 +89,10 @@ pub struct Gateway {
 /// Opens the buffer and starts every part of the pipeline on `tracker`.
 pub fn start(
     config: &Config,
-    print: PrintMode,
+    options: &Options,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<Gateway, BufferError> {
+) -> Result<Gateway, StartError> {
     let settings = buffer::Settings::from_config(config);
     let slot = BufferSlot::default();
     let (hub, writer) = match buffer::open_or_defer(settings.clone())? {
@@ -80,7 +129,23 @@ pub fn start(
             (hub, writer)
         }
     };
-    if let Some(printer) = printer::start(print, hub.subscribe()) {
+    let uplink = if config.fleet.enabled {
+        let (uplink, handle) = Uplink::new(
+            config.fleet.clone(),
+            config.gateway.id.clone(),
+            slot.clone(),
+        )?;
+        tracker.spawn(uplink.run(shutdown.child_token()));
+        Some(handle)
+    } else {
+        None
+    };
+    let fleet = uplink.as_ref().map_or_else(
+        || Arc::new(Mutex::new(FleetStatus::disabled())),
+        |u| u.status.clone(),
+    );
+    let uplink_events = uplink.as_ref().map(|u| u.events.subscribe());
+    if let Some(printer) = printer::start(options.print, hub.subscribe(), uplink_events) {
         let stop = shutdown.clone();
         tracker.spawn(async move {
             tokio::select! {
@@ -91,7 +156,7 @@ pub fn start(
     }
     let mut devices = Vec::with_capacity(config.devices.len());
     for device in &config.devices {
-        let task = DeviceTask::new(device.clone(), hub.clone());
+        let task = DeviceTask::new(device.clone(), hub.clone()).with_clock(options.clock.clone());
         devices.push(task.status.clone());
         tracker.spawn(task.run(shutdown.child_token()));
     }
@@ -100,6 +165,8 @@ pub fn start(
         hub,
         buffer: slot,
         devices,
+        fleet,
+        uplink,
         writer,
     })
 }
@@ -108,11 +175,25 @@ pub fn start(
 /// task and for the buffer to commit what it holds.
 pub async fn run(
     config: Config,
-    print: PrintMode,
+    options: Options,
     shutdown: CancellationToken,
-) -> Result<(), BufferError> {
+) -> Result<(), StartError> {
     let tracker = TaskTracker::new();
-    let gateway = start(&config, print, &tracker, &shutdown)?;
+    let gateway = start(&config, &options, &tracker, &shutdown)?;
+    if let Some(path) = options.config_path.clone() {
+        let uplink = gateway.uplink.clone();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(StartError::Signal)?;
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    Some(()) = hangup.recv() => reload(&path, uplink.as_ref()),
+                }
+            }
+        });
+    }
     tracing::info!(
         gateway = %gateway.id,
         devices = gateway.devices.len(),
@@ -145,6 +226,27 @@ pub async fn run(
         None => tracing::info!("slmd stopped (the buffer never opened)"),
     }
     Ok(())
+}
+
+/// Reads the config again and applies what can change while running.
+fn reload(path: &std::path::Path, uplink: Option<&UplinkHandle>) {
+    match crate::config::load(path) {
+        Ok(config) => {
+            tracing::info!(file = %path.display(), "SIGHUP: configuration read again");
+            match uplink {
+                Some(uplink) => {
+                    uplink.reload.send_replace(config.fleet);
+                }
+                None if config.fleet.enabled => tracing::warn!(
+                    "SIGHUP: [fleet] is enabled in the file but was off at start; restart slmd to start pushing"
+                ),
+                None => {}
+            }
+        }
+        Err(e) => tracing::error!(
+            "SIGHUP: configuration not reloaded, the running one stays in effect: {e}"
+        ),
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -7,6 +7,8 @@
 //! The binaries are built by [`bin`] on first use, into the same target
 //! folder as this test executable, so they always match the source.
 
+pub mod fleet;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -37,8 +37,10 @@
 //! that would make it spin or hang:
 //! - `status_interval` must be at least 1s (like `poll_interval`: the meter
 //!   answers at most once a second); `reconnect_min`, `api.stream_max`,
-//!   `fleet.interval` and `fleet.token_retry` must not be zero (a zero
-//!   period is a busy loop, and `tokio::time::interval` panics on it);
+//!   `fleet.interval`, `fleet.token_retry`, `fleet.timeout`,
+//!   `fleet.retry_min`, `fleet.retry_max` and `fleet.auth_retry` must not be
+//!   zero (a zero period is a busy loop, and `tokio::time::interval` panics
+//!   on it), and `fleet.retry_min` must not exceed `fleet.retry_max`;
 //! - `buffer.max_bytes`, when set, must be at least 1 byte;
 //! - tokens (API and fleet) must not be empty strings;
 //! - `gateway.id` must not be empty or contain whitespace or control
@@ -622,6 +624,24 @@ pub struct FleetConfig {
     /// (first) token is tried again.
     #[serde(deserialize_with = "units::duration")]
     pub token_retry: Duration,
+    /// Gzip request bodies (JSON records compress about tenfold, which is
+    /// what a cellular data plan pays for).
+    pub gzip: bool,
+    /// How long one push request may take, connect to last byte, before it
+    /// counts as failed and is retried.
+    #[serde(deserialize_with = "units::duration")]
+    pub timeout: Duration,
+    /// First wait after a failed push (5xx, timeout, connection error);
+    /// doubles with jitter on every further failure.
+    #[serde(deserialize_with = "units::duration")]
+    pub retry_min: Duration,
+    /// Longest wait between failed pushes.
+    #[serde(deserialize_with = "units::duration")]
+    pub retry_max: Duration,
+    /// While every token is rejected, how often pushing is tried again (a
+    /// reload with a good token retries at once).
+    #[serde(deserialize_with = "units::duration")]
+    pub auth_retry: Duration,
 }
 
 impl Default for FleetConfig {
@@ -634,6 +654,11 @@ impl Default for FleetConfig {
             batch_max: 500,
             interval: Duration::from_secs(5),
             token_retry: Duration::from_secs(5 * 60),
+            gzip: true,
+            timeout: Duration::from_secs(30),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(5 * 60),
+            auth_retry: Duration::from_secs(5 * 60),
         }
     }
 }

@@ -326,6 +326,19 @@ fn fleet(config: &Config, out: &mut Vec<Problem>) {
     }
     not_zero(key(&["fleet", "interval"]), fleet.interval, out);
     not_zero(key(&["fleet", "token_retry"]), fleet.token_retry, out);
+    not_zero(key(&["fleet", "timeout"]), fleet.timeout, out);
+    not_zero(key(&["fleet", "retry_min"]), fleet.retry_min, out);
+    not_zero(key(&["fleet", "retry_max"]), fleet.retry_max, out);
+    not_zero(key(&["fleet", "auth_retry"]), fleet.auth_retry, out);
+    if fleet.retry_min > fleet.retry_max {
+        out.push(Problem::value(
+            key(&["fleet", "retry_min"]),
+            format!(
+                "must not exceed retry_max ({:?}), found {:?}",
+                fleet.retry_max, fleet.retry_min
+            ),
+        ));
+    }
 }
 
 /// Every token is a non-empty string.

@@ -18,6 +18,7 @@ pub mod link;
 pub mod nl43;
 pub mod session;
 
+use crate::clock::WallClock;
 use crate::config::DeviceConfig;
 use crate::fanout::{Hub, LinkState};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -82,6 +83,8 @@ pub struct DeviceTask {
     pub hub: Arc<Hub>,
     /// Where its status is published.
     pub status: StatusCell,
+    /// Where `received_at` comes from.
+    pub clock: WallClock,
 }
 
 impl DeviceTask {
@@ -109,7 +112,14 @@ impl DeviceTask {
             id,
             hub,
             status,
+            clock: WallClock::system(),
         }
+    }
+
+    /// The same task, timestamping readings with `clock`.
+    pub fn with_clock(mut self, clock: WallClock) -> DeviceTask {
+        self.clock = clock;
+        self
     }
 
     /// Runs until `shutdown`: open, poll, and reopen with backoff, forever.

@@ -74,7 +74,7 @@ pub async fn poll(
                     task.hub.publish(reading);
                     let mut status = lock_status(&task.status);
                     status.readings_total += 1;
-                    status.last_reading_at = Some(Utc::now());
+                    status.last_reading_at = Some(task.clock.now());
                     drop(status);
                     task.reset_backoff(backoff);
                 }
@@ -171,7 +171,7 @@ async fn query_status(
                     meter_unix_ms,
                     at: Instant::now(),
                 });
-                let skew = (meter_unix_ms - Utc::now().timestamp_millis()) / 1000;
+                let skew = (meter_unix_ms - task.clock.now().timestamp_millis()) / 1000;
                 lock_status(&task.status).clock_skew_seconds = Some(skew);
             }
             Err(_) => lock_status(&task.status).bad_answers += 1,
@@ -198,7 +198,7 @@ fn sync_noise(task: &DeviceTask, session: &Session) {
 const LN_NAMES: [&str; 5] = ["l5", "l10", "l50", "l90", "l95"];
 
 fn to_reading(task: &DeviceTask, state: &PollState, dod: &DodReading) -> Reading {
-    let received_at = Utc::now();
+    let received_at = task.clock.now();
     let main = dod.main();
     let db = |v: Option<firmware_bridge::Deci>| v.map(|d| d.db());
     let mut metrics = vec![
