@@ -20,6 +20,8 @@
 //!   updated.
 //! - `tcp`: the TCP listener (one client at a time).
 //! - [`pty`]: the pseudo-terminal link ([`PtyMeter`]).
+//! - [`cli`]: what the `slm-sim` and `fleet-sim` binaries share (JSON lines
+//!   on stdout, signals, the print-until-stopped loop).
 //! - [`fleet`]: the fleet ingest server simulator ([`fleet::FleetSim`],
 //!   SPEC §7), served by `fleet-sim`.
 //!
@@ -29,6 +31,7 @@
 //! by whoever serves the link; the silence window runs from
 //! [`Simulator::new`].
 
+pub mod cli;
 pub mod config;
 pub mod fleet;
 mod levels;

@@ -7,12 +7,27 @@
 
 use serde_json::{Value, json};
 use slmd_e2e::fleet::{FleetSim, fingerprint, fleet_section};
-use slmd_e2e::{Daemon, Setup, buffer_file, open_buffer_ro, poll_until, tcp_devices, tcp_sims};
+use slmd_e2e::{
+    Daemon, Setup, Sim, buffer_file, open_buffer_ro, poll_until, tcp_devices, tcp_sims,
+};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const GATEWAY: &str = "gw-test";
+
+/// A daemon reading `sims` and pushing to `fleet` with `tokens` (preferred
+/// first); `extra` lines go into `[fleet]`.
+fn pushing_daemon(fleet: &FleetSim, sims: &[Sim], tokens: &[&str], extra: &str) -> (Setup, Daemon) {
+    let setup = Setup::new();
+    let config = setup.config(&format!(
+        "{}\n{}",
+        tcp_devices(sims),
+        fleet_section(&fleet.url(), tokens, extra)
+    ));
+    let daemon = Daemon::start(&config);
+    (setup, daemon)
+}
 
 /// Events of one type the daemon printed.
 fn events(daemon: &Daemon, kind: &str) -> Vec<Value> {
@@ -155,13 +170,8 @@ fn a_token_rotation_costs_no_push_and_leaves_no_gap() {
 fn a_staged_unknown_token_fails_over_in_the_same_tick_and_is_picked_up_later() {
     let fleet = FleetSim::start("token1", &[]);
     let sims = tcp_sims(1, 410);
-    let setup = Setup::new();
-    let config = setup.config(&format!(
-        "{}\n{}",
-        tcp_devices(&sims),
-        fleet_section(&fleet.url(), &["staged", "token1"], "token_retry = \"1s\"")
-    ));
-    let mut daemon = Daemon::start(&config);
+    let (_setup, mut daemon) =
+        pushing_daemon(&fleet, &sims, &["staged", "token1"], "token_retry = \"1s\"");
     let at = wait_pushes(&daemon, 0, 3, "token1");
 
     // The first batch: 401 with the staged token, then 200 with the known
@@ -242,13 +252,7 @@ fn every_token_rejected_pauses_pushing_until_the_token_file_is_fixed() {
 fn an_outage_a_non_json_200_and_a_hang_lose_and_double_nothing() {
     let fleet = FleetSim::start("token1", &[]);
     let sims = tcp_sims(2, 430);
-    let setup = Setup::new();
-    let config = setup.config(&format!(
-        "{}\n{}",
-        tcp_devices(&sims),
-        fleet_section(&fleet.url(), &["token1"], "")
-    ));
-    let mut daemon = Daemon::start(&config);
+    let (_setup, mut daemon) = pushing_daemon(&fleet, &sims, &["token1"], "");
     let at = wait_pushes(&daemon, 0, 2, "token1");
 
     fleet.fault(json!({"kind": "status", "status": 503, "count": 3}));
@@ -388,15 +392,9 @@ fn kill_9_while_pushing_leaves_no_gap_only_resends() {
 fn a_poison_record_is_quarantined_and_the_rest_arrive() {
     let fleet = FleetSim::start("token1", &["--poison", "7"]);
     let sims = tcp_sims(3, 450);
-    let setup = Setup::new();
     // A slow tick builds batches of several records, so the bad one has to
     // be found inside a batch.
-    let config = setup.config(&format!(
-        "{}\n{}",
-        tcp_devices(&sims),
-        fleet_section(&fleet.url(), &["token1"], "interval = \"3s\"")
-    ));
-    let mut daemon = Daemon::start(&config);
+    let (setup, mut daemon) = pushing_daemon(&fleet, &sims, &["token1"], "interval = \"3s\"");
     let (at, quarantined) = daemon
         .proc
         .stdout
@@ -448,16 +446,10 @@ fn a_poison_record_is_quarantined_and_the_rest_arrive() {
 #[test]
 fn a_replayed_record_is_pushed_in_its_received_at_place() {
     let fleet = FleetSim::start("token1", &[]);
-    let replaying = slmd_e2e::Sim::tcp(&["--seed", "460", "--replay", "3"]);
-    let live = slmd_e2e::Sim::tcp(&["--seed", "461"]);
+    let replaying = Sim::tcp(&["--seed", "460", "--replay", "3"]);
+    let live = Sim::tcp(&["--seed", "461"]);
     let sims = vec![replaying, live];
-    let setup = Setup::new();
-    let config = setup.config(&format!(
-        "{}\n{}",
-        tcp_devices(&sims),
-        fleet_section(&fleet.url(), &["token1"], "")
-    ));
-    let mut daemon = Daemon::start(&config);
+    let (_setup, mut daemon) = pushing_daemon(&fleet, &sims, &["token1"], "");
     daemon.records("m0", 6, TIMEOUT);
     let at = daemon.proc.stdout.lines().len();
     wait_pushes(&daemon, at, 2, "token1");

@@ -10,13 +10,12 @@
 
 use clap::Parser;
 use serde::Serialize;
-use slmd_hil::fleet::{DEFAULT_GRACE, FleetEvent, FleetSim, FleetSimConfig, FleetStats};
+use slmd_hil::cli::{emit, emit_listening, init_logging, print_until_stopped, watch_signals};
+use slmd_hil::fleet::{DEFAULT_GRACE, FleetSim, FleetSimConfig, FleetStats};
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 /// Fleet ingest server simulator: dual-token grace, de-duplication and fault
@@ -77,13 +76,6 @@ impl Cli {
     }
 }
 
-/// `{"event":"listening","addr":...}`
-#[derive(Serialize)]
-struct Listening {
-    event: &'static str,
-    addr: SocketAddr,
-}
-
 /// `{"event":"stats",...}`
 #[derive(Serialize)]
 struct Stats<'a> {
@@ -92,36 +84,14 @@ struct Stats<'a> {
     stats: &'a FleetStats,
 }
 
-/// Prints one JSON line on stdout and flushes it.
-fn emit(value: &impl Serialize) {
-    let line = match serde_json::to_string(value) {
-        Ok(line) => line,
-        Err(e) => {
-            tracing::error!("could not encode an event: {e}");
-            return;
-        }
-    };
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-        tracing::debug!("stdout: {e}");
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     let config = cli.config();
     tracing::info!(?config, "fleet-sim starting");
     let sim = FleetSim::new(config);
-    let mut events = sim.events();
+    let events = sim.events();
     let shutdown = CancellationToken::new();
     // Before the first line is printed: whoever reads it may signal at once.
     watch_signals(shutdown.clone());
@@ -140,84 +110,19 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    emit(&Listening {
-        event: "listening",
-        addr: bound,
-    });
-    let mut server = {
+    emit_listening(bound);
+    let server = {
         let (sim, token) = (sim.clone(), shutdown.clone());
         tokio::spawn(async move { sim.serve(listener, token).await })
     };
 
-    let finished = loop {
-        tokio::select! {
-            // Something happened in the fleet: print it.
-            event = events.recv() => match event {
-                Ok(event) => emit(&event),
-                Err(RecvError::Lagged(n)) => tracing::warn!("{n} events were not printed (stdout too slow)"),
-                Err(RecvError::Closed) => break None,
-            },
-            // A signal: stop.
-            () = shutdown.cancelled() => break None,
-            // The server stopped on its own (an error): stop too.
-            served = &mut server => break Some(served),
-        }
+    let stats = || {
+        emit(&Stats {
+            event: "stats",
+            stats: &sim.stats(),
+        });
     };
-    shutdown.cancel();
-    let served = match finished {
-        Some(served) => served,
-        None => server.await,
-    };
-    drain(&mut events);
-    emit(&Stats {
-        event: "stats",
-        stats: &sim.stats(),
-    });
-    match served {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("fleet-sim: the server failed: {e}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("fleet-sim: the server task failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Prints the events still queued.
-fn drain(events: &mut tokio::sync::broadcast::Receiver<FleetEvent>) {
-    loop {
-        match events.try_recv() {
-            Ok(event) => emit(&event),
-            Err(TryRecvError::Lagged(_)) => {}
-            Err(TryRecvError::Empty | TryRecvError::Closed) => return,
-        }
-    }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (term, int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!("cannot watch signals: {e}");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        let (mut term, mut int) = (term, int);
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        }
-        shutdown.cancel();
-    });
+    print_until_stopped("fleet-sim", events, shutdown, server, stats).await
 }
 
 #[cfg(test)]
