@@ -11,12 +11,20 @@
 //!   from the newest. Consumers that must not lose anything (the buffer
 //!   writer) register a bounded queue with [`Hub::add_durable_sink`]; when
 //!   that queue is full the record is counted as lost for it, never waited on.
+//! - **Late joiners see the present.** The newest record of each device is
+//!   kept here (seeded from the buffer at start), updated under the same
+//!   lock as the send, so [`Hub::subscribe_with_latest`] gives a snapshot and
+//!   a subscription with nothing missed or repeated between them.
+//! - **Who is watching.** Live viewers of a device hold a [`WatchGuard`];
+//!   the device task reads the count ([`Hub::watchers`]) to poll at
+//!   `live_poll_interval` only while someone watches.
 
 use crate::record::{Reading, Record};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Link state of a device, as status and feeds report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,12 +70,32 @@ pub struct Hub {
     live: broadcast::Sender<Event>,
     /// Records a durable sink could not take because its queue was full.
     lost_to_full_sinks: AtomicU64,
+    /// Live viewers per device.
+    watchers: Mutex<HashMap<Arc<str>, watch::Sender<usize>>>,
 }
 
 #[derive(Debug)]
 struct HubInner {
     next_seq: u64,
     durable: Vec<mpsc::Sender<Arc<Record>>>,
+    /// The newest record of each device.
+    latest: HashMap<Arc<str>, Arc<Record>>,
+}
+
+/// Held by a live viewer of some devices; counts it as watching them until
+/// dropped.
+#[derive(Debug)]
+pub struct WatchGuard {
+    /// The counters it raised.
+    counts: Vec<watch::Sender<usize>>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        for count in &self.counts {
+            count.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
 }
 
 impl Hub {
@@ -79,10 +107,74 @@ impl Hub {
             inner: Mutex::new(HubInner {
                 next_seq: first_seq.max(1),
                 durable: Vec::new(),
+                latest: HashMap::new(),
             }),
             live,
             lost_to_full_sinks: AtomicU64::new(0),
+            watchers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the newest record of each device from `records` (the buffer's,
+    /// at start), unless a newer one was published already.
+    pub fn seed_latest(&self, records: impl IntoIterator<Item = Record>) {
+        let mut inner = self.lock();
+        for record in records {
+            let newer = inner
+                .latest
+                .get(&record.device)
+                .is_some_and(|r| r.seq >= record.seq);
+            if !newer {
+                inner.latest.insert(record.device.clone(), Arc::new(record));
+            }
+        }
+    }
+
+    /// The newest record of `device`, if it ever produced one.
+    pub fn latest(&self, device: &str) -> Option<Arc<Record>> {
+        self.lock().latest.get(device).cloned()
+    }
+
+    /// A live subscription and, taken at the same instant, the newest
+    /// record of every device (in `seq` order): a late joiner shows these
+    /// at once and then the live flow, with no record missed or repeated.
+    pub fn subscribe_with_latest(&self) -> (broadcast::Receiver<Event>, Vec<Arc<Record>>) {
+        let inner = self.lock();
+        let receiver = self.live.subscribe();
+        let mut latest: Vec<Arc<Record>> = inner.latest.values().cloned().collect();
+        drop(inner);
+        latest.sort_by_key(|r| r.seq);
+        (receiver, latest)
+    }
+
+    /// Counts the caller as a live viewer of `devices` until the guard drops.
+    pub fn watch_devices(&self, devices: &[Arc<str>]) -> WatchGuard {
+        let counts = devices
+            .iter()
+            .map(|device| {
+                let count = self.watch_counter(device);
+                count.send_modify(|n| *n += 1);
+                count
+            })
+            .collect();
+        WatchGuard { counts }
+    }
+
+    /// The number of live viewers of `device`, to wait on for changes.
+    pub fn watchers(&self, device: &str) -> watch::Receiver<usize> {
+        self.watch_counter(device).subscribe()
+    }
+
+    fn watch_counter(&self, device: &str) -> watch::Sender<usize> {
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        match watchers.get(device) {
+            Some(sender) => sender.clone(),
+            None => {
+                let (sender, _) = watch::channel(0);
+                watchers.insert(Arc::from(device), sender.clone());
+                sender
+            }
+        }
     }
 
     /// Registers a consumer that must see every record, through a bounded
@@ -131,6 +223,7 @@ impl Hub {
                 // The consumer is gone (shutting down): stop offering it records.
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+        inner.latest.insert(record.device.clone(), record.clone());
         // An error only means nobody is listening live right now.
         let _ = self.live.send(Event::Record(record.clone()));
         record
@@ -180,6 +273,43 @@ mod tests {
         for expected in [41, 42, 43] {
             assert_eq!(sink.recv().await.map(|r| r.seq), Some(expected));
         }
+    }
+
+    #[tokio::test]
+    async fn a_late_joiner_gets_the_newest_record_of_each_device_then_the_flow() {
+        let hub = Hub::new(1);
+        hub.seed_latest([Record::new(0, reading("c"))]);
+        hub.publish(reading("a"));
+        hub.publish(reading("b"));
+        hub.publish(reading("a"));
+        let (mut live, latest) = hub.subscribe_with_latest();
+        let seen: Vec<(u64, &str)> = latest.iter().map(|r| (r.seq, &*r.device)).collect();
+        assert_eq!(seen, [(0, "c"), (2, "b"), (3, "a")]);
+        hub.publish(reading("b"));
+        match live.recv().await {
+            Ok(Event::Record(r)) => assert_eq!(r.seq, 4),
+            other => panic!("expected the next record, got {other:?}"),
+        }
+        // An older record from the buffer does not replace a newer one.
+        hub.seed_latest([Record::new(1, reading("a"))]);
+        assert_eq!(hub.latest("a").map(|r| r.seq), Some(3));
+    }
+
+    #[test]
+    fn watchers_are_counted_while_their_guards_live() {
+        let hub = Hub::new(1);
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let count_a = hub.watchers("a");
+        let both = hub.watch_devices(&[a.clone(), b.clone()]);
+        let only_a = hub.watch_devices(&[a]);
+        assert_eq!(*count_a.borrow(), 2);
+        assert_eq!(*hub.watchers("b").borrow(), 1);
+        drop(both);
+        assert_eq!(*count_a.borrow(), 1);
+        assert_eq!(*hub.watchers("b").borrow(), 0);
+        drop(only_a);
+        assert_eq!(*count_a.borrow(), 0);
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@ use tokio_util::task::TaskTracker;
 /// How long tasks get to finish after shutdown is signalled.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Newest buffered records searched for each device's latest one at start.
+const LATEST_SCAN: usize = 10_000;
+
 /// Records the hub may queue for the buffer writer before counting them
 /// lost (the writer moves them into its own bounded memory queue at once).
 const WRITER_QUEUE: usize = 8192;
@@ -113,6 +116,13 @@ pub fn start(
                 OpenReport::Salvaged { .. } => {}
             }
             let hub = Hub::new(buffer.next_seq());
+            match buffer.latest_per_device(LATEST_SCAN) {
+                Ok(latest) => hub.seed_latest(latest),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cannot read the newest records back; live viewers see the next ones"
+                ),
+            }
             let writer = buffer.start_writer(hub.add_durable_sink(WRITER_QUEUE))?;
             let _ = slot.set(buffer);
             (hub, writer)

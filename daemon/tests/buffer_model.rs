@@ -516,3 +516,18 @@ fn a_version_1_buffer_is_migrated_with_its_records() {
         .expect("version");
     assert_eq!(version, buffer::schema::VERSION);
 }
+
+#[test]
+fn the_newest_record_of_each_device_is_read_back_for_late_joiners() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    let seqs = open.write(20);
+    let buffer = open.close();
+    // Devices cycle north, south, east by seq % 3.
+    let latest = buffer.latest_per_device(100).expect("reads");
+    let expected: Vec<Record> = seqs[17..].iter().map(|s| record(*s)).collect();
+    assert_eq!(latest, expected, "one per device, the newest, in seq order");
+    let narrow = buffer.latest_per_device(1).expect("reads");
+    assert_eq!(narrow, vec![record(seqs[19])], "only what the scan covers");
+}

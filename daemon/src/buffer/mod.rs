@@ -609,6 +609,21 @@ impl Buffer {
         )
     }
 
+    /// The newest stored record of each device among the newest `scan`
+    /// records (enough to cover every meter that reported lately), in
+    /// `seq` order: what a late joiner of the live feed sees first after a
+    /// restart.
+    pub fn latest_per_device(&self, scan: usize) -> Result<Vec<Record>, BufferError> {
+        let recent = self.select("ORDER BY r.seq DESC LIMIT ?1", &[&(scan as i64)])?;
+        let mut seen = std::collections::HashSet::new();
+        let mut latest: Vec<Record> = recent
+            .into_iter()
+            .filter(|r| seen.insert(r.device.clone()))
+            .collect();
+        latest.reverse();
+        Ok(latest)
+    }
+
     /// Records of `device` (or all) received at or after `since`, oldest
     /// first, at most `limit`.
     pub fn history(
