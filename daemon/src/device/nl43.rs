@@ -34,6 +34,43 @@ struct PollState {
     answered: bool,
 }
 
+/// The `DOD?` period: `live_poll_interval` while a live viewer watches the
+/// meter, `poll_interval` otherwise, and never below the meter's 1 s.
+fn dod_interval(cfg: &crate::config::DeviceConfig, watched: bool) -> Duration {
+    let wanted = match (watched, cfg.live_poll_interval) {
+        (true, Some(live)) => live,
+        _ => cfg.poll_interval,
+    };
+    wanted.max(Duration::from_secs(1))
+}
+
+/// Waits until the next `DOD?` is due after the one `sent`. A viewer who
+/// arrives or leaves meanwhile moves the deadline at once (a portal view
+/// should not wait out a slow period; an abandoned one should not keep a
+/// cellular meter at the fast one).
+async fn wait_for_next_dod(
+    cfg: &crate::config::DeviceConfig,
+    sent: Instant,
+    watchers: &mut tokio::sync::watch::Receiver<usize>,
+) {
+    loop {
+        let watched = *watchers.borrow_and_update() > 0;
+        let due = sent + dod_interval(cfg, watched);
+        tokio::select! {
+            // Due: ask.
+            () = tokio::time::sleep_until(due) => return,
+            // Viewers came or went: recompute the deadline.
+            changed = watchers.changed() => {
+                if changed.is_err() {
+                    // The hub is gone (shutting down): keep the deadline.
+                    tokio::time::sleep_until(due).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Polls the meter over `link` until the link fails; returns why.
 pub async fn poll(
     task: &DeviceTask,
@@ -48,8 +85,7 @@ pub async fn poll(
         consecutive_timeouts: 0,
         answered: false,
     };
-    // The meter rejects DOD? faster than 1 s whatever the config says.
-    let dod_interval = cfg.poll_interval.max(Duration::from_secs(1));
+    let mut watchers = task.hub.watchers(&task.id);
     let mut next_status = Instant::now();
     let mut last_dod_sent: Option<Instant> = None;
     loop {
@@ -60,7 +96,7 @@ pub async fn poll(
             next_status = Instant::now() + cfg.status_interval;
         }
         if let Some(sent) = last_dod_sent {
-            tokio::time::sleep_until(sent + dod_interval).await;
+            wait_for_next_dod(cfg, sent, &mut watchers).await;
         }
         let sent = Instant::now();
         let answer = ask(task, &mut session, &mut state, Item::Dod).await;
@@ -241,4 +277,59 @@ fn device_time(anchor: ClockAnchor, received_at: DateTime<Utc>) -> DateTime<Utc>
     let whole_seconds = meter_ms.div_euclid(1000) * 1000;
     let base = DateTime::<Utc>::from_timestamp_millis(whole_seconds);
     base.unwrap_or(received_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(extra: &str) -> crate::config::DeviceConfig {
+        let text = format!(
+            "[[device]]\nid = \"m\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:2255\"\n{extra}"
+        );
+        match crate::config::parse(&text, std::path::Path::new("t.toml")) {
+            Ok(mut c) => c.devices.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_live_interval_applies_only_while_watched_and_never_below_a_second() {
+        let cfg = device("poll_interval = \"60s\"\nlive_poll_interval = \"1s\"");
+        assert_eq!(dod_interval(&cfg, false), Duration::from_secs(60));
+        assert_eq!(dod_interval(&cfg, true), Duration::from_secs(1));
+        let plain = device("poll_interval = \"5s\"");
+        assert_eq!(dod_interval(&plain, true), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_viewer_arriving_mid_wait_brings_the_next_poll_forward() {
+        let cfg = device("poll_interval = \"60s\"\nlive_poll_interval = \"1s\"");
+        let (viewers, mut watchers) = tokio::sync::watch::channel(0usize);
+        let sent = Instant::now();
+        let wait = tokio::spawn(async move {
+            wait_for_next_dod(&cfg, sent, &mut watchers).await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!wait.is_finished(), "unwatched: waits the full minute");
+        viewers.send_replace(1);
+        let done = wait.await.expect("wait task");
+        assert_eq!(done - sent, Duration::from_secs(10), "due at once: 1 s had passed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_viewer_leaving_mid_wait_restores_the_slow_period() {
+        let cfg = device("poll_interval = \"30s\"\nlive_poll_interval = \"5s\"");
+        let (viewers, mut watchers) = tokio::sync::watch::channel(1usize);
+        let sent = Instant::now();
+        let wait = tokio::spawn(async move {
+            wait_for_next_dod(&cfg, sent, &mut watchers).await;
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        viewers.send_replace(0);
+        let done = wait.await.expect("wait task");
+        assert_eq!(done - sent, Duration::from_secs(30));
+    }
 }
