@@ -5,6 +5,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`api`] | the local HTTP API: status, live, history, the SSE stream, metrics |
 //! | [`buffer`] | the SQLite ring buffer: every record on disk until pushed, bounded, crash-safe |
 //! | [`clock`] | the wall clock record timestamps come from (steppable in tests) |
 //! | [`config`] | the one serde tree of `slmd.toml`, validation, located errors |
@@ -12,18 +13,21 @@
 //! | [`record`] | the record of SPEC §3 and its JSON form |
 //! | [`fanout`] | `seq` assignment and delivery to every consumer without waiting |
 //! | [`uplink`] | pushing the buffer to the fleet: order, retries, token failover, quarantine |
+//! | [`mqtt`] | publishing records and device state to a local MQTT broker |
 //! | [`printer`] | the live feed on stdout (`text`, `jsonl`) |
 //! | [`supervisor`] | wiring the tasks together and stopping them |
 //! | [`demo`] | the whole pipeline against simulated meters |
 //!
 //! See `ARCHITECTURE.md` at the repository root for how a reading flows.
 
+pub mod api;
 pub mod buffer;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod device;
 pub mod fanout;
+pub mod mqtt;
 pub mod printer;
 pub mod record;
 pub mod supervisor;

@@ -1,0 +1,398 @@
+//! `GET /metrics`: the Prometheus text format (version 0.0.4).
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `slmd_build_info` | gauge | `version` | always 1 |
+//! | `slmd_uptime_seconds` | gauge | | seconds since start |
+//! | `slmd_device_up` | gauge | `device` | 1 while the meter answers (`connected`), else 0 |
+//! | `slmd_device_state` | gauge | `device`, `state` | 1 for the current link state (`connecting`, `connected`, `down`), 0 for the others |
+//! | `slmd_device_readings_total` | counter | `device` | readings produced since start |
+//! | `slmd_device_errors_total` | counter | `device`, `kind` | `bad_answers`, `timeouts`, `refused` since start |
+//! | `slmd_device_connects_total` | counter | `device` | links opened since start |
+//! | `slmd_buffer_open` | gauge | | 1 once the buffer is open; the other buffer metrics appear only then |
+//! | `slmd_buffer_records` | gauge | | records stored |
+//! | `slmd_buffer_capacity` | gauge | | `max_records` |
+//! | `slmd_buffer_unsent` | gauge | | records the fleet has not accepted |
+//! | `slmd_buffer_oldest_unsent_timestamp_seconds` | gauge | | `received_at` of the oldest unsent record (absent when none) |
+//! | `slmd_buffer_written_total` | counter | | records committed, ever |
+//! | `slmd_buffer_evicted_unsent_total` | counter | | records evicted before the fleet had them, ever |
+//! | `slmd_buffer_lost_total` | counter | | records that never reached the disk, ever |
+//! | `slmd_buffer_queued_in_memory` | gauge | | records waiting for the disk |
+//! | `slmd_hub_lost_to_full_sinks_total` | counter | | records a durable consumer's queue could not take |
+//! | `slmd_fleet_enabled` | gauge | | 1 when `[fleet].enabled` |
+//! | `slmd_fleet_state` | gauge | `state` | 1 for the uplink's state, 0 for the others |
+//! | `slmd_fleet_backlog` | gauge | | records waiting to be pushed |
+//! | `slmd_fleet_accepted_total` | counter | | records the fleet accepted as new since start |
+//! | `slmd_fleet_duplicates_total` | counter | | records the fleet already had since start |
+//! | `slmd_fleet_quarantined_total` | counter | | records rejected as malformed and put aside, ever |
+//! | `slmd_fleet_last_push_timestamp_seconds` | gauge | | when the fleet last accepted a batch (absent before the first) |
+//! | `slmd_fleet_token_slot` | gauge | | token slot in use (1 preferred, 2 the other, 0 none) |
+//! | `slmd_stream_subscribers` | gauge | | open `/v1/stream` connections |
+//! | `slmd_stream_opened_total` | counter | | streams opened since start |
+//! | `slmd_stream_lagged_records_total` | counter | | records skipped for streams that fell behind |
+//! | `slmd_stream_stuck_disconnects_total` | counter | | streams cut because their client stopped reading |
+//! | `slmd_live_subscribers` | gauge | | every live subscriber of the hub (API streams, MQTT, printers) |
+//!
+//! Device health (battery, clock skew) is in `/v1/status` only.
+
+use super::{ApiError, ApiState, lock_fleet, routes};
+use crate::fanout::LinkState;
+use crate::uplink::FleetState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use std::fmt::{Display, Write};
+
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every link state, for the one-hot `slmd_device_state`.
+const LINK_STATES: [LinkState; 3] = [LinkState::Connecting, LinkState::Connected, LinkState::Down];
+
+/// Every uplink state, for the one-hot `slmd_fleet_state`.
+const FLEET_STATES: [FleetState; 6] = [
+    FleetState::Disabled,
+    FleetState::Starting,
+    FleetState::Ok,
+    FleetState::CatchingUp,
+    FleetState::Retrying,
+    FleetState::AuthFailed,
+];
+
+fn link_state_name(state: LinkState) -> &'static str {
+    match state {
+        LinkState::Connecting => "connecting",
+        LinkState::Connected => "connected",
+        LinkState::Down => "down",
+    }
+}
+
+/// A metrics page being written.
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    text: String,
+}
+
+impl Page {
+    /// `# HELP` and `# TYPE` of a family.
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', r"\\").replace('\n', r"\n");
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    /// One sample.
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{key}=\"{}\"", escape_label(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    /// A family with one unlabelled sample.
+    pub(crate) fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    pub(crate) fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+pub(crate) fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str(r"\\"),
+            '"' => out.push_str(r#"\""#),
+            '\n' => out.push_str(r"\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Seconds since the Unix epoch, with milliseconds.
+fn unix_seconds(t: &chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let buffer = routes::buffer_status(&state).await?;
+    let inner = &state.inner;
+    let devices = routes::device_statuses(&state);
+    let mut page = Page::default();
+
+    page.family(
+        "slmd_build_info",
+        "gauge",
+        "Always 1; the version is a label.",
+    );
+    page.sample(
+        "slmd_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    page.single(
+        "slmd_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        inner.started.elapsed().as_secs(),
+    );
+
+    page.family(
+        "slmd_device_up",
+        "gauge",
+        "1 while the meter answers (state connected), else 0.",
+    );
+    for d in &devices {
+        page.sample(
+            "slmd_device_up",
+            &[("device", &d.id)],
+            u8::from(d.state == LinkState::Connected),
+        );
+    }
+    page.family(
+        "slmd_device_state",
+        "gauge",
+        "1 for the device's current link state, 0 for the others.",
+    );
+    for d in &devices {
+        for s in LINK_STATES {
+            page.sample(
+                "slmd_device_state",
+                &[("device", &d.id), ("state", link_state_name(s))],
+                u8::from(d.state == s),
+            );
+        }
+    }
+    page.family(
+        "slmd_device_readings_total",
+        "counter",
+        "Readings produced since start.",
+    );
+    for d in &devices {
+        page.sample(
+            "slmd_device_readings_total",
+            &[("device", &d.id)],
+            d.readings_total,
+        );
+    }
+    page.family(
+        "slmd_device_errors_total",
+        "counter",
+        "Failed exchanges with the meter since start: answers that did not parse (bad_answers), answers that did not arrive (timeouts), commands the meter refused (refused).",
+    );
+    for d in &devices {
+        for (kind, n) in [
+            ("bad_answers", d.bad_answers),
+            ("timeouts", d.timeouts),
+            ("refused", d.refused_commands),
+        ] {
+            page.sample(
+                "slmd_device_errors_total",
+                &[("device", &d.id), ("kind", kind)],
+                n,
+            );
+        }
+    }
+    page.family(
+        "slmd_device_connects_total",
+        "counter",
+        "Links to the meter opened since start.",
+    );
+    for d in &devices {
+        page.sample(
+            "slmd_device_connects_total",
+            &[("device", &d.id)],
+            d.connects,
+        );
+    }
+
+    page.single(
+        "slmd_buffer_open",
+        "gauge",
+        "1 once the ring buffer is open; the other slmd_buffer_ metrics appear only then.",
+        u8::from(buffer.is_some()),
+    );
+    if let Some(b) = &buffer {
+        page.single(
+            "slmd_buffer_records",
+            "gauge",
+            "Records stored in the buffer.",
+            b.records,
+        );
+        page.single(
+            "slmd_buffer_capacity",
+            "gauge",
+            "Most records the buffer keeps (max_records).",
+            b.capacity,
+        );
+        page.single(
+            "slmd_buffer_unsent",
+            "gauge",
+            "Stored records the fleet has not accepted.",
+            b.unsent,
+        );
+        if let Some(t) = &b.oldest_unsent_received_at {
+            page.single(
+                "slmd_buffer_oldest_unsent_timestamp_seconds",
+                "gauge",
+                "received_at of the oldest unsent record, Unix seconds.",
+                unix_seconds(t),
+            );
+        }
+        page.single(
+            "slmd_buffer_written_total",
+            "counter",
+            "Records committed to the buffer since it was created.",
+            b.written,
+        );
+        page.single(
+            "slmd_buffer_evicted_unsent_total",
+            "counter",
+            "Records evicted before the fleet had them (data the fleet never got), since the buffer was created.",
+            b.evicted_unsent,
+        );
+        page.single(
+            "slmd_buffer_lost_total",
+            "counter",
+            "Records that never reached the disk (memory queue overflow), since the buffer was created.",
+            b.lost,
+        );
+        page.single(
+            "slmd_buffer_queued_in_memory",
+            "gauge",
+            "Records waiting in memory because the disk refused them.",
+            b.queued_in_memory,
+        );
+    }
+    page.single(
+        "slmd_hub_lost_to_full_sinks_total",
+        "counter",
+        "Records a durable consumer (the buffer writer) could not take because its queue was full.",
+        inner.hub.lost_to_full_sinks(),
+    );
+
+    let fleet = lock_fleet(&inner.fleet).clone();
+    page.single(
+        "slmd_fleet_enabled",
+        "gauge",
+        "1 when pushing to the fleet is configured.",
+        u8::from(fleet.enabled),
+    );
+    page.family(
+        "slmd_fleet_state",
+        "gauge",
+        "1 for the uplink's current state, 0 for the others.",
+    );
+    for s in FLEET_STATES {
+        page.sample(
+            "slmd_fleet_state",
+            &[("state", s.as_str())],
+            u8::from(fleet.state == s),
+        );
+    }
+    page.single(
+        "slmd_fleet_backlog",
+        "gauge",
+        "Records waiting to be pushed.",
+        fleet.backlog,
+    );
+    page.single(
+        "slmd_fleet_accepted_total",
+        "counter",
+        "Records the fleet accepted as new since start.",
+        fleet.accepted,
+    );
+    page.single(
+        "slmd_fleet_duplicates_total",
+        "counter",
+        "Records the fleet already had (re-sends) since start.",
+        fleet.duplicates,
+    );
+    page.single(
+        "slmd_fleet_quarantined_total",
+        "counter",
+        "Records the fleet rejected as malformed, kept in quarantine, since the buffer was created.",
+        fleet.quarantined,
+    );
+    if let Some(t) = &fleet.last_push_at {
+        page.single(
+            "slmd_fleet_last_push_timestamp_seconds",
+            "gauge",
+            "When the fleet last accepted a batch, Unix seconds.",
+            unix_seconds(t),
+        );
+    }
+    page.single(
+        "slmd_fleet_token_slot",
+        "gauge",
+        "Token slot in use: 1 the preferred token, 2 the other, 0 none.",
+        fleet.token_slot.unwrap_or(0),
+    );
+
+    let stats = &inner.stats;
+    page.single(
+        "slmd_stream_subscribers",
+        "gauge",
+        "Open /v1/stream connections.",
+        stats.open(),
+    );
+    page.single(
+        "slmd_stream_opened_total",
+        "counter",
+        "/v1/stream connections opened since start.",
+        stats.opened_total(),
+    );
+    page.single(
+        "slmd_stream_lagged_records_total",
+        "counter",
+        "Records skipped for streams whose client fell behind (sum of the missed counts sent).",
+        stats.lagged_records(),
+    );
+    page.single(
+        "slmd_stream_stuck_disconnects_total",
+        "counter",
+        "Streams cut because their client stopped reading.",
+        stats.stuck_disconnects(),
+    );
+    page.single(
+        "slmd_live_subscribers",
+        "gauge",
+        "Live subscribers of the hub: API streams, MQTT, terminal printers.",
+        inner.hub.live_subscribers(),
+    );
+
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], page.finish()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), r"x\ny");
+        let mut page = Page::default();
+        page.family("m", "gauge", "Help with \\ and\nnewline.");
+        page.sample("m", &[("device", "n\"1"), ("kind", "k")], 2);
+        page.sample("n", &[], 1.5);
+        assert_eq!(
+            page.finish(),
+            "# HELP m Help with \\\\ and\\nnewline.\n# TYPE m gauge\nm{device=\"n\\\"1\",kind=\"k\"} 2\nn 1.5\n"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The local HTTP API (SPEC §6): status, a device's newest record, history
+//! from the buffer, the live stream as Server-Sent Events, and Prometheus
+//! metrics.
+//!
+//! # Routes
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/status` | gateway, version, uptime; each device's state, counters and health; the buffer ([`crate::buffer::BufferStatus`], or `open: false`); the fleet ([`crate::uplink::FleetStatus`]); open streams |
+//! | `GET /v1/devices/{id}/live` | the device's newest record; `404 unknown device` / `404 no reading yet` |
+//! | `GET /v1/devices/{id}/history?since=RFC3339&limit=N` | `{"device", "since", "limit", "records": [...], "truncated"}`, oldest first; `limit` 1..=10000, default 1000; `503` while the buffer is not open |
+//! | `GET /v1/stream?device=a,b` | Server-Sent Events, below |
+//! | `GET /metrics` | Prometheus text format; names in [`metrics`] |
+//!
+//! Every answer is JSON except the stream and the metrics. Errors are
+//! `{"error": "<fixed phrase>", "detail": "<for people>"}` with the status
+//! that fits (see [`ApiError`]); a bad query parameter adds
+//! `"parameter": "<name>"`. Unknown routes answer `404`, other methods
+//! than `GET`/`HEAD` `405`, both in the same JSON form.
+//!
+//! # Projection
+//!
+//! Records on `live`, `history` and the stream are the record of SPEC §3
+//! and nothing else: `seq`, `device`, `received_at`, `device_time`,
+//! `metrics`, `state`, `flags` ([`Record`](crate::record::Record) has no
+//! other field). Device health (battery, clock skew, error counters) is in
+//! `/v1/status` only.
+//!
+//! # The stream
+//!
+//! `device=a,b` picks devices (comma-separated; an unknown id is a `400`);
+//! without it the stream carries every configured device. Wire format:
+//!
+//! ```text
+//! id: 1041                                     ← a record: no event line (type "message"),
+//! data: {"seq":1041,"device":"nl43-north",...}    id = seq, data = the record JSON
+//!
+//! event: state                                 ← a device's link state
+//! data: {"device":"nl43-north","state":"down","error":"no answer within 2s"}
+//!
+//! event: lagged                                ← the client fell behind
+//! data: {"missed":1234}
+//!
+//! event: end                                   ← the server ends the stream; reconnect
+//! data: {"reason":"stream_max"}                   ("stream_max" or "shutdown")
+//!
+//! :                                            ← keep-alive comment, every 15 s of silence
+//! ```
+//!
+//! On connect the client first gets the newest record of each watched
+//! device (in `seq` order), then one `state` event per watched device (its
+//! state now; `error` is null while connected), then the live flow, in
+//! `seq` order, with nothing missed or repeated between snapshot and flow.
+//! When the client falls behind by more than
+//! [`LIVE_CAPACITY`](crate::fanout::LIVE_CAPACITY) events it gets
+//! `lagged` with the number of events skipped, then the newest record of
+//! each watched device, and the flow from there. (`missed` counts every
+//! hub event dropped while it was behind; on a stream filtered to some
+//! devices the broadcast's part of that count may include other devices'
+//! events, since they are gone before anyone can tell whose they were.)
+//! `Last-Event-ID` is not used to replay: a reconnecting client gets the
+//! snapshot again; `history` fills a gap.
+//!
+//! A stream ends after `[api].stream_max` with `event: end` so clients
+//! reconnect, and while it is open it counts as a watcher of its devices
+//! ([`Hub::watch_devices`](crate::fanout::Hub::watch_devices)), which makes
+//! their tasks poll at the live rate.
+//!
+//! # Slow and stuck clients
+//!
+//! A client that reads slowly costs the device loops, the buffer writer
+//! and the other clients nothing: the hub's broadcast never waits, it
+//! drops events for that client, and the stream says how many (`lagged`,
+//! counted in `slmd_stream_lagged_records_total`) and resumes from the
+//! newest.
+//! A client that stops reading altogether is disconnected: each stream is a
+//! task feeding the response body through a small queue
+//! ([`STREAM_QUEUE`] events); when one event cannot enter that queue for
+//! [`STUCK_AFTER`] (30 s; [`ApiState::with_stuck_after`] for tests), the
+//! connection is cut (see `conn` for why hyper needs help with that) and
+//! counted in `slmd_stream_stuck_disconnects_total`. The queue fills once
+//! the client's receive buffer, the connection's kernel send buffer (kept
+//! at [`STREAM_SEND_BUFFER`] on stream connections) and hyper's few queued
+//! frames are full, so a stuck client is cut after a few hundred events
+//! plus `STUCK_AFTER`.
+//!
+//! # Security
+//!
+//! When `[api].tokens` is set, every route (metrics and the 404/405
+//! answers included) requires `Authorization: Bearer <token>`; otherwise
+//! `401` with `WWW-Authenticate: Bearer`. Only SHA-256 digests of the
+//! tokens are kept, compared in constant time; tokens are never logged.
+//! A non-loopback `listen` address without tokens is refused by config
+//! validation (`config::validate`), before the API starts.
+//!
+//! # Stopping
+//!
+//! [`serve`] stops accepting when `shutdown` is cancelled, ends every
+//! stream with `event: end` (`reason: "shutdown"`), lets answers in flight
+//! finish, and after [`SHUTDOWN_GRACE`] cuts the connections still open.
+
+mod auth;
+mod conn;
+mod error;
+pub mod metrics;
+mod routes;
+mod stream;
+
+pub use conn::STREAM_SEND_BUFFER;
+pub use error::ApiError;
+pub use routes::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT};
+pub use stream::{KEEP_ALIVE, STREAM_QUEUE, STUCK_AFTER};
+
+use crate::buffer::BufferSlot;
+use crate::config::ApiConfig;
+use crate::device::{StatusCell, lock_status};
+use crate::fanout::Hub;
+use crate::uplink::{FleetStatus, FleetStatusCell};
+use axum::Router;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use std::future::IntoFuture;
+use std::sync::{Arc, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long [`serve`] lets answers in flight finish after shutdown before
+/// it cuts their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// The shared part.
+    inner: Arc<Inner>,
+    /// How long one stream event may wait for a client that does not read.
+    stuck_after: Duration,
+    /// Keep-alive comment interval on idle streams.
+    keep_alive: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `[gateway].id`, shown in status.
+    gateway_id: String,
+    /// For `uptime_seconds` (monotonic: a clock step does not change it).
+    started: Instant,
+    /// For `started_at` in status.
+    started_at: DateTime<Utc>,
+    /// Newest records, the live flow and watcher counts.
+    hub: Arc<Hub>,
+    /// The buffer, once open (history, status, metrics).
+    buffer: BufferSlot,
+    /// Configured devices in config order: id and status. The ids are the
+    /// only ones the device routes and the stream filter accept.
+    devices: Vec<(Arc<str>, StatusCell)>,
+    /// The uplink's status.
+    fleet: FleetStatusCell,
+    /// Digests of `[api].tokens`.
+    tokens: auth::TokenDigests,
+    /// `[api].stream_max`.
+    stream_max: Duration,
+    /// Stream counters.
+    stats: stream::StreamStats,
+    /// Cancelled by [`serve`] at shutdown: every stream sends `end` and ends.
+    streams_end: CancellationToken,
+}
+
+impl ApiState {
+    /// The API's state: `devices` are the configured devices' status cells
+    /// (in config order). Keeps only SHA-256 digests of `config.tokens`.
+    /// Uptime counts from here.
+    pub fn new(
+        config: &ApiConfig,
+        gateway_id: String,
+        hub: Arc<Hub>,
+        buffer: BufferSlot,
+        devices: Vec<StatusCell>,
+        fleet: FleetStatusCell,
+    ) -> ApiState {
+        let devices = devices
+            .into_iter()
+            .map(|cell| {
+                let id: Arc<str> = Arc::from(lock_status(&cell).id.as_str());
+                (id, cell)
+            })
+            .collect();
+        ApiState {
+            inner: Arc::new(Inner {
+                gateway_id,
+                started: Instant::now(),
+                started_at: Utc::now(),
+                hub,
+                buffer,
+                devices,
+                fleet,
+                tokens: auth::TokenDigests::new(&config.tokens),
+                stream_max: config.stream_max,
+                stats: stream::StreamStats::default(),
+                streams_end: CancellationToken::new(),
+            }),
+            stuck_after: STUCK_AFTER,
+            keep_alive: KEEP_ALIVE,
+        }
+    }
+
+    /// The same state with another stuck-client bound (tests use a short one).
+    pub fn with_stuck_after(mut self, bound: Duration) -> Self {
+        self.stuck_after = bound;
+        self
+    }
+
+    /// The same state with another keep-alive interval.
+    pub fn with_keep_alive(mut self, interval: Duration) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// The configured device `id`.
+    fn device(&self, id: &str) -> Option<Arc<str>> {
+        self.inner
+            .devices
+            .iter()
+            .find(|(d, _)| &**d == id)
+            .map(|(d, _)| d.clone())
+    }
+
+    /// The configured ids, comma-separated.
+    fn known_devices(&self) -> String {
+        let ids: Vec<&str> = self.inner.devices.iter().map(|(d, _)| &**d).collect();
+        if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.join(", ")
+        }
+    }
+
+    fn unknown_device(&self, id: &str) -> ApiError {
+        ApiError::UnknownDevice {
+            id: id.to_owned(),
+            known: self.known_devices(),
+        }
+    }
+}
+
+fn lock_fleet(cell: &FleetStatusCell) -> MutexGuard<'_, FleetStatus> {
+    // Plain data, valid after a panic elsewhere.
+    cell.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The API's routes, with token checking when tokens are configured.
+///
+/// Served by anything but [`serve`], streams still end on `stream_max` and
+/// on a stuck client, but a stuck client's connection is only closed by
+/// the OS (there is no kill switch), and streams do not end at shutdown.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/status", get(routes::status))
+        .route("/v1/devices/{id}/live", get(routes::live))
+        .route("/v1/devices/{id}/history", get(routes::history))
+        .route("/v1/stream", get(stream::stream))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`; logs
+/// `API listening addr=…` once it accepts. On shutdown: no new
+/// connections, every stream ends with `event: end`, answers in flight
+/// finish, and connections still open after [`SHUTDOWN_GRACE`] are cut.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    // Parent of every connection's kill switch.
+    let connections = CancellationToken::new();
+    let listener = conn::Conns::new(listener, connections.clone());
+    let app = router(state.clone()).into_make_service_with_connect_info::<conn::ConnKill>();
+    let streams_end = state.inner.streams_end.clone();
+    let stopping = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stopping.cancelled().await;
+            streams_end.cancel();
+        })
+        .into_future();
+    tracing::info!(%addr, "API listening");
+    tokio::pin!(server);
+    tokio::select! {
+        // Every connection finished after shutdown.
+        served = &mut server => served,
+        // Shutdown, and some connection still open after the grace period.
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            connections.cancel();
+            server.await
+        }
+    }
+}
