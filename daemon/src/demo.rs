@@ -187,6 +187,10 @@ path = "{serial}"
 baud = 38400
 poll_interval = "1s"
 
+[api]
+# A free port: the log line "API listening" says which.
+listen = "127.0.0.1:0"
+
 [fleet]
 enabled = true
 url = "{fleet_url}"

@@ -11,11 +11,13 @@
 //! waits for all of them, up to [`SHUTDOWN_GRACE`], then closes the hub's
 //! durable sinks so the buffer writer commits what it holds and ends.
 
+use crate::api;
 use crate::buffer::{self, BufferError, BufferSlot, OpenReport, Start, WriterHandle};
 use crate::clock::WallClock;
 use crate::config::Config;
 use crate::device::{DeviceTask, StatusCell};
 use crate::fanout::Hub;
+use crate::mqtt::MqttPublisher;
 use crate::printer::{self, PrintMode};
 use crate::uplink::{FleetStatus, FleetStatusCell, Uplink, UplinkError, UplinkHandle};
 use std::path::PathBuf;
@@ -65,6 +67,17 @@ pub enum StartError {
     /// The uplink could not be set up.
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    /// The API address cannot be listened on.
+    #[error("cannot listen on {addr} for the API: {source}; set [api].listen to a free address")]
+    Listen {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The MQTT settings cannot be used.
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
     /// A signal handler could not be installed.
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(std::io::Error),
@@ -85,6 +98,8 @@ pub struct Gateway {
     pub fleet: FleetStatusCell,
     /// The running uplink, when enabled.
     pub uplink: Option<UplinkHandle>,
+    /// Where the API listens (the port is chosen by the OS for `:0`).
+    pub api_addr: std::net::SocketAddr,
     /// The buffer's writer thread, joined at shutdown.
     writer: WriterHandle,
 }
@@ -164,12 +179,23 @@ pub fn start(
             }
         });
     }
+    // Subscribed before the device tasks start, so it sees every state change.
+    if let Some(mqtt) = &config.mqtt {
+        let ids = config
+            .devices
+            .iter()
+            .map(|d| Arc::from(d.id.as_str()))
+            .collect();
+        let publisher = MqttPublisher::new(mqtt, &config.gateway.id, ids)?;
+        tracker.spawn(publisher.run(hub.subscribe(), shutdown.child_token()));
+    }
     let mut devices = Vec::with_capacity(config.devices.len());
     for device in &config.devices {
         let task = DeviceTask::new(device.clone(), hub.clone()).with_clock(options.clock.clone());
         devices.push(task.status.clone());
         tracker.spawn(task.run(shutdown.child_token()));
     }
+    let api_addr = start_api(config, &hub, &slot, &devices, &fleet, tracker, shutdown)?;
     Ok(Gateway {
         id: config.gateway.id.clone(),
         hub,
@@ -177,6 +203,7 @@ pub fn start(
         devices,
         fleet,
         uplink,
+        api_addr,
         writer,
     })
 }
@@ -236,6 +263,43 @@ pub async fn run(
         None => tracing::info!("slmd stopped (the buffer never opened)"),
     }
     Ok(())
+}
+
+/// Binds the API (before anything announces readiness, so a port in use
+/// stops the start with a clear error) and serves it on `tracker`.
+fn start_api(
+    config: &Config,
+    hub: &Arc<Hub>,
+    buffer: &BufferSlot,
+    devices: &[StatusCell],
+    fleet: &FleetStatusCell,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<std::net::SocketAddr, StartError> {
+    let listen = config.api.listen;
+    let bind_error = |source| StartError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(listen).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let state = api::ApiState::new(
+        &config.api,
+        config.gateway.id.clone(),
+        hub.clone(),
+        buffer.clone(),
+        devices.to_vec(),
+        fleet.clone(),
+    );
+    let stop = shutdown.child_token();
+    tracker.spawn(async move {
+        if let Err(e) = api::serve(listener, state, stop).await {
+            tracing::error!("the API stopped: {e}");
+        }
+    });
+    Ok(addr)
 }
 
 /// Reads the config again and applies what can change while running.

@@ -57,6 +57,9 @@ async fn a_wall_clock_step_backwards_skips_no_record() {
 id = "gw-clock"
 state_dir = "{state}"
 
+[api]
+listen = "127.0.0.1:0"
+
 [[device]]
 id = "a"
 protocol = "nl43"

@@ -7,6 +7,7 @@
 //! The binaries are built by [`bin`] on first use, into the same target
 //! folder as this test executable, so they always match the source.
 
+pub mod api;
 pub mod fleet;
 
 use serde_json::Value;
@@ -67,7 +68,7 @@ struct FeedState {
 }
 
 impl Feed {
-    fn follow(stream: impl Read + Send + 'static) -> Feed {
+    pub fn follow(stream: impl Read + Send + 'static) -> Feed {
         let feed = Feed::default();
         let writer = feed.clone();
         std::thread::spawn(move || {
@@ -387,12 +388,18 @@ impl Setup {
         }
     }
 
-    /// Writes `slmd.toml` with the given `[[device]]` tables and a state dir
-    /// inside the folder; returns its path.
+    /// Writes `slmd.toml` with the given `[[device]]` (and other) tables, a
+    /// state dir inside the folder and the API on a free loopback port;
+    /// returns its path.
     pub fn config(&self, devices: &str) -> PathBuf {
+        self.config_with_api(devices, "")
+    }
+
+    /// Like [`Setup::config`], with `api` lines added to `[api]`.
+    pub fn config_with_api(&self, devices: &str, api: &str) -> PathBuf {
         let path = self.dir.path().join("slmd.toml");
         let text = format!(
-            "[gateway]\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n{devices}",
+            "[gateway]\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n{api}\n\n{devices}",
             self.dir.path().join("state").display()
         );
         std::fs::write(&path, text).expect("write config");

@@ -315,7 +315,11 @@ mod tests {
         assert!(!wait.is_finished(), "unwatched: waits the full minute");
         viewers.send_replace(1);
         let done = wait.await.expect("wait task");
-        assert_eq!(done - sent, Duration::from_secs(10), "due at once: 1 s had passed");
+        assert_eq!(
+            done - sent,
+            Duration::from_secs(10),
+            "due at once: 1 s had passed"
+        );
     }
 
     #[tokio::test(start_paused = true)]
