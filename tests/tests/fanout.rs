@@ -376,3 +376,30 @@ fn the_api_refuses_a_public_address_without_tokens_and_checks_bearer_tokens() {
         "the API token is never logged"
     );
 }
+
+#[test]
+fn after_a_restart_the_newest_record_is_served_from_the_buffer() {
+    let setup = Setup::new();
+    let mut sims = tcp_sims(1, 670);
+    let config = setup.config(&tcp_devices(&sims));
+    let mut daemon = Daemon::start(&config);
+    daemon.records("m0", 3, TIMEOUT);
+    daemon.proc.terminate(TIMEOUT);
+    let mut newest = daemon
+        .printed_records()
+        .last()
+        .cloned()
+        .expect("records before the restart");
+    // The printer tags its lines; the record itself has no `type`.
+    newest.as_object_mut().map(|o| o.remove("type"));
+    // The meter is gone now: whatever `live` shows comes from the buffer.
+    sims[0].stop();
+    let again = Daemon::start(&config);
+    let api = api_address(&again.proc);
+    let live = http(&api, "GET", "/v1/devices/m0/live", &[], b"").expect("live");
+    assert_eq!(live.status, 200, "{}", live.body);
+    assert_eq!(live.json(), newest, "the record from before the restart");
+    let stream = Sse::open(&api, "/v1/stream", None);
+    let first = stream.wait_records(1, TIMEOUT);
+    assert_eq!(first.first(), Some(&newest), "a late joiner sees it first");
+}
