@@ -44,10 +44,16 @@ enum Command {
     },
     /// Run the whole pipeline against two simulated meters, no hardware needed.
     Demo,
+    /// Print the slmd(8) man page (roff) on stdout; used by the package build.
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Man = cli.command {
+        return print_man_page();
+    }
     // The demo's simulated meters log their own connections; on a terminal
     // that only hides the readings.
     let default_filter = match cli.command {
@@ -118,6 +124,24 @@ async fn async_main(command: Command) -> ExitCode {
                     ExitCode::from(EXIT_FAILURE)
                 }
             }
+        }
+        // Handled before the runtime starts.
+        Command::Man => print_man_page(),
+    }
+}
+
+/// `slmd(8)`, generated from the command line definition so it never
+/// disagrees with `--help`.
+fn print_man_page() -> ExitCode {
+    use clap::CommandFactory;
+    let command = Cli::command().name("slmd");
+    let page = clap_mangen::Man::new(command).section("8");
+    let mut out = std::io::stdout().lock();
+    match page.render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slmd: cannot write the man page: {e}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }
