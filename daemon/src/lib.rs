@@ -8,6 +8,7 @@
 //! | [`api`] | the local HTTP API: status, live, history, the SSE stream, metrics |
 //! | [`buffer`] | the SQLite ring buffer: every record on disk until pushed, bounded, crash-safe |
 //! | [`clock`] | the wall clock record timestamps come from (steppable in tests) |
+//! | [`check`] | `slmd check`: probing each meter with a short deadline |
 //! | [`config`] | the one serde tree of `slmd.toml`, validation, located errors |
 //! | [`device`] | one task per meter: the link, protocol pacing, reconnects, device status |
 //! | [`record`] | the record of SPEC §3 and its JSON form |
@@ -15,6 +16,7 @@
 //! | [`uplink`] | pushing the buffer to the fleet: order, retries, token failover, quarantine |
 //! | [`mqtt`] | publishing records and device state to a local MQTT broker |
 //! | [`printer`] | the live feed on stdout (`text`, `jsonl`) |
+//! | [`status`] | `slmd status`: the running daemon's status as a 60-column table |
 //! | [`supervisor`] | wiring the tasks together and stopping them |
 //! | [`demo`] | the whole pipeline against simulated meters |
 //!
@@ -22,6 +24,7 @@
 
 pub mod api;
 pub mod buffer;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -30,5 +33,6 @@ pub mod fanout;
 pub mod mqtt;
 pub mod printer;
 pub mod record;
+pub mod status;
 pub mod supervisor;
 pub mod uplink;

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 78;
 /// Exit code for any other failure to start.
 const EXIT_FAILURE: u8 = 1;
+/// Exit code when a meter or the daemon does not answer (sysexits
+/// EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(
@@ -36,11 +39,28 @@ enum Command {
         #[arg(long, value_enum, default_value = "none")]
         print: PrintMode,
     },
-    /// Validate the configuration and exit (0 only when it is usable).
+    /// Validate the configuration and probe every meter (exit 0 only when
+    /// the config is valid and every meter answers; 78 for a config error,
+    /// 69 when a meter does not answer).
     Check {
         /// Configuration file.
         #[arg(long, default_value = "/etc/slmd/slmd.toml")]
         config: PathBuf,
+        /// Only validate the file; do not contact the meters.
+        #[arg(long)]
+        no_probe: bool,
+    },
+    /// Show the running daemon's status (its API's /v1/status) as a table.
+    Status {
+        /// Configuration file: where the API listens and its token.
+        #[arg(long, default_value = "/etc/slmd/slmd.toml")]
+        config: PathBuf,
+        /// Ask this address instead of the one in the config.
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
+        /// Print the JSON as the API gives it.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the whole pipeline against two simulated meters, no hardware needed.
     Demo,
@@ -101,16 +121,8 @@ async fn async_main(command: Command) -> ExitCode {
                 }
             }
         }
-        Command::Check { config } => match config::load(&config) {
-            Ok(c) => {
-                println!("{}: ok ({} devices)", config.display(), c.devices.len());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("slmd: invalid configuration: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::Check { config, no_probe } => check(&config, no_probe).await,
+        Command::Status { config, api, json } => status(&config, api, json).await,
         Command::Demo => {
             let shutdown = CancellationToken::new();
             if let Err(e) = supervisor::cancel_on_signals(shutdown.clone()) {
@@ -127,6 +139,66 @@ async fn async_main(command: Command) -> ExitCode {
         }
         // Handled before the runtime starts.
         Command::Man => print_man_page(),
+    }
+}
+
+/// `slmd check`: validate, then probe each meter.
+async fn check(path: &std::path::Path, no_probe: bool) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("slmd: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!(
+        "{}: valid ({} meters)",
+        path.display(),
+        config.devices.len()
+    );
+    if no_probe || config.devices.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    let probes = slmd::check::probe_all(&config, slmd::check::PROBE_TIMEOUT).await;
+    print!("{}", slmd::check::render(&probes));
+    let failed = probes.iter().filter(|p| p.outcome.is_err()).count();
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("slmd: {failed} of {} meters did not answer", probes.len());
+        ExitCode::from(EXIT_UNAVAILABLE)
+    }
+}
+
+/// `slmd status`: the running daemon's status.
+async fn status(path: &std::path::Path, api: Option<std::net::SocketAddr>, json: bool) -> ExitCode {
+    let (addr, token) = match (api, config::load(path)) {
+        (Some(addr), loaded) => (
+            addr,
+            loaded.ok().and_then(|c| c.api.tokens.first().cloned()),
+        ),
+        (None, Ok(c)) => (
+            slmd::status::local_address(c.api.listen),
+            c.api.tokens.first().cloned(),
+        ),
+        (None, Err(e)) => {
+            eprintln!("slmd: cannot tell where the daemon listens: {e}; or pass --api ADDR");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match slmd::status::fetch(addr, token.as_deref()).await {
+        Ok(value) => {
+            if json {
+                println!("{value:#}");
+            } else {
+                print!("{}", slmd::status::render(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("slmd: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
     }
 }
 

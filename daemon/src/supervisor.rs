@@ -3,9 +3,12 @@
 //! printer, reloads on `SIGHUP`, and stops them all on one signal.
 //!
 //! Reload (`SIGHUP`): the config file is read and validated again; a
-//! broken file is reported and changes nothing. The fleet tokens take
-//! effect at once (no buffered data is touched, no device connection
-//! dropped); other changes take effect at the next start.
+//! broken file is reported and changes nothing. Then the device list is
+//! applied ([`Devices::apply`]: an unchanged meter keeps its task and its
+//! one connection, a changed one reconnects with the new settings, a removed
+//! one is closed, a new one started) and the fleet tokens take effect. No
+//! buffered data is touched. Other settings (buffer, API, MQTT, fleet URL)
+//! take effect at the next start.
 //!
 //! Shutdown: one [`CancellationToken`] fans out to every task; [`run`]
 //! waits for all of them, up to [`SHUTDOWN_GRACE`], then closes the hub's
@@ -100,6 +103,10 @@ pub struct Gateway {
     pub uplink: Option<UplinkHandle>,
     /// Where the API listens (the port is chosen by the OS for `:0`).
     pub api_addr: std::net::SocketAddr,
+    /// The API's state (its device list follows reloads).
+    pub api: api::ApiState,
+    /// The running device tasks.
+    registry: Devices,
     /// The buffer's writer thread, joined at shutdown.
     writer: WriterHandle,
 }
@@ -189,13 +196,19 @@ pub fn start(
         let publisher = MqttPublisher::new(mqtt, &config.gateway.id, ids)?;
         tracker.spawn(publisher.run(hub.subscribe(), shutdown.child_token()));
     }
-    let mut devices = Vec::with_capacity(config.devices.len());
+    let mut registry = Devices {
+        hub: hub.clone(),
+        clock: options.clock.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        running: Vec::new(),
+    };
     for device in &config.devices {
-        let task = DeviceTask::new(device.clone(), hub.clone()).with_clock(options.clock.clone());
-        devices.push(task.status.clone());
-        tracker.spawn(task.run(shutdown.child_token()));
+        let running = registry.launch(device.clone());
+        registry.running.push(running);
     }
-    let api_addr = start_api(config, &hub, &slot, &devices, &fleet, tracker, shutdown)?;
+    let devices = registry.cells();
+    let (api_addr, api) = start_api(config, &hub, &slot, &devices, &fleet, tracker, shutdown)?;
     Ok(Gateway {
         id: config.gateway.id.clone(),
         hub,
@@ -204,6 +217,8 @@ pub fn start(
         fleet,
         uplink,
         api_addr,
+        api,
+        registry,
         writer,
     })
 }
@@ -217,8 +232,19 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let tracker = TaskTracker::new();
     let gateway = start(&config, &options, &tracker, &shutdown)?;
+    let Gateway {
+        id,
+        hub,
+        buffer,
+        devices,
+        uplink,
+        api,
+        mut registry,
+        writer,
+        ..
+    } = gateway;
     if let Some(path) = options.config_path.clone() {
-        let uplink = gateway.uplink.clone();
+        let uplink = uplink.clone();
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(StartError::Signal)?;
         let stop = shutdown.clone();
@@ -226,16 +252,14 @@ pub async fn run(
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    Some(()) = hangup.recv() => reload(&path, uplink.as_ref()),
+                    Some(()) = hangup.recv() => {
+                        reload(&path, uplink.as_ref(), &mut registry, &api);
+                    }
                 }
             }
         });
     }
-    tracing::info!(
-        gateway = %gateway.id,
-        devices = gateway.devices.len(),
-        "slmd running"
-    );
+    tracing::info!(gateway = %id, devices = devices.len(), "slmd running");
     shutdown.cancelled().await;
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -249,8 +273,7 @@ pub async fn run(
         );
     }
     // The devices have stopped, so nothing new arrives: let the writer finish.
-    gateway.hub.close_durable_sinks();
-    let writer = gateway.writer;
+    hub.close_durable_sinks();
     let joined = tokio::task::spawn_blocking(move || writer.join());
     if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
         tracing::warn!(
@@ -258,7 +281,7 @@ pub async fn run(
             SHUTDOWN_GRACE.as_secs()
         );
     }
-    match gateway.buffer.get().map(|b| b.counters()) {
+    match buffer.get().map(|b| b.counters()) {
         Some(c) => tracing::info!(records = c.stored, unsent = c.unsent, "slmd stopped"),
         None => tracing::info!("slmd stopped (the buffer never opened)"),
     }
@@ -275,7 +298,7 @@ fn start_api(
     fleet: &FleetStatusCell,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<std::net::SocketAddr, StartError> {
+) -> Result<(std::net::SocketAddr, api::ApiState), StartError> {
     let listen = config.api.listen;
     let bind_error = |source| StartError::Listen {
         addr: listen,
@@ -294,19 +317,127 @@ fn start_api(
         fleet.clone(),
     );
     let stop = shutdown.child_token();
+    let served = state.clone();
     tracker.spawn(async move {
-        if let Err(e) = api::serve(listener, state, stop).await {
+        if let Err(e) = api::serve(listener, served, stop).await {
             tracing::error!("the API stopped: {e}");
         }
     });
-    Ok(addr)
+    Ok((addr, state))
 }
 
-/// Reads the config again and applies what can change while running.
-fn reload(path: &std::path::Path, uplink: Option<&UplinkHandle>) {
+/// The running device tasks, so a reload can keep, restart, stop or start
+/// each one.
+struct Devices {
+    /// Where readings go.
+    hub: Arc<Hub>,
+    /// Where timestamps come from.
+    clock: WallClock,
+    /// Where tasks run (joined at shutdown).
+    tracker: TaskTracker,
+    /// The daemon's shutdown; each task gets a child token.
+    shutdown: CancellationToken,
+    /// In config order.
+    running: Vec<Running>,
+}
+
+/// One device task.
+struct Running {
+    /// The config it runs with.
+    config: crate::config::DeviceConfig,
+    /// Its status.
+    status: StatusCell,
+    /// Stops this task alone.
+    stop: CancellationToken,
+}
+
+/// What a reload did to the meters.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DeviceChanges {
+    /// Unchanged: their task and connection carry on.
+    pub kept: Vec<String>,
+    /// Changed settings: reconnected with the new ones.
+    pub restarted: Vec<String>,
+    /// No longer configured: closed.
+    pub stopped: Vec<String>,
+    /// New: started.
+    pub started: Vec<String>,
+}
+
+impl Devices {
+    fn launch(&self, config: crate::config::DeviceConfig) -> Running {
+        let task = DeviceTask::new(config.clone(), self.hub.clone()).with_clock(self.clock.clone());
+        let status = task.status.clone();
+        let stop = self.shutdown.child_token();
+        self.tracker.spawn(task.run(stop.clone()));
+        Running {
+            config,
+            status,
+            stop,
+        }
+    }
+
+    fn cells(&self) -> Vec<StatusCell> {
+        self.running.iter().map(|r| r.status.clone()).collect()
+    }
+
+    /// Moves to `wanted`: an unchanged meter keeps its task (and so its one
+    /// connection); a changed one is stopped and started anew; a removed
+    /// one is stopped; a new one started. Buffered data is not touched.
+    fn apply(&mut self, wanted: &[crate::config::DeviceConfig]) -> DeviceChanges {
+        let mut changes = DeviceChanges::default();
+        let mut old: Vec<Running> = std::mem::take(&mut self.running);
+        for config in wanted {
+            let position = old.iter().position(|r| r.config.id == config.id);
+            let running = match position.map(|i| old.remove(i)) {
+                Some(same) if same.config == *config => {
+                    changes.kept.push(config.id.clone());
+                    same
+                }
+                Some(changed) => {
+                    changed.stop.cancel();
+                    changes.restarted.push(config.id.clone());
+                    self.launch(config.clone())
+                }
+                None => {
+                    changes.started.push(config.id.clone());
+                    self.launch(config.clone())
+                }
+            };
+            self.running.push(running);
+        }
+        for gone in old {
+            gone.stop.cancel();
+            changes.stopped.push(gone.config.id.clone());
+        }
+        changes
+    }
+}
+
+/// Reads the config again and applies what can change while running: the
+/// device list and the fleet tokens.
+fn reload(
+    path: &std::path::Path,
+    uplink: Option<&UplinkHandle>,
+    registry: &mut Devices,
+    api: &api::ApiState,
+) {
     match crate::config::load(path) {
         Ok(config) => {
-            tracing::info!(file = %path.display(), "SIGHUP: configuration read again");
+            let changes = registry.apply(&config.devices);
+            api.set_devices(registry.cells());
+            tracing::info!(
+                file = %path.display(),
+                kept = changes.kept.len(),
+                restarted = ?changes.restarted,
+                stopped = ?changes.stopped,
+                started = ?changes.started,
+                "SIGHUP: configuration reloaded; {} meters unchanged, {} restarted, {} removed, {} added",
+                changes.kept.len(),
+                changes.restarted.len(),
+                changes.stopped.len(),
+                changes.started.len()
+            );
             match uplink {
                 Some(uplink) => {
                     uplink.reload.send_replace(config.fleet);

@@ -76,11 +76,11 @@ fn missing_device_address_is_located() {
 }
 
 #[test]
-fn a_good_config_passes_check() {
+fn a_good_config_passes_check_without_probing() {
     let setup = Setup::new();
     let config = setup.config(&tcp_device("a", "127.0.0.1:2255", ""));
     let out = Command::new(bin("slmd"))
-        .args(["check", "--config"])
+        .args(["check", "--no-probe", "--config"])
         .arg(&config)
         .output()
         .expect("run");

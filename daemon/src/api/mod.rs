@@ -152,8 +152,9 @@ struct Inner {
     /// The buffer, once open (history, status, metrics).
     buffer: BufferSlot,
     /// Configured devices in config order: id and status. The ids are the
-    /// only ones the device routes and the stream filter accept.
-    devices: Vec<(Arc<str>, StatusCell)>,
+    /// only ones the device routes and the stream filter accept; replaced
+    /// when a reload changes the device list.
+    devices: std::sync::RwLock<Vec<(Arc<str>, StatusCell)>>,
     /// The uplink's status.
     fleet: FleetStatusCell,
     /// Digests of `[api].tokens`.
@@ -178,13 +179,7 @@ impl ApiState {
         devices: Vec<StatusCell>,
         fleet: FleetStatusCell,
     ) -> ApiState {
-        let devices = devices
-            .into_iter()
-            .map(|cell| {
-                let id: Arc<str> = Arc::from(lock_status(&cell).id.as_str());
-                (id, cell)
-            })
-            .collect();
+        let devices = std::sync::RwLock::new(with_ids(devices));
         ApiState {
             inner: Arc::new(Inner {
                 gateway_id,
@@ -216,18 +211,38 @@ impl ApiState {
         self
     }
 
-    /// The configured device `id`.
-    fn device(&self, id: &str) -> Option<Arc<str>> {
+    /// Replaces the device list (a reload added or removed meters). Open
+    /// streams keep the devices they watch.
+    pub fn set_devices(&self, devices: Vec<StatusCell>) {
+        let devices = with_ids(devices);
+        *self
+            .inner
+            .devices
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = devices;
+    }
+
+    /// The configured devices now: id and status cell, in config order.
+    fn devices(&self) -> Vec<(Arc<str>, StatusCell)> {
         self.inner
             .devices
-            .iter()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The configured device `id`.
+    fn device(&self, id: &str) -> Option<Arc<str>> {
+        self.devices()
+            .into_iter()
             .find(|(d, _)| &**d == id)
-            .map(|(d, _)| d.clone())
+            .map(|(d, _)| d)
     }
 
     /// The configured ids, comma-separated.
     fn known_devices(&self) -> String {
-        let ids: Vec<&str> = self.inner.devices.iter().map(|(d, _)| &**d).collect();
+        let devices = self.devices();
+        let ids: Vec<&str> = devices.iter().map(|(d, _)| &**d).collect();
         if ids.is_empty() {
             "none".to_owned()
         } else {
@@ -241,6 +256,17 @@ impl ApiState {
             known: self.known_devices(),
         }
     }
+}
+
+/// Each status cell with its device id.
+fn with_ids(devices: Vec<StatusCell>) -> Vec<(Arc<str>, StatusCell)> {
+    devices
+        .into_iter()
+        .map(|cell| {
+            let id: Arc<str> = Arc::from(lock_status(&cell).id.as_str());
+            (id, cell)
+        })
+        .collect()
 }
 
 fn lock_fleet(cell: &FleetStatusCell) -> MutexGuard<'_, FleetStatus> {

@@ -94,8 +94,7 @@ pub(crate) async fn buffer_status(state: &ApiState) -> Result<Option<BufferStatu
 /// A snapshot of every device's status, in config order.
 pub(crate) fn device_statuses(state: &ApiState) -> Vec<DeviceStatus> {
     state
-        .inner
-        .devices
+        .devices()
         .iter()
         .map(|(_, cell)| lock_status(cell).clone())
         .collect()

@@ -200,12 +200,7 @@ fn watched_devices(
         }
     }
     let Some(filter) = filter else {
-        return Ok(state
-            .inner
-            .devices
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect());
+        return Ok(state.devices().into_iter().map(|(id, _)| id).collect());
     };
     let mut watched: Vec<Arc<str>> = Vec::new();
     for id in filter.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -372,16 +367,15 @@ impl StreamTask {
         // subscription also arrives live, so the last word is never stale.
         let states: Vec<(Arc<str>, LinkState, Option<String>)> = self
             .state
-            .inner
-            .devices
-            .iter()
+            .devices()
+            .into_iter()
             .filter(|(id, _)| self.wants(id))
             .map(|(id, cell)| {
-                let status = lock_status(cell);
+                let status = lock_status(&cell);
                 let error = (status.state != LinkState::Connected)
                     .then(|| status.last_error.clone())
                     .flatten();
-                (id.clone(), status.state, error)
+                (id, status.state, error)
             })
             .collect();
         for (device, state, error) in &states {
