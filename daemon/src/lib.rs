@@ -14,6 +14,8 @@
 //! | [`record`] | the record of SPEC §3 and its JSON form |
 //! | [`fanout`] | `seq` assignment and delivery to every consumer without waiting |
 //! | [`uplink`] | pushing the buffer to the fleet: order, retries, token failover, quarantine |
+//! | [`logging`] | journald (structured fields) under systemd, plain text on a terminal |
+//! | [`notify`] | sd_notify: READY, RELOADING, STOPPING, STATUS and the watchdog's liveness check |
 //! | [`mqtt`] | publishing records and device state to a local MQTT broker |
 //! | [`printer`] | the live feed on stdout (`text`, `jsonl`) |
 //! | [`status`] | `slmd status`: the running daemon's status as a 60-column table |
@@ -30,7 +32,9 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod fanout;
+pub mod logging;
 pub mod mqtt;
+pub mod notify;
 pub mod printer;
 pub mod record;
 pub mod status;

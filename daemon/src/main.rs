@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         Command::Demo => "info,slmd_hil=warn",
         _ => "info",
     };
-    init_logging(default_filter);
+    slmd::logging::init(default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -216,17 +216,4 @@ fn print_man_page() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
-}
-
-/// Plain text on stderr; `RUST_LOG` overrides `default_filter`.
-fn init_logging(default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }

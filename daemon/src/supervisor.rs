@@ -21,10 +21,11 @@ use crate::config::Config;
 use crate::device::{DeviceTask, StatusCell};
 use crate::fanout::Hub;
 use crate::mqtt::MqttPublisher;
+use crate::notify::{Liveness, Notifier, status_counts, status_line};
 use crate::printer::{self, PrintMode};
 use crate::uplink::{FleetStatus, FleetStatusCell, Uplink, UplinkError, UplinkHandle};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -237,30 +238,62 @@ pub async fn run(
         hub,
         buffer,
         devices,
+        fleet,
         uplink,
         api,
         mut registry,
         writer,
         ..
     } = gateway;
+    let notifier = Notifier::from_env();
+    // The meters the status line and the watchdog look at; a reload
+    // replaces them.
+    let current = Arc::new(Mutex::new(devices.clone()));
     if let Some(path) = options.config_path.clone() {
         let uplink = uplink.clone();
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(StartError::Signal)?;
         let stop = shutdown.clone();
+        let notifier = notifier.clone();
+        let current = current.clone();
         tracker.spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     Some(()) = hangup.recv() => {
+                        notifier.reloading();
                         reload(&path, uplink.as_ref(), &mut registry, &api);
+                        *current.lock().unwrap_or_else(PoisonError::into_inner) = registry.cells();
+                        notifier.ready();
                     }
                 }
             }
         });
     }
+    // The buffer is open (or retrying on its own) and the API listens.
+    notifier.ready();
     tracing::info!(gateway = %id, devices = devices.len(), "slmd running");
-    shutdown.cancelled().await;
+    // The main loop: STATUS= and, only when the parts that could hang are
+    // seen to move, WATCHDOG=1 (a hung hub lock or buffer writer stops it,
+    // and systemd restarts the daemon).
+    let mut tick = tokio::time::interval(notifier.tick_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut liveness = Liveness::new();
+    loop {
+        tokio::select! {
+            // Stop.
+            () = shutdown.cancelled() => break,
+            // Time to report.
+            _ = tick.tick() => {
+                let cells = current.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                if liveness.healthy(&hub, &cells, &buffer) {
+                    notifier.watchdog();
+                }
+                notifier.status(&status_line(&status_counts(&cells, &buffer, &fleet)));
+            }
+        }
+    }
+    notifier.stopping();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

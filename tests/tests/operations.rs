@@ -53,8 +53,14 @@ fn check_probes_every_meter_and_says_which_one_fails() {
         .lines()
         .find(|l| l.starts_with("south"))
         .unwrap_or_else(|| panic!("no line for south: {out}"));
-    assert!(south.contains("FAIL") && south.contains(&dead_addr), "{south}");
-    assert!(out.lines().any(|l| l.starts_with("north") && l.contains(" ok ")));
+    assert!(
+        south.contains("FAIL") && south.contains(&dead_addr),
+        "{south}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("north") && l.contains(" ok "))
+    );
     assert!(err.contains("1 of 2 meters did not answer"), "{err}");
 
     // A broken config: located, exit 78, nothing probed.
@@ -62,7 +68,10 @@ fn check_probes_every_meter_and_says_which_one_fails() {
     std::fs::write(&broken, "[gateway]\nid = \"gw\"\nstate_dri = \"/x\"\n").expect("write");
     let (code, out, err) = slmd(&["check", "--config", &broken.to_string_lossy()]);
     assert_eq!(code, 78, "{out}\n{err}");
-    assert!(err.contains("broken.toml:3:1") && err.contains("state_dri"), "{err}");
+    assert!(
+        err.contains("broken.toml:3:1") && err.contains("state_dri"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,20 +145,29 @@ fn sighup_adds_and_removes_meters_changes_tokens_and_leaves_the_rest_alone() {
     daemon
         .proc
         .stdout
-        .wait_json(before, TIMEOUT, |v| v["type"] == "record" && v["device"] == "added")
+        .wait_json(before, TIMEOUT, |v| {
+            v["type"] == "record" && v["device"] == "added"
+        })
         .unwrap_or_else(|| panic!("the added meter never read\n{}", daemon.proc.transcript()));
     let fp2 = fingerprint("token2");
     daemon
         .proc
         .stdout
-        .wait_json(before, TIMEOUT, |v| v["type"] == "push" && v["token"] == fp2.as_str())
+        .wait_json(before, TIMEOUT, |v| {
+            v["type"] == "push" && v["token"] == fp2.as_str()
+        })
         .unwrap_or_else(|| panic!("no push with the new token\n{}", daemon.proc.transcript()));
     // The removed meter's link was closed.
     removed
         .proc
         .stdout
         .wait_json(0, TIMEOUT, |v| v["event"] == "disconnected")
-        .unwrap_or_else(|| panic!("the removed meter kept its link\n{}", removed.proc.transcript()));
+        .unwrap_or_else(|| {
+            panic!(
+                "the removed meter kept its link\n{}",
+                removed.proc.transcript()
+            )
+        });
     let after_reload = daemon.proc.stdout.lines().len();
     let (more, _) = slmd_e2e::records_after(&daemon.proc, after_reload, 4, TIMEOUT);
     assert!(

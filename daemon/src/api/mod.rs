@@ -317,7 +317,7 @@ pub async fn serve(
             streams_end.cancel();
         })
         .into_future();
-    tracing::info!(%addr, "API listening");
+    tracing::info!(%addr, "API listening on {addr}");
     tokio::pin!(server);
     tokio::select! {
         // Every connection finished after shutdown.

@@ -13,7 +13,12 @@
 //!   [`MAX_TIMEOUTS`] timeouts in a row the link is closed and reopened
 //!   with backoff (one missed answer over cellular is not worth a reconnect:
 //!   the meter frees its single TCP slot slowly).
+//!
+//! Logging: state changes, not tries. A meter that keeps failing is logged
+//! when it starts, summarised now and then, and when it is back
+//! ([`failures`]).
 
+pub mod failures;
 pub mod link;
 pub mod nl43;
 pub mod session;
@@ -85,6 +90,9 @@ pub struct DeviceTask {
     pub status: StatusCell,
     /// Where `received_at` comes from.
     pub clock: WallClock,
+    /// Its failure episodes, so a meter that keeps failing is logged when
+    /// it starts, now and then, and when it ends — not per try.
+    failures: Mutex<failures::FailureLog>,
 }
 
 impl DeviceTask {
@@ -107,18 +115,30 @@ impl DeviceTask {
             battery: None,
             clock_skew_seconds: None,
         }));
+        let failures = failures::FailureLog::new(id.clone(), failures::summary_every());
         DeviceTask {
             config,
             id,
             hub,
             status,
             clock: WallClock::system(),
+            failures: Mutex::new(failures),
         }
     }
 
     /// The same task, timestamping readings with `clock`.
     pub fn with_clock(mut self, clock: WallClock) -> DeviceTask {
         self.clock = clock;
+        self
+    }
+
+    /// The same task, summarising a meter that keeps failing every `every`
+    /// (default [`failures::summary_every`]).
+    pub fn with_failure_summary(self, every: Duration) -> DeviceTask {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_summary_every(every);
         self
     }
 
@@ -136,7 +156,7 @@ impl DeviceTask {
             let failure = match opened {
                 Ok(link) => {
                     lock_status(&self.status).connects += 1;
-                    tracing::debug!(device = %self.id, "link open");
+                    tracing::debug!(device = %self.id, event = "link_open", "link open");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         ended = nl43::poll(&self, link, &mut backoff) => ended.to_string(),
@@ -145,10 +165,11 @@ impl DeviceTask {
                 Err(e) => e.to_string(),
             };
             let delay = backoff.next().unwrap_or(self.config.reconnect_max);
-            self.set_state(
+            self.change_state(
                 LinkState::Down,
-                Some(failure.clone()),
+                Some(failure),
                 Some(format!("retrying in {:.1}s", delay.as_secs_f64())),
+                true,
             );
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -169,9 +190,24 @@ impl DeviceTask {
             .build()
     }
 
-    /// Records a state change; announces and logs it only when it changes
-    /// (a field tech wants transitions, not one line per try).
+    /// Records a state change; announces it only when it changes. A
+    /// failure reported here (a missed answer on a link that is kept) is
+    /// not counted as a try.
     fn set_state(&self, state: LinkState, error: Option<String>, next_step: Option<String>) {
+        self.change_state(state, error, next_step, false);
+    }
+
+    /// Records the state; announces it when it changes; hands failures and
+    /// recoveries to the failure log, which decides what is worth a line
+    /// (a field tech wants transitions and summaries, not one line per
+    /// try). `new_try`: a failure that ended a try at the link.
+    fn change_state(
+        &self,
+        state: LinkState,
+        error: Option<String>,
+        next_step: Option<String>,
+        new_try: bool,
+    ) {
         let changed = {
             let mut status = lock_status(&self.status);
             let changed = status.state != state;
@@ -181,20 +217,24 @@ impl DeviceTask {
             }
             changed
         };
-        if !changed {
-            return;
+        {
+            let mut log = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = tokio::time::Instant::now();
+            match (state, &error) {
+                (LinkState::Connected, _) if changed => log.answered(now),
+                (LinkState::Down, Some(reason)) => log.failed(
+                    now,
+                    self.clock.now(),
+                    reason,
+                    next_step.as_deref().unwrap_or("retrying"),
+                    new_try,
+                ),
+                _ => {}
+            }
         }
-        match (state, &error) {
-            (LinkState::Connected, _) => tracing::info!(device = %self.id, "meter connected"),
-            (_, Some(reason)) => tracing::warn!(
-                device = %self.id,
-                "meter {}: {reason}; {}",
-                if state == LinkState::Down { "down" } else { "connecting" },
-                next_step.as_deref().unwrap_or("retrying")
-            ),
-            _ => {}
+        if changed {
+            self.hub.device_state(self.id.clone(), state, error);
         }
-        self.hub.device_state(self.id.clone(), state, error);
     }
 
     fn reset_backoff(&self, backoff: &mut ExponentialBackoff) {

@@ -116,7 +116,7 @@ pub async fn poll(
                 }
                 Err(e) => {
                     lock_status(&task.status).bad_answers += 1;
-                    tracing::debug!(device = %task.id, error = %e, "DOD answer rejected");
+                    tracing::debug!(device = %task.id, event = "bad_answer", error = %e, "DOD answer rejected");
                 }
             },
             Ok(None) => {}
@@ -144,7 +144,7 @@ async fn ask(
                 Answer::Ok(line) => Ok(line),
                 Answer::Refused(code) => {
                     lock_status(&task.status).refused_commands += 1;
-                    tracing::debug!(device = %task.id, command = item.name(), %code, "meter refused");
+                    tracing::debug!(device = %task.id, event = "command_refused", command = item.name(), %code, "meter refused");
                     Ok(None)
                 }
             }
