@@ -205,15 +205,71 @@ async fn status(path: &std::path::Path, api: Option<std::net::SocketAddr>, json:
 /// `slmd(8)`, generated from the command line definition so it never
 /// disagrees with `--help`.
 fn print_man_page() -> ExitCode {
-    use clap::CommandFactory;
-    let command = Cli::command().name("slmd");
-    let page = clap_mangen::Man::new(command).section("8");
     let mut out = std::io::stdout().lock();
-    match page.render(&mut out) {
+    match write_man_page(&mut out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("slmd: cannot write the man page: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// One page for the whole command: every subcommand gets its own section
+/// here rather than a page of its own (`slmd run` is not `slmd-run(8)`).
+fn write_man_page(out: &mut impl std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let command = Cli::command().name("slmd");
+    let page = clap_mangen::Man::new(command.clone()).section("8");
+    page.render_title(out)?;
+    page.render_name_section(out)?;
+    page.render_synopsis_section(out)?;
+    page.render_description_section(out)?;
+    page.render_options_section(out)?;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        writeln!(out, ".SH \"SLMD {}\"", roff(&sub.get_name().to_uppercase()))?;
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            writeln!(out, "{}", roff(&about.to_string()))?;
+        }
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            let value = arg
+                .get_value_names()
+                .and_then(|v| v.first())
+                .filter(|_| arg.get_action().takes_values())
+                .map_or(String::new(), |v| format!(" \\fI{}\\fR", roff(v)));
+            writeln!(out, ".TP\n\\fB\\-\\-{}\\fR{value}", roff(long))?;
+            if let Some(help) = arg.get_help() {
+                writeln!(out, "{}", roff(&help.to_string()))?;
+            }
+        }
+    }
+    writeln!(out, ".SH \"EXIT STATUS\"")?;
+    writeln!(
+        out,
+        "0 success; 1 failure to start; 69 a meter or the daemon did not answer; 78 configuration error."
+    )?;
+    writeln!(out, ".SH \"SEE ALSO\"")?;
+    writeln!(
+        out,
+        "systemctl(1), journalctl(1), /usr/share/doc/slmd/README.md.gz"
+    )?;
+    page.render_version_section(out)
+}
+
+/// Text made safe for roff: backslashes and hyphens escaped, no line
+/// starting with a control character.
+fn roff(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    escaped
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

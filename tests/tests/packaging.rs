@@ -1,0 +1,617 @@
+//! The Debian package: built once per test run by `packaging/build-deb.sh`
+//! (into `target/tmp/packaging`, left there for a look after a failure),
+//! then taken apart with `dpkg-deb`: the file list and modes, conffiles,
+//! control fields, maintainer scripts, the shipped configuration run
+//! through the packaged `slmd check`, and lintian.
+//!
+//! Skips with a printed reason when a tool is missing, unless `CI` is set:
+//! then a missing tool is a failure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Whether `tool` is an executable on PATH (or in an sbin directory).
+fn have(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .any(|dir| {
+            std::fs::metadata(dir.join(tool)).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+}
+
+/// `true` when every tool is there; otherwise prints why the test is
+/// skipped and returns `false`, or panics in CI.
+fn tools_present(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "{test}: needs {} (not installed; .ci/run installs them)",
+        missing.join(", ")
+    );
+    assert!(
+        !in_ci(),
+        "{why}; CI is set, so this is a failure, not a skip"
+    );
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+/// The tools the build script needs.
+fn build_tools_present(test: &str) -> bool {
+    let strip = if have("strip") { "strip" } else { "objcopy" };
+    tools_present(test, &["bash", "dpkg", "dpkg-deb", "gzip", "md5sum", strip])
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let name = format!("{cmd:?}");
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+fn stdout(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The package, built once, and its two halves unpacked.
+struct Built {
+    deb: PathBuf,
+    /// `dpkg-deb -x`: the files.
+    root: PathBuf,
+    /// `dpkg-deb -e`: the control files.
+    control: PathBuf,
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    match BUILT.get_or_init(build) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build() -> Result<Built, String> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packaging");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("clean {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace().join("packaging/build-deb.sh"))
+        .arg("--out")
+        .arg(&dir)
+        .current_dir(workspace());
+    // The script runs `cargo`: the one running these tests.
+    if let Some(cargo_dir) = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .and_then(|c| c.parent().map(Path::to_owned))
+    {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined =
+            std::env::join_paths(std::iter::once(cargo_dir).chain(std::env::split_paths(&path)))
+                .map_err(|e| e.to_string())?;
+        cmd.env("PATH", joined);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run build-deb.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "build-deb.sh failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let deb = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim(),
+    );
+    if !deb.is_file() {
+        return Err(format!(
+            "build-deb.sh did not print the .deb's path: {}",
+            deb.display()
+        ));
+    }
+    let root = dir.join("root");
+    let control = dir.join("control");
+    for (flag, into) in [("-x", &root), ("-e", &control)] {
+        let out = Command::new("dpkg-deb")
+            .arg(flag)
+            .arg(&deb)
+            .arg(into)
+            .output()
+            .map_err(|e| format!("dpkg-deb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "dpkg-deb {flag} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(Built { deb, root, control })
+}
+
+/// `Key: value` fields of a control file (continuation lines appended).
+fn fields(text: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut last = None;
+    for line in text.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(key) = &last {
+                let value = out.get_mut(key).expect("key seen");
+                value.push('\n');
+                value.push_str(line);
+            }
+        } else if let Some((key, value)) = line.split_once(':') {
+            out.insert(key.to_owned(), value.trim().to_owned());
+            last = Some(key.to_owned());
+        }
+    }
+    out
+}
+
+/// The workspace's version, from `[workspace.package]` in Cargo.toml.
+fn workspace_version() -> String {
+    let text = std::fs::read_to_string(workspace().join("Cargo.toml")).expect("Cargo.toml");
+    let mut in_package = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_package = line == "[workspace.package]";
+        } else if in_package {
+            if let Some(rest) = line.strip_prefix("version") {
+                let value = rest.trim_start().trim_start_matches('=').trim();
+                return value.trim_matches('"').replace('-', "~");
+            }
+        }
+    }
+    panic!("no version in [workspace.package]")
+}
+
+fn arch() -> String {
+    stdout(Command::new("dpkg").arg("--print-architecture"))
+        .trim()
+        .to_owned()
+}
+
+/// README.md is shipped compressed when over 4 KiB (policy 12.3).
+fn readme_name() -> &'static str {
+    let len = std::fs::metadata(workspace().join("README.md"))
+        .expect("README.md")
+        .len();
+    if len > 4096 {
+        "README.md.gz"
+    } else {
+        "README.md"
+    }
+}
+
+#[test]
+fn file_list_owners_and_modes() {
+    if !build_tools_present("file_list_owners_and_modes") {
+        return;
+    }
+    let b = built();
+    let listing = stdout(Command::new("dpkg-deb").arg("-c").arg(&b.deb));
+    let mut files = BTreeMap::new();
+    for line in listing.lines() {
+        // drwxr-xr-x root/root         0 2026-11-23 12:37 ./etc/
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(cols.len() >= 6, "unexpected dpkg-deb -c line: {line}");
+        let (mode, owner, path) = (cols[0], cols[1], cols[5]);
+        assert_eq!(owner, "root/root", "every file belongs to root: {line}");
+        if mode.starts_with('d') {
+            assert_eq!(mode, "drwxr-xr-x", "directory mode: {line}");
+        } else {
+            files.insert(path.to_owned(), mode.to_owned());
+        }
+    }
+    let readme = format!("./usr/share/doc/slmd/{}", readme_name());
+    let expected: BTreeMap<String, String> = [
+        ("./usr/bin/slmd", "-rwxr-xr-x"),
+        ("./lib/systemd/system/slmd.service", "-rw-r--r--"),
+        ("./etc/slmd/slmd.toml", "-rw-r--r--"),
+        ("./usr/share/man/man8/slmd.8.gz", "-rw-r--r--"),
+        (readme.as_str(), "-rw-r--r--"),
+        ("./usr/share/doc/slmd/README.Debian", "-rw-r--r--"),
+        ("./usr/share/doc/slmd/changelog.gz", "-rw-r--r--"),
+        ("./usr/share/doc/slmd/copyright", "-rw-r--r--"),
+        (
+            "./usr/share/doc/slmd/examples/99-slmd-serial.rules",
+            "-rw-r--r--",
+        ),
+        ("./usr/share/lintian/overrides/slmd", "-rw-r--r--"),
+    ]
+    .into_iter()
+    .map(|(p, m)| (p.to_owned(), m.to_owned()))
+    .collect();
+    assert_eq!(files, expected, "files and modes in the package");
+
+    let name = b.deb.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    assert_eq!(
+        name,
+        format!("slmd_{}_{}.deb", workspace_version(), arch()),
+        "file name"
+    );
+    // The unit is the repository's, unchanged.
+    assert_eq!(
+        std::fs::read(b.root.join("lib/systemd/system/slmd.service")).expect("unit"),
+        std::fs::read(workspace().join("systemd/slmd.service")).expect("systemd/slmd.service"),
+    );
+    // The binary is stripped: no symbol table left.
+    if have("readelf") {
+        let sections = stdout(
+            Command::new("readelf")
+                .arg("-S")
+                .arg(b.root.join("usr/bin/slmd")),
+        );
+        assert!(
+            !sections.contains(".symtab"),
+            "usr/bin/slmd is not stripped"
+        );
+        // (.debug_gdb_scripts is loaded data, not debug info.)
+        for debug in [".debug_info", ".debug_line"] {
+            assert!(!sections.contains(debug), "usr/bin/slmd has {debug}");
+        }
+    }
+}
+
+#[test]
+fn conffiles_and_the_shipped_config() {
+    if !build_tools_present("conffiles_and_the_shipped_config") {
+        return;
+    }
+    let b = built();
+    let conffiles = std::fs::read_to_string(b.control.join("conffiles")).expect("conffiles");
+    assert_eq!(conffiles, "/etc/slmd/slmd.toml\n");
+    let shipped = std::fs::read_to_string(b.root.join("etc/slmd/slmd.toml")).expect("slmd.toml");
+    assert_eq!(
+        shipped,
+        std::fs::read_to_string(workspace().join("packaging/slmd.toml")).expect("source"),
+    );
+    let active: Vec<&str> = shipped
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(
+        active.contains(&"listen = \"127.0.0.1:8470\""),
+        "API on loopback: {active:?}"
+    );
+    assert!(active.contains(&"enabled = false"), "fleet off: {active:?}");
+    assert!(
+        !active.iter().any(|l| l.starts_with("[[device]]")),
+        "no active meter: {active:?}"
+    );
+    assert!(
+        shipped.contains("# [[device]]"),
+        "one commented example meter"
+    );
+}
+
+/// Runs the packaged `slmd check` on `config`; `Ok` when the file is
+/// valid: exit 0, or a probe failure (69) after the line saying it is valid.
+fn check(b: &Built, config: &Path, extra: &[&str]) -> Result<String, String> {
+    let out = run(Command::new(b.root.join("usr/bin/slmd"))
+        .arg("check")
+        .args(extra)
+        .arg("--config")
+        .arg(config));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => Ok(text),
+        Some(69) if text.contains("valid") => Ok(text),
+        _ => Err(format!("{}: {text}", out.status)),
+    }
+}
+
+#[test]
+fn the_shipped_config_passes_slmd_check() {
+    if !build_tools_present("the_shipped_config_passes_slmd_check") {
+        return;
+    }
+    let b = built();
+    let config = b.root.join("etc/slmd/slmd.toml");
+    if let Err(e) = check(b, &config, &[]) {
+        panic!("slmd check on the shipped slmd.toml: {e}");
+    }
+
+    // The example meter, uncommented as a field tech would ("# key" lines
+    // of the [[device]] block; "# # ..." lines stay comments), is valid too.
+    let text = std::fs::read_to_string(&config).expect("slmd.toml");
+    let mut out = String::new();
+    let mut in_device = false;
+    for line in text.lines() {
+        if line == "# [[device]]" {
+            in_device = true;
+        } else if line.starts_with('[') {
+            in_device = false;
+        }
+        match line.strip_prefix("# ") {
+            Some(rest) if in_device && !rest.starts_with('#') => out.push_str(rest),
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    assert!(out.contains("\n[[device]]\n"), "uncommented:\n{out}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("slmd.toml");
+    std::fs::write(&path, &out).expect("write");
+    let help = run(Command::new(b.root.join("usr/bin/slmd")).args(["check", "--help"]));
+    let no_probe: &[&str] = if String::from_utf8_lossy(&help.stdout).contains("--no-probe") {
+        &["--no-probe"]
+    } else {
+        &[]
+    };
+    if let Err(e) = check(b, &path, no_probe) {
+        panic!("slmd check with the example meter uncommented: {e}\n{out}");
+    }
+}
+
+#[test]
+fn control_fields() {
+    if !build_tools_present("control_fields") {
+        return;
+    }
+    let b = built();
+    let info = stdout(Command::new("dpkg-deb").arg("-f").arg(&b.deb));
+    let f = fields(&info);
+    let get = |k: &str| {
+        f.get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {k} field in:\n{info}"))
+    };
+    assert_eq!(get("Package"), "slmd");
+    assert_eq!(get("Version"), workspace_version());
+    assert_eq!(get("Architecture"), arch());
+    assert!(
+        matches!(get("Section"), "net" | "misc"),
+        "Section: {}",
+        get("Section")
+    );
+    assert_eq!(get("Priority"), "optional");
+    let maintainer = get("Maintainer");
+    assert!(
+        maintainer.contains('<') && maintainer.ends_with('>') && maintainer.contains('@'),
+        "Maintainer: {maintainer}"
+    );
+    let depends = get("Depends");
+    assert!(depends.contains("libc6 (>= 2."), "Depends: {depends}");
+    assert!(
+        depends.split(',').any(|d| d.trim() == "adduser"),
+        "postinst runs adduser: {depends}"
+    );
+    let unit =
+        std::fs::read_to_string(workspace().join("systemd/slmd.service")).expect("unit file");
+    if unit.contains("/bin/kill ") {
+        assert!(
+            depends.split(',').any(|d| d.trim() == "procps"),
+            "the unit runs /bin/kill (procps): {depends}"
+        );
+    }
+    let installed: u64 = get("Installed-Size")
+        .parse()
+        .expect("Installed-Size in KiB");
+    let binary = std::fs::metadata(b.root.join("usr/bin/slmd"))
+        .expect("binary")
+        .len();
+    assert!(
+        installed >= binary / 1024 && installed < binary / 1024 + 200,
+        "Installed-Size {installed} KiB for a {binary}-byte binary"
+    );
+    let description = get("Description");
+    let mut lines = description.lines();
+    let synopsis = lines.next().unwrap_or_default();
+    assert!(
+        !synopsis.is_empty() && synopsis.len() <= 80,
+        "short description: {synopsis:?}"
+    );
+    let long: Vec<&str> = lines.collect();
+    assert!(long.len() >= 3, "long description:\n{description}");
+    assert!(long.iter().all(|l| l.len() <= 80), "lines ≤ 80 columns");
+}
+
+#[test]
+fn maintainer_scripts() {
+    if !build_tools_present("maintainer_scripts") {
+        return;
+    }
+    let b = built();
+    let mut scripts = BTreeMap::new();
+    for name in ["postinst", "prerm", "postrm"] {
+        let path = b.control.join(name);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o755, "{name} mode {mode:o}");
+        let text = std::fs::read_to_string(&path).expect("script");
+        assert!(text.starts_with("#!/bin/sh\n"), "{name}: POSIX sh");
+        assert!(text.lines().any(|l| l.trim() == "set -e"), "{name}: set -e");
+        let syntax = run(Command::new("sh").arg("-n").arg(&path));
+        assert!(
+            syntax.status.success(),
+            "sh -n {name}: {}",
+            String::from_utf8_lossy(&syntax.stderr)
+        );
+        if have("bash") {
+            // bash in POSIX mode catches some constructs dash accepts.
+            let posix = run(Command::new("bash").args(["--posix", "-n"]).arg(&path));
+            assert!(posix.status.success(), "bash --posix -n {name}");
+        }
+        scripts.insert(name, text);
+    }
+    // No other maintainer scripts (preinst would be unexpected here).
+    let mut extra: Vec<String> = std::fs::read_dir(&b.control)
+        .expect("control dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    extra.sort();
+    assert_eq!(
+        extra,
+        [
+            "conffiles",
+            "control",
+            "md5sums",
+            "postinst",
+            "postrm",
+            "prerm"
+        ]
+    );
+
+    let postinst = &scripts["postinst"];
+    for needle in [
+        "adduser --system",
+        "useradd --system",
+        "--home \"$state_dir\" --no-create-home",
+        "dialout",
+        "state_dir=/var/lib/slmd",
+        "mkdir -m 0750 \"$state_dir\"",
+        "chown \"$user:$user\" \"$state_dir\"",
+        "deb-systemd-helper enable",
+        "[ -d /run/systemd/system ]",
+        "action=restart",
+        "action=start",
+    ] {
+        assert!(postinst.contains(needle), "postinst lacks {needle:?}");
+    }
+    let prerm = &scripts["prerm"];
+    assert!(prerm.contains("\"$1\" = \"remove\"") && prerm.contains("stop \"$unit\""));
+    let postrm = &scripts["postrm"];
+    assert!(postrm.contains("\"$1\" = \"purge\""));
+    assert!(postrm.contains("rm -rf \"$state_dir\""));
+    assert!(postrm.contains("deb-systemd-helper purge"));
+    // Data is deleted only on purge: the rm is inside the purge branch.
+    let purge_at = postrm.find("\"$1\" = \"purge\"").expect("purge branch");
+    assert!(postrm.find("rm -rf").expect("rm") > purge_at);
+}
+
+/// `gzip -9n`: no file name and no time stamp in the header, so the
+/// package is reproducible.
+#[test]
+fn compressed_files_are_gzip_n_and_the_man_page_is_slmd_8() {
+    if !build_tools_present("compressed_files_are_gzip_n_and_the_man_page_is_slmd_8") {
+        return;
+    }
+    let b = built();
+    for rel in [
+        "usr/share/man/man8/slmd.8.gz".to_owned(),
+        "usr/share/doc/slmd/changelog.gz".to_owned(),
+        format!("usr/share/doc/slmd/{}", readme_name()),
+    ] {
+        if !rel.ends_with(".gz") {
+            continue;
+        }
+        let bytes = std::fs::read(b.root.join(&rel)).expect(&rel);
+        assert!(
+            bytes.len() > 10 && bytes[..3] == [0x1f, 0x8b, 8],
+            "{rel}: gzip"
+        );
+        assert_eq!(bytes[3] & 0x08, 0, "{rel}: no file name (gzip -n)");
+        assert_eq!(bytes[4..8], [0, 0, 0, 0], "{rel}: no time stamp (gzip -n)");
+    }
+    let page = stdout(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(b.root.join("usr/share/man/man8/slmd.8.gz")),
+    );
+    assert!(
+        page.lines().any(|l| l.starts_with(".TH slmd 8")),
+        "slmd(8):\n{page}"
+    );
+    for subcommand in ["run", "check", "demo"] {
+        assert!(page.contains(subcommand), "slmd(8) names {subcommand}");
+    }
+    let changelog = stdout(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(b.root.join("usr/share/doc/slmd/changelog.gz")),
+    );
+    assert!(
+        changelog.starts_with(&format!("slmd ({}) ", workspace_version())),
+        "changelog entry for this version:\n{changelog}"
+    );
+    let copyright =
+        std::fs::read_to_string(b.root.join("usr/share/doc/slmd/copyright")).expect("copyright");
+    assert!(copyright.starts_with(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+    ));
+    assert!(copyright.contains("\nLicense: MIT or Apache-2.0\n"));
+    let rule = std::fs::read_to_string(
+        b.root
+            .join("usr/share/doc/slmd/examples/99-slmd-serial.rules"),
+    )
+    .expect("udev rule");
+    assert!(rule.contains("GROUP=\"dialout\""));
+}
+
+#[test]
+fn lintian_reports_no_errors_and_only_explained_warnings() {
+    if !build_tools_present("lintian_reports_no_errors_and_only_explained_warnings")
+        || !tools_present(
+            "lintian_reports_no_errors_and_only_explained_warnings",
+            &["lintian"],
+        )
+    {
+        return;
+    }
+    let b = built();
+    let out = run(Command::new("lintian")
+        .args(["--fail-on", "error", "--display-info", "--show-overrides"])
+        .arg(&b.deb));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("lintian:\n{report}");
+    assert!(out.status.success(), "lintian found errors:\n{report}");
+    assert!(
+        !report.lines().any(|l| l.starts_with("E: ")),
+        "lintian errors:\n{report}"
+    );
+    // Every warning must be explained in packaging/README.md.
+    let readme =
+        std::fs::read_to_string(workspace().join("packaging/README.md")).expect("README.md");
+    for line in report.lines().filter(|l| l.starts_with("W: ")) {
+        let tag = line.split_whitespace().nth(2).unwrap_or_default();
+        assert!(
+            readme.contains(&format!("`{tag}`")),
+            "lintian warning not explained in packaging/README.md: {line}"
+        );
+    }
+}
