@@ -553,9 +553,17 @@ fn compressed_files_are_gzip_n_and_the_man_page_is_slmd_8() {
         page.lines().any(|l| l.starts_with(".TH slmd 8")),
         "slmd(8):\n{page}"
     );
-    for subcommand in ["run", "check", "demo"] {
-        assert!(page.contains(subcommand), "slmd(8) names {subcommand}");
+    // One page: each subcommand has its own section, no slmd-run(8) refs.
+    for subcommand in ["RUN", "CHECK", "STATUS", "DEMO"] {
+        assert!(
+            page.contains(&format!(".SH \"SLMD {subcommand}\"")),
+            "slmd(8) has a section for {subcommand}:\n{page}"
+        );
     }
+    assert!(
+        !page.contains("slmd\\-run(8)"),
+        "no page of its own is referred to"
+    );
     let changelog = stdout(
         Command::new("gzip")
             .arg("-dc")
