@@ -213,9 +213,13 @@ fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itsel
     );
     let waiting = seqs(&during);
     let rows_now = buffer_rows(&open_buffer_ro(&db)).expect("rows");
+    // A retry may still fit a small batch into WAL space a rolled-back
+    // attempt left behind, so a record from the outage can be on disk by
+    // now; but only if the counters say it was committed.
+    let on_disk = waiting.iter().filter(|s| rows_now.contains_key(s)).count();
     assert!(
-        waiting.iter().all(|s| !rows_now.contains_key(s)),
-        "records printed during the outage are not on disk yet"
+        on_disk == 0 || committed(&daemon) > before,
+        "{on_disk} records printed during the outage are on disk without a commit being counted"
     );
 
     // Space returns: writing resumes by itself, the waiting records land.
