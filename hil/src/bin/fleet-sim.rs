@@ -3,7 +3,9 @@
 //! Parses the command line, binds, prints the machine-readable event stream
 //! on stdout (one JSON object a line, flushed per line) and stops cleanly on
 //! SIGTERM or SIGINT. The first line is `{"event":"listening","addr":...}`,
-//! then one `ingest` line per ingest request and one line per admin change
+//! then one `ingest` line per ingest request (naming the body's `epoch` and
+//! `skipped` ranges when slmd's push carries them, and `conflicts` when seqs
+//! were reused) and one line per admin change
 //! (`rotate`, `expire_previous`, `fault`, `faults_cleared`, `max_records`,
 //! `poison`), and last `{"event":"stats",...}`. Tokens are never printed,
 //! only their fingerprints. Diagnostics go to stderr.
@@ -18,7 +20,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Fleet ingest server simulator: dual-token grace, de-duplication and fault
+/// Fleet ingest server simulator: dual-token grace, de-duplication by
+/// gateway, epoch and seq, checks of seq reuse and skipped numbers, and fault
 /// injection. Its admin routes are unauthenticated: for test rigs only.
 #[derive(Parser)]
 #[command(name = "fleet-sim", version)]

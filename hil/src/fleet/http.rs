@@ -8,19 +8,24 @@
 //! `Content-Type`, `Content-Encoding`, gzip, JSON and every record field
 //! (`413` beyond [`MAX_BODY_BYTES`], `400` naming the field otherwise);
 //! (4) `max_records` (`413`); (5) poisoned seqs (`400`); (6) storing,
-//! de-duplicated by `(gateway, seq)` (`200`). The body is always read, decoded
-//! and parsed, whatever the answer, so `body_bytes` counts every request, the
-//! connection stays usable, and the log names the batch of a refused or
-//! faulted request too. Decompression, parsing and checking run without the
-//! state lock; steps 4 to 6 and the request's log entry happen under one lock,
-//! so counters, log and store always agree.
+//! de-duplicated by `(gateway, epoch, seq)`, with the body's declared skips
+//! (`200`; a duplicate with other content is answered as a duplicate and
+//! counted as a conflict, logged at WARN once per request). The body is always
+//! read, decoded and parsed, whatever the answer, so `body_bytes` counts every
+//! request, the connection stays usable, and the log names the batch of a
+//! refused or faulted request too. Decompression, parsing and checking run
+//! without the state lock; steps 4 to 6 and the request's log entry happen
+//! under one lock, so counters, log and store always agree. The WARN lines
+//! about a gateway's numbering are written after the lock is released.
 //!
 //! Every error answer is JSON with an `error` field; unknown routes are
 //! `404`, wrong methods `405`.
 
+use super::audit::{Audit, Conflict, SkippedRange};
 use super::faults::Fault;
-use super::record::{self, SlotJson, excerpt};
+use super::record::{self, SKIP_BOUND, SlotJson, excerpt};
 use super::report::{FleetStats, Outcome, RequestLog};
+use super::store::Stored;
 use super::tokens::{RotateReport, TokenDigest, TokenStatus, digest, fingerprint_of};
 use super::{FleetSim, MAX_BODY_BYTES};
 use crate::config::{ParseError, parse_duration};
@@ -91,6 +96,9 @@ fn router(app: App) -> Router {
         .route("/admin/poison", put(set_poison).get(poison))
         .route("/admin/received", get(received))
         .route("/admin/seqs", get(seqs))
+        .route("/admin/conflicts", get(conflicts))
+        .route("/admin/skipped", get(skipped))
+        .route("/admin/audit", get(audit))
         .route("/admin/gateways", get(gateways))
         .route("/admin/stats", get(stats))
         .route("/admin/requests", get(requests))
@@ -260,6 +268,10 @@ impl IntoResponse for Answer {
 struct Prepared {
     /// The pushing gateway.
     gateway: String,
+    /// The numbering epoch of all its records.
+    epoch: u64,
+    /// The ranges of that epoch it declares skipped, as sent.
+    skipped: Vec<record::SkipIn>,
     /// Its records, in the order sent.
     pending: Vec<record::Pending>,
 }
@@ -283,6 +295,9 @@ async fn ingest(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
         records: None,
         accepted: 0,
         duplicates: 0,
+        conflicts: 0,
+        epoch: 0,
+        skipped: Vec::new(),
         first_seq: None,
         last_seq: None,
         body_bytes: wire.seen,
@@ -331,6 +346,8 @@ fn handle(
         log.records = Some(body.records.len());
         log.first_seq = body.records.first().map(|r| r.0.seq);
         log.last_seq = body.records.last().map(|r| r.0.seq);
+        log.epoch = body.epoch.0;
+        log.skipped = body.skipped.iter().map(|s| [s.from, s.to]).collect();
     }
     match fault {
         Some(Fault::Status {
@@ -420,6 +437,7 @@ fn process(
     match checked {
         Ok(body) => {
             let gateway = body.gateway.0.into_owned();
+            let (epoch, skipped) = (body.epoch.0, body.skipped);
             // Interned without the state lock; storing takes it.
             let pending = {
                 let mut interner = sim.interner();
@@ -428,7 +446,16 @@ fn process(
                     .map(|record| interner.prepare(record.0))
                     .collect()
             };
-            sim.admit(Prepared { gateway, pending }, log, not_json)
+            sim.admit(
+                Prepared {
+                    gateway,
+                    epoch,
+                    skipped,
+                    pending,
+                },
+                log,
+                not_json,
+            )
         }
         Err(answer) => {
             let status = if not_json {
@@ -463,8 +490,15 @@ fn gunzip(wire: &[u8]) -> Result<Vec<u8>, Answer> {
 impl FleetSim {
     /// Steps 4 to 6 and the log entry, under one lock.
     fn admit(&self, prepared: Prepared, mut log: RequestLog, not_json: bool) -> Answer {
-        let Prepared { gateway, pending } = prepared;
+        let Prepared {
+            gateway,
+            epoch,
+            skipped,
+            pending,
+        } = prepared;
         let n = pending.len();
+        // Reported once the lock is released.
+        let mut noteworthy = None;
         let mut state = self.state();
         let answer = if let Some(max) = state.max_records.filter(|&max| n > max) {
             Answer {
@@ -483,16 +517,27 @@ impl FleetSim {
                 }
             }
             if poisoned.is_empty() {
-                let stored = state.store.insert(&gateway, pending);
-                state.stats.unique += stored.accepted as u64;
-                state.stats.out_of_order += stored.out_of_order as u64;
-                log.accepted = stored.accepted;
-                log.duplicates = stored.duplicates;
-                Answer {
-                    status: StatusCode::OK,
-                    body: json!({"accepted": stored.accepted, "duplicates": stored.duplicates}),
-                    outcome: Outcome::Accepted,
-                    detail: None,
+                match state.store.insert(&gateway, epoch, &skipped, pending) {
+                    Ok(stored) => {
+                        let stats = &mut state.stats;
+                        stats.unique += stored.accepted as u64;
+                        stats.out_of_order += stored.out_of_order as u64;
+                        stats.skipped_numbers =
+                            stats.skipped_numbers.saturating_add(stored.skipped_numbers);
+                        stats.skip_ranges_over_bound += stored.skip_ranges_over_bound;
+                        stats.records_in_skips += stored.records_in_skips;
+                        log.accepted = stored.accepted;
+                        log.duplicates = stored.duplicates;
+                        log.conflicts = stored.conflicts;
+                        noteworthy = Some(stored);
+                        Answer {
+                            status: StatusCode::OK,
+                            body: json!({"accepted": stored.accepted, "duplicates": stored.duplicates}),
+                            outcome: Outcome::Accepted,
+                            detail: None,
+                        }
+                    }
+                    Err(e) => Answer::malformed(e.to_string()),
                 }
             } else {
                 let listed: Vec<String> = poisoned.iter().map(u64::to_string).collect();
@@ -512,6 +557,10 @@ impl FleetSim {
         log.outcome = answer.outcome;
         log.detail.clone_from(&answer.detail);
         state.finish(log, &self.shared.events);
+        drop(state);
+        if let Some(stored) = noteworthy {
+            warn_about(&gateway, epoch, &stored);
+        }
         answer
     }
 
@@ -527,6 +576,37 @@ impl FleetSim {
         log.status = status;
         log.detail = detail;
         self.state().finish(log, &self.shared.events);
+    }
+}
+
+/// Logs at WARN what a stored batch shows wrong with its gateway's
+/// numbering: seq reuse, records inside declared skips, skips over the bound
+/// (each once per request).
+fn warn_about(gateway: &str, epoch: u64, stored: &Stored) {
+    if let Some(first_seq) = stored.first_conflict {
+        tracing::warn!(
+            gateway,
+            epoch,
+            conflicts = stored.conflicts,
+            first_seq,
+            "seq reuse: duplicates with other content than the stored records"
+        );
+    }
+    if stored.records_in_skips > 0 {
+        tracing::warn!(
+            gateway,
+            epoch,
+            records = stored.records_in_skips,
+            "records inside ranges declared skipped"
+        );
+    }
+    if stored.skip_ranges_over_bound > 0 {
+        tracing::warn!(
+            gateway,
+            epoch,
+            ranges = stored.skip_ranges_over_bound,
+            "declared skips longer than {SKIP_BOUND} numbers"
+        );
     }
 }
 
@@ -715,13 +795,17 @@ async fn poison(State(app): State<App>) -> axum::Json<serde_json::Value> {
     axum::Json(json!({"seqs": app.sim.poison()}))
 }
 
-/// `?gateway=...[&from=N][&limit=N]`.
+/// `?gateway=...[&epoch=N][&from=N][&limit=N]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GatewayQuery {
     /// The gateway id.
     gateway: String,
-    /// Index (in first-arrival order) of the first record answered.
+    /// Only records of this epoch (default: all epochs).
+    #[serde(default)]
+    epoch: Option<u64>,
+    /// Index (in first-arrival order, among the records selected) of the
+    /// first record answered.
     #[serde(default)]
     from: usize,
     /// Most records answered (default: all).
@@ -755,7 +839,7 @@ async fn received(
         let state = app.sim.state();
         let records = state
             .store
-            .records_json(&query.gateway, query.from, query.limit)
+            .records_json(&query.gateway, query.epoch, query.from, query.limit)
             .collect();
         serde_json::to_vec(&RecordsAnswer { records })
             .map_err(|e| AdminError::Encode(e.to_string()))?
@@ -773,8 +857,71 @@ async fn seqs(
         .sim
         .state()
         .store
-        .seqs(&query.gateway, query.from, query.limit);
+        .seqs(&query.gateway, query.epoch, query.from, query.limit);
     Ok(axum::Json(json!({"seqs": seqs})))
+}
+
+/// `?gateway=...[&epoch=N]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EpochQuery {
+    /// The gateway id.
+    gateway: String,
+    /// Only this epoch (default: all epochs).
+    #[serde(default)]
+    epoch: Option<u64>,
+}
+
+/// The query, or a JSON `400`.
+fn epoch_query(query: Result<Query<EpochQuery>, QueryRejection>) -> Result<EpochQuery, AdminError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|e| AdminError::Query(e.body_text()))
+}
+
+/// `GET /admin/conflicts` answer.
+#[derive(Serialize)]
+struct ConflictsAnswer {
+    /// The conflicts kept, in the order seen.
+    conflicts: Vec<Conflict>,
+    /// Conflicts seen in all (more than kept beyond the cap).
+    total: u64,
+}
+
+/// `GET /admin/conflicts?gateway=...[&epoch=N]`.
+async fn conflicts(
+    State(app): State<App>,
+    query: Result<Query<EpochQuery>, QueryRejection>,
+) -> Result<axum::Json<ConflictsAnswer>, AdminError> {
+    let query = epoch_query(query)?;
+    let (conflicts, total) = app.sim.state().store.conflicts(&query.gateway, query.epoch);
+    Ok(axum::Json(ConflictsAnswer { conflicts, total }))
+}
+
+/// `GET /admin/skipped` answer.
+#[derive(Serialize)]
+struct SkippedAnswer {
+    /// The union of the declared ranges, by epoch, then number.
+    skipped: Vec<SkippedRange>,
+}
+
+/// `GET /admin/skipped?gateway=...[&epoch=N]`.
+async fn skipped(
+    State(app): State<App>,
+    query: Result<Query<EpochQuery>, QueryRejection>,
+) -> Result<axum::Json<SkippedAnswer>, AdminError> {
+    let query = epoch_query(query)?;
+    let skipped = app.sim.state().store.skipped(&query.gateway, query.epoch);
+    Ok(axum::Json(SkippedAnswer { skipped }))
+}
+
+/// `GET /admin/audit?gateway=...[&epoch=N]`.
+async fn audit(
+    State(app): State<App>,
+    query: Result<Query<EpochQuery>, QueryRejection>,
+) -> Result<axum::Json<Audit>, AdminError> {
+    let query = epoch_query(query)?;
+    Ok(axum::Json(app.sim.audit_of(&query.gateway, query.epoch)))
 }
 
 /// `GET /admin/gateways`.

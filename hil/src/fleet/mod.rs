@@ -3,11 +3,23 @@
 //!
 //! It takes pushes on `POST /api/fleet/ingest`, honours the current token and
 //! at most one previous token during its grace window, de-duplicates by
-//! `(gateway, seq)`, and lets a test script the fleet's bad days: queued
-//! faults (error statuses with `Retry-After`, a `200` that is not JSON, a
-//! request never answered), a batch size limit (`413`) and poisoned seqs
-//! (`400`). Everything it received and every request it answered can be read
-//! back, in-process or over the admin routes on the same listener.
+//! `(gateway, epoch, seq)`, and lets a test script the fleet's bad days:
+//! queued faults (error statuses with `Retry-After`, a `200` that is not
+//! JSON, a request never answered), a batch size limit (`413`) and poisoned
+//! seqs (`400`). Everything it received and every request it answered can be
+//! read back, in-process or over the admin routes on the same listener.
+//!
+//! slmd extends SPEC §7: its push body may carry two optional top-level
+//! fields. `epoch` (an unsigned integer below 2^53, absent: 0) is the
+//! gateway's numbering epoch, new only when the gateway lost track of the
+//! numbers it used, so seqs may repeat across epochs: the fleet keys records
+//! by `(gateway, epoch, seq)`. `skipped` (`[[from, to], ...]`, inclusive)
+//! lists seqs of that epoch handed out or reserved but never stored, re-sent
+//! until a batch carrying them is acknowledged. From these the simulator
+//! tells a test what a gateway's numbering looks like: seq reuse (a
+//! duplicate with other content: a [`Conflict`]), the declared skips
+//! ([`SkippedRange`]), records inside them, and the holes nobody declared
+//! ([`Audit`]). Bodies without the two fields are plain SPEC §7, epoch 0.
 //!
 //! The admin surface (`/admin/...`) is unauthenticated: the simulator is for
 //! test rigs on loopback or a lab network, never for a reachable address.
@@ -18,13 +30,18 @@
 //! - [`faults`]: [`Fault`] and the fault queue.
 //! - [`record`]: the record on its way in (typed, checked parsing) and at
 //!   rest (compact, interned), and [`StoredRecord`].
-//! - `store`: per-gateway records in first-arrival order, de-duplication.
+//! - `store`: per-gateway records in first-arrival order, de-duplication by
+//!   epoch and seq, conflicts, declared skips per epoch.
+//! - [`audit`]: what the fleet says about a gateway's numbering
+//!   ([`Conflict`], [`SkippedRange`], [`Audit`]) and the range arithmetic
+//!   behind it.
 //! - [`report`]: [`FleetStats`], [`RequestLog`], [`FleetEvent`].
 //! - `http`: the routes, the ingest pipeline and the admin handlers.
 //!
 //! [`FleetSim`] is the server: cloning it gives another handle to the same
 //! fleet, whose state persists across connections and listeners.
 
+pub mod audit;
 pub mod faults;
 mod http;
 pub mod record;
@@ -32,6 +49,7 @@ pub mod report;
 mod store;
 pub mod tokens;
 
+pub use audit::{Audit, Conflict, EpochAudit, Hole, SkippedRange};
 pub use faults::{Fault, FaultKind, InvalidFault};
 pub use record::{RecordState, StoredRecord};
 pub use report::{FleetEvent, FleetStats, Outcome, RequestLog};
@@ -277,14 +295,55 @@ impl FleetSim {
         self.state().poison.clone()
     }
 
-    /// `gateway`'s unique records in first-arrival order, as received.
+    /// `gateway`'s unique records in first-arrival order, as received, all
+    /// epochs together (each record names its epoch).
     pub fn received(&self, gateway: &str) -> Vec<StoredRecord> {
-        self.state().store.records(gateway, 0, None)
+        self.state().store.records(gateway, None, 0, None)
     }
 
-    /// `gateway`'s unique seqs in first-arrival order.
+    /// `gateway`'s unique records of `epoch` in first-arrival order.
+    pub fn received_in(&self, gateway: &str, epoch: u64) -> Vec<StoredRecord> {
+        self.state().store.records(gateway, Some(epoch), 0, None)
+    }
+
+    /// `gateway`'s unique seqs in first-arrival order, all epochs together
+    /// (a seq may then appear once per epoch).
     pub fn seqs(&self, gateway: &str) -> Vec<u64> {
-        self.state().store.seqs(gateway, 0, None)
+        self.state().store.seqs(gateway, None, 0, None)
+    }
+
+    /// `gateway`'s unique seqs of `epoch` in first-arrival order.
+    pub fn seqs_in(&self, gateway: &str, epoch: u64) -> Vec<u64> {
+        self.state().store.seqs(gateway, Some(epoch), 0, None)
+    }
+
+    /// The seq reuses seen from `gateway` (the first
+    /// [`audit::CONFLICTS_KEPT`]), in the order seen: duplicates of a stored
+    /// `(gateway, epoch, seq)` with other content. Empty when no seq was
+    /// reused.
+    pub fn conflicts(&self, gateway: &str) -> Vec<Conflict> {
+        self.state().store.conflicts(gateway, None).0
+    }
+
+    /// The numbers `gateway` declared skipped: per epoch, the union of the
+    /// declared ranges (repeats and overlaps merged, touching ranges joined),
+    /// sorted by epoch, then number.
+    pub fn skipped(&self, gateway: &str) -> Vec<SkippedRange> {
+        self.state().store.skipped(gateway, None)
+    }
+
+    /// `gateway`'s numbering, epoch by epoch: records, lowest and highest
+    /// seq, numbers declared skipped, the holes nobody declared, records
+    /// inside declared skips, conflicts.
+    pub fn audit(&self, gateway: &str) -> Audit {
+        self.audit_of(gateway, None)
+    }
+
+    /// The audit of `gateway` (of `epoch` only, when given); the seqs are
+    /// copied under the lock and sorted without it.
+    fn audit_of(&self, gateway: &str, epoch: Option<u64>) -> Audit {
+        let input = self.state().store.audit_input(gateway, epoch);
+        input.audit()
     }
 
     /// The gateways that pushed anything, sorted.
@@ -356,6 +415,7 @@ impl State {
         stats.records_in_bodies += log.records.unwrap_or(0) as u64;
         stats.accepted += log.accepted as u64;
         stats.duplicates += log.duplicates as u64;
+        stats.conflicts += log.conflicts as u64;
         if self.requests.len() >= report::REQUEST_LOG_CAPACITY {
             self.requests.pop_front();
         }

@@ -6,9 +6,15 @@
 //! timestamp, a non-empty device, a known state, numbers or null as
 //! metrics), so an error names the field; unknown fields are refused, since
 //! the fleet record is exactly SPEC §3 and a field the daemon should not push
-//! (battery, raw line) must show up in a rig, not slip through.
+//! (battery, raw line) must show up in a rig, not slip through. The body
+//! around the records is SPEC §7's plus slmd's two optional fields: `epoch`
+//! (an unsigned integer below 2^53) and `skipped` (`[from, to]` pairs with
+//! `from <= to`), checked the same way (`skipped[1]: from 9 is greater than
+//! to 3`).
 //!
-//! At rest a record is a `Slot`: its sequence number, an interned
+//! At rest a record is a `Slot`: its sequence number, the index of its
+//! epoch in its gateway's list of epochs (the epoch itself is kept once per
+//! epoch, and the index fits in what would be padding), an interned
 //! `Profile` (device, metric names in order, flags: the same few
 //! combinations repeat across a whole run), its timestamps as integers when
 //! they have the daemon's canonical form (text otherwise, so every record is
@@ -40,10 +46,15 @@ pub enum RecordState {
 }
 
 /// A record as the fleet received it, in the JSON form of SPEC §3
-/// (serializing it gives that form back).
+/// (serializing it gives that form back, with `"epoch"` first when the
+/// record's numbering epoch is not 0).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredRecord {
-    /// Gateway-wide sequence number.
+    /// The numbering epoch of the body it came in (0 when the body had none);
+    /// serialized only when not 0, so records of epoch 0 have exactly the
+    /// SPEC §3 form.
+    pub epoch: u64,
+    /// Gateway-wide sequence number (unique within its gateway and epoch).
     pub seq: u64,
     /// Device id.
     pub device: String,
@@ -84,7 +95,11 @@ impl Serialize for StoredRecord {
                 map.end()
             }
         }
-        let mut record = serializer.serialize_struct("StoredRecord", 7)?;
+        let mut record =
+            serializer.serialize_struct("StoredRecord", 7 + usize::from(self.epoch != 0))?;
+        if self.epoch != 0 {
+            record.serialize_field("epoch", &self.epoch)?;
+        }
         record.serialize_field("seq", &self.seq)?;
         record.serialize_field("device", &self.device)?;
         record.serialize_field("received_at", &self.received_at)?;
@@ -100,6 +115,11 @@ impl Serialize for StoredRecord {
 // On the way in.
 
 /// A push body, borrowing from its bytes.
+///
+/// Besides SPEC §7's `gateway` and `records`, slmd's push body may carry two
+/// optional fields: `epoch` (the gateway's numbering epoch, absent: 0) and
+/// `skipped` (`[from, to]` ranges of seqs of that epoch handed out but never
+/// stored).
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
@@ -109,9 +129,98 @@ pub(crate) struct IngestBody<'a> {
     /// The pushing gateway's id.
     #[serde(borrow)]
     pub(crate) gateway: Name<'a>,
+    /// The numbering epoch every record of the body belongs to.
+    #[serde(default)]
+    pub(crate) epoch: Epoch,
     /// The records, in the order sent.
     #[serde(borrow)]
     pub(crate) records: Vec<Object<RecordIn<'a>>>,
+    /// Seqs of this epoch declared never stored, as sent.
+    #[serde(default)]
+    pub(crate) skipped: Vec<SkipIn>,
+}
+
+/// Epochs are below this (2^53), so every JSON reader, including a
+/// JavaScript one, holds them exactly.
+pub const EPOCH_LIMIT: u64 = 1 << 53;
+
+/// A gateway's numbering epoch: an unsigned integer below [`EPOCH_LIMIT`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Epoch(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for Epoch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes unsigned integers below the limit.
+        struct EpochVisitor;
+        impl Visitor<'_> for EpochVisitor {
+            type Value = Epoch;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an unsigned integer below 2^53")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Epoch, E> {
+                if v < EPOCH_LIMIT {
+                    Ok(Epoch(v))
+                } else {
+                    Err(de::Error::invalid_value(Unexpected::Unsigned(v), &self))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Epoch, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(de::Error::invalid_value(Unexpected::Signed(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_u64(EpochVisitor)
+    }
+}
+
+/// Declared skips longer than this many numbers break the gateway's bound
+/// (SPEC §7: at most 10 000 numbers per unclean stop).
+pub const SKIP_BOUND: u64 = 10_000;
+
+/// One `[from, to]` entry of `skipped`: inclusive, `from <= to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SkipIn {
+    /// First number skipped.
+    pub(crate) from: u64,
+    /// Last number skipped.
+    pub(crate) to: u64,
+}
+
+impl<'de> Deserialize<'de> for SkipIn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Reads exactly two unsigned integers in order.
+        struct SkipVisitor;
+        impl<'de> Visitor<'de> for SkipVisitor {
+            type Value = SkipIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pair [from, to] of unsigned integers")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<SkipIn, A::Error> {
+                let Some(from) = seq.next_element::<u64>()? else {
+                    return Err(de::Error::invalid_length(0, &self));
+                };
+                let Some(to) = seq.next_element::<u64>()? else {
+                    return Err(de::Error::invalid_length(1, &self));
+                };
+                let mut len = 2;
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    len += 1;
+                }
+                if len != 2 {
+                    return Err(de::Error::invalid_length(len, &self));
+                }
+                if from > to {
+                    return Err(de::Error::custom(format_args!(
+                        "from {from} is greater than to {to}"
+                    )));
+                }
+                Ok(SkipIn { from, to })
+            }
+        }
+        deserializer.deserialize_seq(SkipVisitor)
+    }
 }
 
 /// One record of a push body, checked field by field.
@@ -583,11 +692,50 @@ pub(crate) struct Pending {
     pub(crate) state: RecordState,
 }
 
+impl Pending {
+    /// The public form, as a record of `epoch`.
+    pub(crate) fn to_record(&self, epoch: u64) -> StoredRecord {
+        StoredRecord {
+            epoch,
+            seq: self.seq,
+            device: self.profile.device.to_string(),
+            received_at: self.received_at.to_string(),
+            device_time: self.device_time.as_ref().map(ToString::to_string),
+            metrics: metrics(&self.profile, &self.values, self.ints)
+                .map(|(name, value)| (name.to_owned(), value.number()))
+                .collect(),
+            state: self.state,
+            flags: self.profile.flags.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// A profile's metrics with their values: name, value, whether an integer.
+fn metrics<'a>(
+    profile: &'a Profile,
+    values: &'a [u64],
+    ints: u64,
+) -> impl Iterator<Item = (&'a str, Value)> + 'a {
+    profile
+        .names
+        .iter()
+        .zip(values)
+        .enumerate()
+        .map(move |(i, (name, &bits))| {
+            let int = i < INT_MASK_BITS && ints & (1 << i) != 0;
+            (&**name, Value::decode(bits, int))
+        })
+}
+
 /// A stored record; its metric values live in its gateway's arena.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    /// Gateway-wide sequence number.
+    /// Gateway-wide sequence number (unique within its gateway and epoch).
     pub(crate) seq: u64,
+    /// Index of its epoch in its gateway's list of epochs: the epoch itself
+    /// lives there, once per epoch, and this index fits in what would
+    /// otherwise be padding.
+    pub(crate) epoch_ix: u32,
     /// Device, metric names, flags.
     profile: Arc<Profile>,
     /// Gateway wall clock at reception.
@@ -603,12 +751,14 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    /// Stores `pending`, appending its values to `arena`.
-    pub(crate) fn store(pending: Pending, arena: &mut Vec<u64>) -> Slot {
+    /// Stores `pending` as a record of the epoch at `epoch_ix`, appending its
+    /// values to `arena`.
+    pub(crate) fn store(pending: Pending, epoch_ix: u32, arena: &mut Vec<u64>) -> Slot {
         let values_at = arena.len();
         arena.extend_from_slice(&pending.values);
         Slot {
             seq: pending.seq,
+            epoch_ix,
             profile: pending.profile,
             received_at: pending.received_at,
             device_time: pending.device_time,
@@ -618,25 +768,33 @@ impl Slot {
         }
     }
 
-    /// Its metrics: name, value bits, whether an integer.
-    fn metrics<'a>(&'a self, arena: &'a [u64]) -> impl Iterator<Item = (&'a str, Value)> + 'a {
-        let values = arena
+    /// Its value bits in `arena`.
+    fn values<'a>(&self, arena: &'a [u64]) -> &'a [u64] {
+        arena
             .get(self.values_at..self.values_at + self.profile.names.len())
-            .unwrap_or_default();
-        self.profile
-            .names
-            .iter()
-            .zip(values)
-            .enumerate()
-            .map(|(i, (name, &bits))| {
-                let int = i < INT_MASK_BITS && self.ints & (1 << i) != 0;
-                (&**name, Value::decode(bits, int))
-            })
+            .unwrap_or_default()
     }
 
-    /// The public form.
-    pub(crate) fn to_record(&self, arena: &[u64]) -> StoredRecord {
+    /// Its metrics: name, value bits, whether an integer.
+    fn metrics<'a>(&'a self, arena: &'a [u64]) -> impl Iterator<Item = (&'a str, Value)> + 'a {
+        metrics(&self.profile, self.values(arena), self.ints)
+    }
+
+    /// Whether `pending` has the same content (device, timestamps, metrics,
+    /// state, flags) as this record, exactly as sent: a true re-send.
+    pub(crate) fn same_content(&self, arena: &[u64], pending: &Pending) -> bool {
+        (Arc::ptr_eq(&self.profile, &pending.profile) || self.profile == pending.profile)
+            && self.received_at == pending.received_at
+            && self.device_time == pending.device_time
+            && self.state == pending.state
+            && self.ints == pending.ints
+            && self.values(arena) == pending.values.as_slice()
+    }
+
+    /// The public form, as a record of `epoch` (its epoch's value).
+    pub(crate) fn to_record(&self, arena: &[u64], epoch: u64) -> StoredRecord {
         StoredRecord {
+            epoch,
             seq: self.seq,
             device: self.profile.device.to_string(),
             received_at: self.received_at.to_string(),
@@ -650,9 +808,14 @@ impl Slot {
         }
     }
 
-    /// Serializes as SPEC §3, with no intermediate copy.
-    pub(crate) fn json<'a>(&'a self, arena: &'a [u64]) -> SlotJson<'a> {
-        SlotJson { slot: self, arena }
+    /// Serializes as SPEC §3 (with `"epoch"` when `epoch`, its epoch's
+    /// value, is not 0), with no intermediate copy.
+    pub(crate) fn json<'a>(&'a self, arena: &'a [u64], epoch: u64) -> SlotJson<'a> {
+        SlotJson {
+            slot: self,
+            arena,
+            epoch,
+        }
     }
 }
 
@@ -707,6 +870,8 @@ pub(crate) struct SlotJson<'a> {
     slot: &'a Slot,
     /// Its gateway's value arena.
     arena: &'a [u64],
+    /// Its epoch (not serialized when 0).
+    epoch: u64,
 }
 
 impl Serialize for SlotJson<'_> {
@@ -724,7 +889,10 @@ impl Serialize for SlotJson<'_> {
             }
         }
         let slot = self.slot;
-        let mut record = serializer.serialize_struct("Record", 7)?;
+        let mut record = serializer.serialize_struct("Record", 7 + usize::from(self.epoch != 0))?;
+        if self.epoch != 0 {
+            record.serialize_field("epoch", &self.epoch)?;
+        }
         record.serialize_field("seq", &slot.seq)?;
         record.serialize_field("device", &*slot.profile.device)?;
         record.serialize_field("received_at", &slot.received_at)?;
@@ -770,13 +938,14 @@ mod tests {
         let slots: Vec<Slot> = parsed
             .records
             .into_iter()
-            .map(|r| Slot::store(interner.prepare(r.0), &mut arena))
+            .map(|r| Slot::store(interner.prepare(r.0), 0, &mut arena))
             .collect();
         slots
             .iter()
             .map(|slot| {
-                let direct = serde_json::to_string(&slot.json(&arena)).expect("serializable");
-                let public = serde_json::to_string(&slot.to_record(&arena)).expect("serializable");
+                let direct = serde_json::to_string(&slot.json(&arena, 0)).expect("serializable");
+                let public =
+                    serde_json::to_string(&slot.to_record(&arena, 0)).expect("serializable");
                 assert_eq!(direct, public, "both forms agree");
                 let json = serde_json::from_str(&direct).expect("JSON");
                 (direct, json)
@@ -912,6 +1081,166 @@ mod tests {
             let error = parse(body.as_bytes()).expect_err(body);
             assert!(error.contains(expected), "{body}: {error}");
         }
+    }
+
+    #[test]
+    fn epoch_and_skipped_are_optional_and_typed() {
+        let plain = parse(br#"{"gateway":"gw","records":[]}"#).expect("plain");
+        assert_eq!((plain.epoch, plain.skipped.len()), (Epoch(0), 0));
+        let body = br#"{"skipped":[[1041,1050],[2001,2001]],"gateway":"gw","epoch":7394025617,"records":[]}"#;
+        let full = parse(body).expect("full");
+        assert_eq!(full.epoch, Epoch(7_394_025_617));
+        assert_eq!(
+            full.skipped,
+            vec![
+                SkipIn {
+                    from: 1041,
+                    to: 1050
+                },
+                SkipIn {
+                    from: 2001,
+                    to: 2001
+                }
+            ]
+        );
+        let limit = format!(
+            r#"{{"gateway":"gw","epoch":{},"records":[]}}"#,
+            EPOCH_LIMIT - 1
+        );
+        assert_eq!(
+            parse(limit.as_bytes()).expect("below 2^53").epoch.0,
+            EPOCH_LIMIT - 1
+        );
+
+        for (field, value, expected) in [
+            (
+                "skipped",
+                "[[1,2],[9,3]]",
+                "skipped[1]: from 9 is greater than to 3",
+            ),
+            (
+                "skipped",
+                "[[1,2,3]]",
+                "skipped[0]: invalid length 3, expected a pair",
+            ),
+            (
+                "skipped",
+                "[[1]]",
+                "skipped[0]: invalid length 1, expected a pair",
+            ),
+            (
+                "skipped",
+                "[[]]",
+                "skipped[0]: invalid length 0, expected a pair",
+            ),
+            (
+                "skipped",
+                "[5]",
+                "skipped[0]: invalid type: integer `5`, expected a pair",
+            ),
+            (
+                "skipped",
+                "[[0,1],[-1,4]]",
+                "skipped[1][0]: invalid value: integer `-1`, expected u64",
+            ),
+            (
+                "skipped",
+                "[[1,2.5]]",
+                "skipped[0][1]: invalid type: floating point",
+            ),
+            ("skipped", r#"{"from":1}"#, "skipped: invalid type: map"),
+            ("skipped", "null", "skipped: invalid type: null"),
+            (
+                "epoch",
+                "-1",
+                "epoch: invalid value: integer `-1`, expected an unsigned",
+            ),
+            ("epoch", "1.5", "epoch: invalid type: floating point `1.5`"),
+            ("epoch", r#""7""#, r#"epoch: invalid type: string "7""#),
+            ("epoch", "null", "epoch: invalid type: null"),
+            (
+                "epoch",
+                "9007199254740992",
+                "epoch: invalid value: integer `9007199254740992`, expected an unsigned integer below 2^53",
+            ),
+        ] {
+            let body = format!(r#"{{"gateway":"gw","records":[{EXAMPLE}],"{field}":{value}}}"#);
+            let error = parse(body.as_bytes()).expect_err(value);
+            assert!(error.starts_with(expected), "{field} {value}: {error}");
+        }
+        let error = parse(br#"{"gateway":"gw","records":[],"epochs":1}"#).expect_err("unknown");
+        assert!(error.contains("unknown field `epochs`"), "{error}");
+    }
+
+    #[test]
+    fn a_record_of_another_epoch_says_so_and_epoch_0_does_not() {
+        let body = format!(r#"{{"gateway":"gw","records":[{EXAMPLE}]}}"#);
+        let parsed = parse(body.as_bytes()).expect("valid body");
+        let mut interner = Interner::default();
+        let mut arena = Vec::new();
+        let pending: Vec<Pending> = parsed
+            .records
+            .into_iter()
+            .map(|r| interner.prepare(r.0))
+            .collect();
+        let incoming = pending[0].to_record(7);
+        let slot = pending
+            .into_iter()
+            .map(|p| Slot::store(p, 0, &mut arena))
+            .next()
+            .expect("a slot");
+        let seven = serde_json::to_string(&slot.json(&arena, 7)).expect("JSON");
+        assert_eq!(seven, EXAMPLE.replacen('{', r#"{"epoch":7,"#, 1));
+        assert_eq!(
+            serde_json::to_string(&slot.to_record(&arena, 7)).expect("JSON"),
+            seven
+        );
+        assert_eq!(slot.to_record(&arena, 7), incoming);
+        assert_eq!(
+            serde_json::to_string(&slot.to_record(&arena, 0)).expect("JSON"),
+            EXAMPLE
+        );
+    }
+
+    #[test]
+    fn same_content_means_exactly_as_sent() {
+        let mut interner = Interner::default();
+        let mut arena = Vec::new();
+        let mut prepare = |record: &str| {
+            let body = format!(r#"{{"gateway":"gw","records":[{record}]}}"#);
+            let parsed = parse(body.as_bytes()).expect("valid body");
+            parsed
+                .records
+                .into_iter()
+                .map(|r| interner.prepare(r.0))
+                .next()
+                .expect("one record")
+        };
+        let stored = Slot::store(prepare(EXAMPLE), 0, &mut arena);
+        assert!(stored.same_content(&arena, &prepare(EXAMPLE)));
+        for (from, to) in [
+            ("52.1", "52.2"),
+            ("null", "0"),
+            ("nl43-north", "nl43-south"),
+            (".123Z", ".124Z"),
+            ("T14:15:16Z", "T14:15:16.000Z"),
+            ("measuring", "paused"),
+            ("clock_unsynced", "overload"),
+            (r#""leq":55.3,"#, ""),
+        ] {
+            let other = EXAMPLE.replacen(from, to, 1);
+            assert_ne!(other, EXAMPLE);
+            assert!(
+                !stored.same_content(&arena, &prepare(&other)),
+                "{from} → {to}"
+            );
+        }
+        // An integer is not the float of the same value.
+        let int = EXAMPLE.replace("52.1", "52");
+        let float = EXAMPLE.replace("52.1", "52.0");
+        let stored = Slot::store(prepare(&int), 0, &mut arena);
+        assert!(stored.same_content(&arena, &prepare(&int)));
+        assert!(!stored.same_content(&arena, &prepare(&float)));
     }
 
     #[test]

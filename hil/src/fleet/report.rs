@@ -44,8 +44,20 @@ pub struct FleetStats {
     /// Records in bodies that parsed, whatever happened to them next.
     pub records_in_bodies: u64,
     /// Unique records that arrived with a seq below the highest one already
-    /// stored for their gateway.
+    /// stored for their gateway and epoch.
     pub out_of_order: u64,
+    /// Duplicates (same gateway, epoch and seq) whose content differed from
+    /// the stored record: a seq reused. Answered as duplicates all the same.
+    pub conflicts: u64,
+    /// Numbers declared skipped: the size of the union of the declared
+    /// ranges, over all gateways and epochs.
+    pub skipped_numbers: u64,
+    /// Distinct declared ranges longer than 10 000 numbers (the gateway's
+    /// bound), counted once each per gateway and epoch.
+    pub skip_ranges_over_bound: u64,
+    /// Records whose seq lies in a range their gateway declared skipped in
+    /// their epoch, whichever arrived first.
+    pub records_in_skips: u64,
 }
 
 /// What became of an ingest request.
@@ -93,6 +105,18 @@ pub struct RequestLog {
     pub accepted: usize,
     /// Records ignored as re-sends.
     pub duplicates: usize,
+    /// Of the duplicates, those whose content differed from the stored
+    /// record (seq reuse); not serialized when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts: usize,
+    /// The body's numbering epoch, when it parsed (0 when it had none); not
+    /// serialized when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// The `[from, to]` ranges the body declared skipped, as sent; not
+    /// serialized when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<[u64; 2]>,
     /// Seq of the first record in the body, when it parsed and had one.
     pub first_seq: Option<u64>,
     /// Seq of the last record in the body.
@@ -104,6 +128,11 @@ pub struct RequestLog {
     /// Why it was refused (`400`, `413`), in the words of the answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// Whether a counter is zero (left out of the JSON form).
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// Serializes a timestamp as RFC 3339 UTC with milliseconds.
