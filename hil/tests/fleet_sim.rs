@@ -1,13 +1,14 @@
 //! The fleet simulator over real sockets: tokens and their grace, storing and
-//! de-duplication, every refusal, every fault, the admin routes, and the real
-//! `fleet-sim` binary.
+//! de-duplication (by gateway, epoch and seq), seq reuse, declared skips and
+//! the audit of holes, every refusal, every fault, the admin routes, and the
+//! real `fleet-sim` binary.
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use slmd_hil::fleet::{FleetEvent, FleetSim, FleetSimConfig, fingerprint};
+use slmd_hil::fleet::{FleetEvent, FleetSim, FleetSimConfig, Hole, fingerprint};
 use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
@@ -970,6 +971,489 @@ async fn plain_tokens_appear_nowhere() {
     fleet.stop().await;
 }
 
+/// A push body from [`GW`] in `epoch` with records `seqs` and `skipped`
+/// ranges.
+fn epoch_batch(epoch: u64, seqs: &[u64], skipped: &[(u64, u64)]) -> Value {
+    let mut body = batch(GW, seqs);
+    body["epoch"] = json!(epoch);
+    if !skipped.is_empty() {
+        let pairs: Vec<Value> = skipped.iter().map(|&(a, b)| json!([a, b])).collect();
+        body["skipped"] = json!(pairs);
+    }
+    body
+}
+
+/// [`record`] with another `lp`: the same seq, other content.
+fn record_with_lp(seq: u64, lp: f64) -> Value {
+    let mut record = record(seq);
+    record["metrics"]["lp"] = json!(lp);
+    record
+}
+
+#[tokio::test]
+async fn de_duplication_is_by_gateway_epoch_and_seq() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    assert_eq!(
+        fleet
+            .push("t", &epoch_batch(0, &[1, 2, 3], &[]))
+            .await
+            .json(),
+        json!({"accepted": 3, "duplicates": 0})
+    );
+    // The same seqs in another epoch are new records.
+    assert_eq!(
+        fleet.push("t", &epoch_batch(7, &[1, 2], &[])).await.json(),
+        json!({"accepted": 2, "duplicates": 0})
+    );
+    // Within an epoch they are duplicates; a body without `epoch` is epoch 0.
+    assert_eq!(
+        fleet.push("t", &epoch_batch(7, &[2, 3], &[])).await.json(),
+        json!({"accepted": 1, "duplicates": 1})
+    );
+    assert_eq!(
+        fleet.push_seqs("t", &[3, 4]).await.json(),
+        json!({"accepted": 1, "duplicates": 1})
+    );
+
+    assert_eq!(fleet.seqs(GW).await, json!([1, 2, 3, 1, 2, 3, 4]));
+    assert_eq!(
+        fleet
+            .get(&format!("/admin/seqs?gateway={GW}&epoch=7"))
+            .await["seqs"],
+        json!([1, 2, 3])
+    );
+    assert_eq!(
+        fleet
+            .get(&format!("/admin/seqs?gateway={GW}&epoch=0&from=2&limit=5"))
+            .await["seqs"],
+        json!([3, 4])
+    );
+    assert_eq!(
+        fleet
+            .get(&format!("/admin/seqs?gateway={GW}&epoch=8"))
+            .await["seqs"],
+        json!([])
+    );
+    assert_eq!(fleet.sim.seqs_in(GW, 7), vec![1, 2, 3]);
+    assert_eq!(fleet.sim.seqs_in(GW, 0), vec![1, 2, 3, 4]);
+
+    // Records of epoch 0 come back exactly as SPEC §3; others name their
+    // epoch.
+    let received = fleet
+        .get(&format!("/admin/received?gateway={GW}&epoch=7&limit=1"))
+        .await;
+    let mut expected = record(1);
+    expected["epoch"] = json!(7);
+    assert_eq!(received["records"], json!([expected]));
+    let zero = fleet
+        .get(&format!("/admin/received?gateway={GW}&epoch=0"))
+        .await;
+    let plain: Vec<Value> = [1, 2, 3, 4].iter().map(|&s| record(s)).collect();
+    assert_eq!(zero["records"], json!(plain));
+    let in_process = fleet.sim.received_in(GW, 7);
+    assert_eq!(
+        in_process
+            .iter()
+            .map(|r| (r.epoch, r.seq))
+            .collect::<Vec<_>>(),
+        vec![(7, 1), (7, 2), (7, 3)]
+    );
+    assert_eq!(
+        serde_json::to_value(&in_process[0]).expect("serializable"),
+        expected
+    );
+    assert_eq!(fleet.sim.received(GW).len(), 7);
+
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["unique"], 7);
+    assert_eq!(stats["duplicates"], 2);
+    assert_eq!(stats["out_of_order"], 0, "each epoch counts its own order");
+    assert_eq!(stats["conflicts"], 0);
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[1]["epoch"], 7);
+    assert!(
+        log[0].get("epoch").is_none(),
+        "epoch 0 is left out: {}",
+        log[0]
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_reused_seq_is_a_duplicate_and_a_conflict() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let mut events = fleet.sim.events();
+    fleet.push("t", &epoch_batch(3, &[1, 2, 3], &[])).await;
+    // A true re-send: plain duplicates.
+    assert_eq!(
+        fleet.push("t", &epoch_batch(3, &[2, 3], &[])).await.json(),
+        json!({"accepted": 0, "duplicates": 2})
+    );
+    assert_eq!(fleet.sim.stats().conflicts, 0);
+    assert!(fleet.sim.conflicts(GW).is_empty());
+
+    // The same seqs with other content: still duplicates, but conflicts.
+    let mut reused = epoch_batch(3, &[], &[]);
+    reused["records"] = json!([record_with_lp(2, 60.0), record(4), record_with_lp(3, 61.5)]);
+    assert_eq!(
+        fleet.push("t", &reused).await.json(),
+        json!({"accepted": 1, "duplicates": 2})
+    );
+    // The same content in another epoch is no conflict.
+    let mut elsewhere = epoch_batch(4, &[], &[]);
+    elsewhere["records"] = json!([record_with_lp(2, 60.0)]);
+    assert_eq!(
+        fleet.push("t", &elsewhere).await.json(),
+        json!({"accepted": 1, "duplicates": 0})
+    );
+
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["conflicts"], 2);
+    assert_eq!(stats["duplicates"], 4);
+    let conflicts = fleet.sim.conflicts(GW);
+    assert_eq!(
+        conflicts
+            .iter()
+            .map(|c| (c.epoch, c.seq))
+            .collect::<Vec<_>>(),
+        vec![(3, 2), (3, 3)]
+    );
+    assert_eq!(conflicts[0].stored.metric("lp"), Some(Some(52.1)));
+    assert_eq!(conflicts[0].incoming.metric("lp"), Some(Some(60.0)));
+
+    let answer = fleet.get(&format!("/admin/conflicts?gateway={GW}")).await;
+    assert_eq!(answer["total"], 2);
+    let mut stored = record(2);
+    stored["epoch"] = json!(3);
+    let mut incoming = record_with_lp(2, 60.0);
+    incoming["epoch"] = json!(3);
+    assert_eq!(
+        answer["conflicts"][0],
+        json!({"epoch": 3, "seq": 2, "stored": stored, "incoming": incoming})
+    );
+    assert_eq!(
+        fleet
+            .get(&format!("/admin/conflicts?gateway={GW}&epoch=4"))
+            .await,
+        json!({"conflicts": [], "total": 0})
+    );
+    assert_eq!(
+        fleet.get("/admin/conflicts?gateway=nobody").await,
+        json!({"conflicts": [], "total": 0})
+    );
+    // The stored record is kept.
+    assert_eq!(
+        fleet.sim.received_in(GW, 3)[1].metric("lp"),
+        Some(Some(52.1))
+    );
+
+    let log = fleet.get("/admin/requests").await;
+    assert!(log[1].get("conflicts").is_none(), "{}", log[1]);
+    assert_eq!(log[2]["conflicts"], 2);
+    let ingests: Vec<usize> = drain(&mut events)
+        .into_iter()
+        .filter_map(|event| match event {
+            FleetEvent::Ingest(log) => Some(log.conflicts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ingests, vec![0, 0, 2, 0]);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_epoch_or_skipped_is_refused_naming_the_field() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    for (field, value, named) in [
+        (
+            "skipped",
+            json!([[1, 2], [9, 3]]),
+            "skipped[1]: from 9 is greater than to 3",
+        ),
+        (
+            "skipped",
+            json!([[1, 2, 3]]),
+            "skipped[0]: invalid length 3",
+        ),
+        (
+            "skipped",
+            json!([7]),
+            "skipped[0]: invalid type: integer `7`",
+        ),
+        (
+            "skipped",
+            json!([[-1, 2]]),
+            "skipped[0][0]: invalid value: integer `-1`",
+        ),
+        ("skipped", json!("1-2"), "skipped: invalid type: string"),
+        ("epoch", json!(-3), "epoch: invalid value: integer `-3`"),
+        ("epoch", json!("7"), "epoch: invalid type: string"),
+        (
+            "epoch",
+            json!(1u64 << 53),
+            "epoch: invalid value: integer `9007199254740992`",
+        ),
+    ] {
+        let mut body = batch(GW, &[1]);
+        body[field] = value;
+        let reply = fleet.push("t", &body).await;
+        assert_eq!(reply.status, 400, "{field}: {}", reply.text);
+        let answer = reply.json();
+        assert_eq!(answer["error"], "malformed");
+        let detail = answer["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with(named), "{field}: {detail}");
+    }
+    assert_eq!(fleet.seqs(GW).await, json!([]), "nothing stored");
+    assert_eq!(
+        fleet.get(&format!("/admin/skipped?gateway={GW}")).await,
+        json!({"skipped": []})
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn declared_skips_are_merged_and_counted_once() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    // Re-sent until acknowledged: the same ranges several times, one
+    // overlapping, one touching, one inside.
+    for skipped in [
+        &[(1041, 1050), (2001, 2001)][..],
+        &[(1041, 1050), (2001, 2001)],
+        &[(1045, 1060), (2002, 2005), (1042, 1043)],
+    ] {
+        let reply = fleet.push("t", &epoch_batch(5, &[], skipped)).await;
+        assert_eq!(reply.json(), json!({"accepted": 0, "duplicates": 0}));
+    }
+    // Over the bound, twice, and another epoch with the same numbers.
+    for _ in 0..2 {
+        fleet
+            .push("t", &epoch_batch(5, &[], &[(100_000, 110_000)]))
+            .await;
+    }
+    fleet.push("t", &epoch_batch(6, &[], &[(1041, 1041)])).await;
+
+    let expected = json!([
+        {"epoch": 5, "from": 1041, "to": 1060},
+        {"epoch": 5, "from": 2001, "to": 2005},
+        {"epoch": 5, "from": 100_000, "to": 110_000},
+        {"epoch": 6, "from": 1041, "to": 1041},
+    ]);
+    assert_eq!(
+        fleet.get(&format!("/admin/skipped?gateway={GW}")).await,
+        json!({"skipped": expected})
+    );
+    assert_eq!(
+        fleet
+            .get(&format!("/admin/skipped?gateway={GW}&epoch=6"))
+            .await["skipped"],
+        json!([{"epoch": 6, "from": 1041, "to": 1041}])
+    );
+    assert_eq!(
+        serde_json::to_value(fleet.sim.skipped(GW)).expect("serializable"),
+        expected
+    );
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["skipped_numbers"], 20 + 5 + 10_001 + 1);
+    assert_eq!(stats["skip_ranges_over_bound"], 1);
+    assert_eq!(stats["records_in_skips"], 0);
+
+    // The log and the events show the ranges as each request declared them.
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(
+        log[2]["skipped"],
+        json!([[1045, 1060], [2002, 2005], [1042, 1043]])
+    );
+    assert_eq!(log[2]["epoch"], 5);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn records_inside_declared_skips_are_counted_whichever_came_first() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    // Record first, then a declaration covering it.
+    fleet.push("t", &epoch_batch(1, &[10, 11, 12], &[])).await;
+    fleet.push("t", &epoch_batch(1, &[13], &[(12, 20)])).await;
+    assert_eq!(fleet.sim.stats().records_in_skips, 2, "12 and 13");
+    // Declaration first, then records; a re-send is not counted again.
+    fleet.push("t", &epoch_batch(1, &[], &[(30, 31)])).await;
+    fleet.push("t", &epoch_batch(1, &[31, 32], &[])).await;
+    fleet.push("t", &epoch_batch(1, &[31], &[(30, 31)])).await;
+    // The same numbers in another epoch are not inside anything.
+    fleet.push("t", &epoch_batch(2, &[12, 31], &[])).await;
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["records_in_skips"], 3);
+    let audit = fleet.sim.audit(GW);
+    let per_epoch: Vec<(u64, u64)> = audit
+        .epochs
+        .iter()
+        .map(|e| (e.epoch, e.records_in_skips))
+        .collect();
+    assert_eq!(per_epoch, vec![(1, 3), (2, 0)]);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn an_audit_finds_undeclared_holes_per_epoch() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    // Epoch 0 (no field): 1..=10 and 20..=30, 41; 11..=15 declared skipped.
+    let mut seqs: Vec<u64> = (1..=10).chain(20..=30).collect();
+    seqs.push(41);
+    fleet.push_seqs("t", &seqs).await;
+    fleet
+        .push("t", &epoch_batch(0, &[], &[(11, 15), (35, 39)]))
+        .await;
+    // Epoch 9: the same numbers again, out of order, none skipped.
+    fleet.push("t", &epoch_batch(9, &[5, 3, 8], &[])).await;
+
+    let audit = fleet.get(&format!("/admin/audit?gateway={GW}")).await;
+    assert_eq!(
+        audit,
+        json!({"gateway": GW, "epochs": [
+            {"epoch": 0, "records": 22, "min_seq": 1, "max_seq": 41,
+             "skipped_numbers": 10, "skipped_ranges": 2,
+             "holes": [{"from": 16, "to": 19}, {"from": 31, "to": 34}, {"from": 40, "to": 40}],
+             "hole_ranges": 3, "missing": 9, "records_in_skips": 0, "conflicts": 0},
+            {"epoch": 9, "records": 3, "min_seq": 3, "max_seq": 8,
+             "skipped_numbers": 0, "skipped_ranges": 0,
+             "holes": [{"from": 4, "to": 4}, {"from": 6, "to": 7}],
+             "hole_ranges": 2, "missing": 3, "records_in_skips": 0, "conflicts": 0},
+        ]})
+    );
+    assert_eq!(
+        fleet
+            .get(&format!("/admin/audit?gateway={GW}&epoch=9"))
+            .await["epochs"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let in_process = fleet.sim.audit(GW);
+    assert_eq!(
+        serde_json::to_value(&in_process).expect("serializable"),
+        audit
+    );
+    assert_eq!(
+        fleet.get("/admin/audit?gateway=nobody").await,
+        json!({"gateway": "nobody", "epochs": []})
+    );
+
+    // Once the gap is explained, it is no hole.
+    fleet
+        .push("t", &epoch_batch(0, &[], &[(16, 19), (31, 34)]))
+        .await;
+    fleet.push("t", &epoch_batch(0, &[40], &[])).await;
+    let epoch0 = &fleet.sim.audit(GW).epochs[0];
+    assert!(epoch0.holes.is_empty(), "{epoch0:?}");
+    assert_eq!((epoch0.hole_ranges, epoch0.missing), (0, 0));
+    fleet.stop().await;
+}
+
+/// Pushes `batches` batches of 100 000 small records from [`GW`], gzipped,
+/// losing every 1000th number; audits; checks the holes; returns how long
+/// the audit took.
+async fn audit_a_run(batches: u64) -> Duration {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let mut seq = 0u64;
+    for _ in 0..batches {
+        let seqs: Vec<u64> = (0..100_000u64)
+            .map(|i| {
+                seq += 1;
+                if i % 1000 == 999 {
+                    seq += 1;
+                }
+                seq
+            })
+            .collect();
+        let records: Vec<String> = seqs
+            .iter()
+            .map(|seq| format!(r#"{{"seq":{seq},"device":"d","received_at":"2026-01-01T00:00:00.000Z","device_time":null,"metrics":{{}},"state":"measuring","flags":[]}}"#))
+            .collect();
+        let body = format!(r#"{{"gateway":"{GW}","records":[{}]}}"#, records.join(","));
+        let request = fleet.ingest(
+            &fleet.client,
+            Some("t"),
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+            gzip(body.as_bytes()),
+        );
+        assert_eq!(fleet.send(request).await.status, 200);
+    }
+    let started = Instant::now();
+    let audit = fleet.sim.audit(GW);
+    let took = started.elapsed();
+    let epoch = &audit.epochs[0];
+    assert_eq!(epoch.records, batches * 100_000);
+    // Each lost number lies before a record sent: a hole of one number.
+    let lost = batches * 100;
+    assert_eq!((epoch.hole_ranges, epoch.missing), (lost, lost));
+    assert_eq!(epoch.holes.len(), 100, "listed up to the cap");
+    assert_eq!(
+        epoch.holes[0],
+        Hole {
+            from: 1000,
+            to: 1000
+        }
+    );
+    fleet.stop().await;
+    took
+}
+
+#[tokio::test]
+async fn an_audit_finds_every_lost_number_of_a_long_run() {
+    audit_a_run(1).await;
+}
+
+/// Run with `cargo test -p slmd-hil --release --test fleet_sim -- --ignored
+/// --nocapture million`.
+#[tokio::test]
+#[ignore = "a million records: slow in a debug build"]
+async fn an_audit_of_a_million_records_is_quick() {
+    let took = audit_a_run(10).await;
+    eprintln!("audit of 1 000 000 records: {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_body_without_epoch_or_skipped_is_logged_as_before() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    fleet.push_seqs("t", &[1, 2]).await;
+    fleet.push_seqs("t", &[2]).await;
+    let log = fleet.get("/admin/requests").await;
+    for entry in log.as_array().expect("a list") {
+        for key in ["epoch", "skipped", "conflicts"] {
+            assert!(entry.get(key).is_none(), "{key} in {entry}");
+        }
+    }
+    let stats = fleet.get("/admin/stats").await;
+    for key in [
+        "conflicts",
+        "skipped_numbers",
+        "skip_ranges_over_bound",
+        "records_in_skips",
+    ] {
+        assert_eq!(stats[key], 0, "{key}");
+    }
+    let received = fleet.get(&format!("/admin/received?gateway={GW}")).await;
+    assert_eq!(received["records"], json!([record(1), record(2)]));
+    assert_eq!(fleet.sim.skipped(GW), vec![]);
+    assert!(fleet.sim.conflicts(GW).is_empty());
+    for path in [
+        "/admin/seqs?gateway=gw&epoch=x",
+        "/admin/received?gateway=gw&epoch=-1",
+        "/admin/audit",
+        "/admin/audit?gateway=gw&from=1",
+        "/admin/skipped?gw=gw",
+        "/admin/conflicts?gateway=gw&epoch=",
+    ] {
+        let reply = fleet.admin_raw("GET", path, "").await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
+        assert!(reply.json()["error"].is_string(), "{path}: {}", reply.text);
+    }
+    fleet.stop().await;
+}
+
 /// The next stdout line of `fleet-sim` as JSON, `None` at end of output.
 async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<Value> {
     let line = tokio::time::timeout(DEADLINE, lines.next_line())
@@ -1036,6 +1520,31 @@ async fn the_fleet_sim_binary_prints_its_address_and_every_request() {
         (ingest["first_seq"].clone(), ingest["last_seq"].clone()),
         (json!(7), json!(9))
     );
+    assert!(
+        ingest.get("epoch").is_none() && ingest.get("skipped").is_none(),
+        "{ingest}"
+    );
+
+    // slmd's epoch and declared skips show in the line.
+    let mut body = batch(GW, &[7]);
+    body["epoch"] = json!(7_394_025_617u64);
+    body["skipped"] = json!([[1041, 1050], [2001, 2001]]);
+    let response = tokio::time::timeout(
+        DEADLINE,
+        http.post(format!("http://{addr}/api/fleet/ingest"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send(),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("an answer");
+    assert_eq!(response.status().as_u16(), 200);
+    let with_epoch = next_json(&mut lines).await.expect("ingest line");
+    assert_eq!(with_epoch["epoch"], 7_394_025_617u64, "{with_epoch}");
+    assert_eq!(with_epoch["skipped"], json!([[1041, 1050], [2001, 2001]]));
+    assert_eq!(with_epoch["accepted"], 1, "another epoch: a new record");
 
     let rotate = http
         .post(format!("http://{addr}/admin/rotate"))
@@ -1066,7 +1575,8 @@ async fn the_fleet_sim_binary_prints_its_address_and_every_request() {
     assert!(status.success(), "{status}");
     let stats = rest.last().expect("a stats line");
     assert_eq!(stats["event"], "stats", "{rest:?}");
-    assert_eq!(stats["unique"], 3);
+    assert_eq!(stats["unique"], 4);
+    assert_eq!(stats["skipped_numbers"], 11);
     let printed = format!("{listening}{ingest}{rotated}{rest:?}");
     assert!(
         !printed.contains("secret"),
