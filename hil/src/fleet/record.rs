@@ -781,14 +781,44 @@ impl Slot {
     }
 
     /// Whether `pending` has the same content (device, timestamps, metrics,
-    /// state, flags) as this record, exactly as sent: a true re-send.
+    /// state, flags) as this record: a true re-send. Metrics are a JSON
+    /// object, so the same metrics in another order are the same content;
+    /// each value must be exactly as sent (its number and its kind).
     pub(crate) fn same_content(&self, arena: &[u64], pending: &Pending) -> bool {
-        (Arc::ptr_eq(&self.profile, &pending.profile) || self.profile == pending.profile)
-            && self.received_at == pending.received_at
-            && self.device_time == pending.device_time
-            && self.state == pending.state
-            && self.ints == pending.ints
-            && self.values(arena) == pending.values.as_slice()
+        if self.received_at != pending.received_at
+            || self.device_time != pending.device_time
+            || self.state != pending.state
+        {
+            return false;
+        }
+        let values = self.values(arena);
+        if Arc::ptr_eq(&self.profile, &pending.profile) || self.profile == pending.profile {
+            return self.ints == pending.ints && values == pending.values.as_slice();
+        }
+        let (mine, theirs) = (&self.profile, &pending.profile);
+        if mine.device != theirs.device
+            || mine.flags != theirs.flags
+            || mine.names.len() != theirs.names.len()
+        {
+            return false;
+        }
+        let int = |mask: u64, i: usize| i < INT_MASK_BITS && mask & (1 << i) != 0;
+        let by_name: HashMap<&str, (u64, bool)> = mine
+            .names
+            .iter()
+            .zip(values)
+            .enumerate()
+            .map(|(i, (name, bits))| (&**name, (*bits, int(self.ints, i))))
+            .collect();
+        by_name.len() == mine.names.len()
+            && theirs
+                .names
+                .iter()
+                .zip(&pending.values)
+                .enumerate()
+                .all(|(i, (name, bits))| {
+                    by_name.get(&**name) == Some(&(*bits, int(pending.ints, i)))
+                })
     }
 
     /// The public form, as a record of `epoch` (its epoch's value).
@@ -1227,6 +1257,7 @@ mod tests {
             ("measuring", "paused"),
             ("clock_unsynced", "overload"),
             (r#""leq":55.3,"#, ""),
+            (r#""lp":52.1,"leq":55.3"#, r#""lp":52.1,"leq":55.4"#),
         ] {
             let other = EXAMPLE.replacen(from, to, 1);
             assert_ne!(other, EXAMPLE);
@@ -1241,6 +1272,16 @@ mod tests {
         let stored = Slot::store(prepare(&int), 0, &mut arena);
         assert!(stored.same_content(&arena, &prepare(&int)));
         assert!(!stored.same_content(&arena, &prepare(&float)));
+        // A JSON object has no order: the same metrics reordered are the same.
+        let reordered = EXAMPLE.replace(
+            r#""lp":52.1,"leq":55.3,"lmax":null"#,
+            r#""lmax":null,"leq":55.3,"lp":52.1"#,
+        );
+        assert_ne!(reordered, EXAMPLE);
+        let original = Slot::store(prepare(EXAMPLE), 0, &mut arena);
+        assert!(original.same_content(&arena, &prepare(&reordered)));
+        let changed = reordered.replace("55.3", "55.4");
+        assert!(!original.same_content(&arena, &prepare(&changed)));
     }
 
     #[test]
