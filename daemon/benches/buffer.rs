@@ -452,7 +452,7 @@ fn main() {
                         OpenReport::Created => "created",
                         OpenReport::Checked => "checked (whole quick_check)",
                         OpenReport::PartlyChecked => "partly checked (quick_check budget hit)",
-                        OpenReport::Salvaged { .. } => "SALVAGED",
+                        OpenReport::MovedAside { .. } => "MOVED ASIDE (damaged)",
                     };
                     drop(black_box(buf));
                     call.push((t, kind));

@@ -4,7 +4,10 @@
 //! Owns two invariants:
 //! - **Sequence.** `seq` is assigned here, under one lock together with the
 //!   send, so every consumer sees records in `seq` order and `seq` is
-//!   strictly increasing across all devices.
+//!   strictly increasing across all devices. With the buffer's numbering
+//!   attached, each number is reserved on disk before it is handed out
+//!   ([`crate::buffer::numbering::Numbering::ensure`]), so no number is
+//!   handed out twice across restarts, crashes or a lost buffer.
 //! - **No consumer can stall a device.** Publishing never waits: live
 //!   subscribers get a bounded broadcast channel and, if they fall behind,
 //!   are told how many events they missed (tokio's `Lagged`) and continue
@@ -19,6 +22,7 @@
 //!   the device task reads the count ([`Hub::watchers`]) to poll at
 //!   `live_poll_interval` only while someone watches.
 
+use crate::buffer::numbering::Numbering;
 use crate::record::{Reading, Record};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -77,6 +81,8 @@ pub struct Hub {
 #[derive(Debug)]
 struct HubInner {
     next_seq: u64,
+    /// Where numbers are reserved before use (none in tests of the hub alone).
+    numbering: Option<Arc<Numbering>>,
     durable: Vec<mpsc::Sender<Arc<Record>>>,
     /// The newest record of each device.
     latest: HashMap<Arc<str>, Arc<Record>>,
@@ -102,10 +108,20 @@ impl Hub {
     /// A hub whose first record gets `first_seq` (the buffer passes one past
     /// the highest `seq` it has ever assigned).
     pub fn new(first_seq: u64) -> Arc<Hub> {
+        Hub::build(first_seq, None)
+    }
+
+    /// A hub whose numbers are reserved through `numbering` before use.
+    pub fn with_numbering(first_seq: u64, numbering: Arc<Numbering>) -> Arc<Hub> {
+        Hub::build(first_seq, Some(numbering))
+    }
+
+    fn build(first_seq: u64, numbering: Option<Arc<Numbering>>) -> Arc<Hub> {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         Arc::new(Hub {
             inner: Mutex::new(HubInner {
                 next_seq: first_seq.max(1),
+                numbering,
                 durable: Vec::new(),
                 latest: HashMap::new(),
             }),
@@ -210,6 +226,9 @@ impl Hub {
     /// Stamps `reading` with the next `seq` and delivers it. Never waits.
     pub fn publish(&self, reading: Reading) -> Arc<Record> {
         let mut inner = self.lock();
+        if let Some(numbering) = &inner.numbering {
+            numbering.ensure(inner.next_seq);
+        }
         let record = Arc::new(Record::new(inner.next_seq, reading));
         inner.next_seq += 1;
         inner

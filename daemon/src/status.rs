@@ -159,6 +159,21 @@ pub fn render(status: &Value) -> String {
         if let Some(error) = buffer["write_error"].as_str() {
             lines.push(format!("        {}", clip(error, WIDTH - 8)));
         }
+        let salvage = &buffer["salvage"];
+        if salvage["running"] == true {
+            lines.push(format!(
+                "        salvaging: page {} of {} · {} saved",
+                count(&salvage["pages_done"]),
+                count(&salvage["pages"]),
+                count(&salvage["rows_saved"])
+            ));
+        } else if salvage.is_object() {
+            lines.push(format!(
+                "        salvaged {} · doubtful {}",
+                count(&salvage["rows_saved"]),
+                count(&salvage["rows_doubtful"])
+            ));
+        }
     }
     let fleet = &status["fleet"];
     if fleet["enabled"] == true {
@@ -248,7 +263,9 @@ mod tests {
                  "last_error": "connect to 192.0.2.10:2255: Connection refused (os error 111) and more words"}
             ],
             "buffer": {"open": true, "records": 1234, "capacity": 10_000_000, "unsent": 0,
-                       "evicted_unsent": 0, "write_error": null},
+                       "evicted_unsent": 0, "write_error": null,
+                       "salvage": {"running": true, "pages_done": 1200, "pages": 16101,
+                                   "rows_saved": 73004, "rows_doubtful": 0}},
             "fleet": {"enabled": true, "state": "ok", "backlog": 0, "token_slot": 1, "last_error": null},
             "subscribers": 2
         });
@@ -267,6 +284,10 @@ mod tests {
         assert!(table.contains("  connect to 192.0.2.10:2255"), "{table}");
         assert!(
             table.contains("buffer  1 234 of 10 000 000 records"),
+            "{table}"
+        );
+        assert!(
+            table.contains("salvaging: page 1 200 of 16 101 · 73 004 saved"),
             "{table}"
         );
         assert!(

@@ -135,10 +135,10 @@ pub fn start(
                     next_seq = counters.next_seq,
                     "buffer opened"
                 ),
-                // The salvage logs what it did in detail.
-                OpenReport::Salvaged { .. } => {}
+                // The check and the salvage log what they found and did.
+                OpenReport::MovedAside { .. } => {}
             }
-            let hub = Hub::new(buffer.next_seq());
+            let hub = Hub::with_numbering(buffer.next_seq(), buffer.numbering());
             match buffer.latest_per_device(LATEST_SCAN) {
                 Ok(latest) => hub.seed_latest(latest),
                 Err(error) => tracing::warn!(
@@ -150,15 +150,15 @@ pub fn start(
             let _ = slot.set(buffer);
             (hub, writer)
         }
-        Start::Unavailable { error, first_seq } => {
+        Start::Unavailable { error, numbering } => {
             tracing::error!(
                 %error,
-                first_seq,
+                first_seq = numbering.first_seq,
                 "buffer unavailable at start; the live feed runs and readings wait in memory until it opens"
             );
-            let hub = Hub::new(first_seq);
+            let hub = Hub::with_numbering(numbering.first_seq, numbering.numbering.clone());
             let sink = hub.add_durable_sink(WRITER_QUEUE);
-            let writer = buffer::start_deferred(settings, slot.clone(), sink, first_seq)?;
+            let writer = buffer::start_deferred(settings, slot.clone(), sink, numbering)?;
             (hub, writer)
         }
     };

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
-use slmd::buffer::{self, Buffer, Counters, OpenReport, Settings, WriterHandle};
+use slmd::buffer::{self, Buffer, Counters, OpenReport, Settings, WriterHandle, numbering};
 use slmd::config::Durability;
 use slmd::record::{Flag, MeterState, Record};
 use std::collections::BTreeMap;
@@ -109,6 +109,16 @@ impl Open {
             assert!(Instant::now() < deadline, "writer did not commit in time");
             std::thread::yield_now();
         }
+    }
+
+    /// Waits for the salvage of a damaged file to end; returns its report.
+    fn wait_salvage(&self) -> buffer::SalvageStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.buffer.salvage_pending() {
+            assert!(Instant::now() < deadline, "salvage did not end in time");
+            std::thread::yield_now();
+        }
+        self.buffer.salvage_status().expect("a salvage ran")
     }
 
     /// Closes the writer (it commits what it holds) and returns the buffer.
@@ -288,26 +298,31 @@ fn a_damaged_file_is_moved_aside_and_its_readable_rows_salvaged() {
     std::fs::write(&path, &bytes).expect("write");
 
     let (open, report) = Open::new(settings(&path, 100_000));
-    let OpenReport::Salvaged {
-        moved_to,
-        rows_saved,
-        rows_lost,
-        ..
-    } = report
-    else {
-        panic!("expected a salvage, got {report:?}");
+    let OpenReport::MovedAside { moved_to, .. } = report else {
+        panic!("expected the damaged file moved aside, got {report:?}");
     };
-    assert!(moved_to.exists(), "the damaged file is kept aside");
-    assert!(
+    let salvage = open.wait_salvage();
+    let rows_saved = salvage.rows_saved;
+    let done = std::path::PathBuf::from(
         moved_to
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("buffer.sqlite.corrupt-"))
+            .to_string_lossy()
+            .replace(".salvaging-", ".corrupt-"),
     );
+    assert!(done.exists(), "the damaged file is kept aside: {salvage:?}");
+    assert!(!moved_to.exists(), "and renamed once its rows are safe");
     assert!(rows_saved > 2000 && rows_saved < 3000, "saved {rows_saved}");
-    assert_eq!(rows_saved + rows_lost, 3000);
+    assert_eq!(
+        salvage.rows_doubtful, 0,
+        "garbage pages hold no row-shaped cells"
+    );
     let c = open.buffer.counters();
     assert_eq!(c.stored, rows_saved);
-    assert!(c.next_seq > before.next_seq - 1, "seq never goes back");
+    assert_eq!(
+        c.lost,
+        3000 - rows_saved,
+        "the unreadable rows are counted lost"
+    );
+    assert!(c.next_seq >= before.next_seq, "seq never goes back");
     // What was saved is intact.
     for r in open.buffer.unsent(5000).expect("reads") {
         assert_eq!(r, record(r.seq));
@@ -317,8 +332,20 @@ fn a_damaged_file_is_moved_aside_and_its_readable_rows_salvaged() {
     open.close();
 }
 
+/// Copies the buffer at `from` (file, write-ahead log, anchor) to `to`, as
+/// a kill would leave it: the writer has not stopped.
+fn copy_as_killed(from: &Path, to: &Path) {
+    for suffix in ["", "-wal"] {
+        let src = format!("{}{suffix}", from.display());
+        if Path::new(&src).exists() {
+            std::fs::copy(&src, format!("{}{suffix}", to.display())).expect("copy");
+        }
+    }
+    std::fs::copy(from.with_extension("anchor"), to.with_extension("anchor")).expect("anchor");
+}
+
 #[test]
-fn after_an_unclean_stop_numbering_skips_ahead_so_no_streamed_seq_is_reused() {
+fn after_an_unclean_stop_numbering_continues_past_the_reserve_and_declares_the_skip() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("b.sqlite");
     let (open, _) = Open::new(settings(&path, 1000));
@@ -332,26 +359,131 @@ fn after_an_unclean_stop_numbering_skips_ahead_so_no_streamed_seq_is_reused() {
         })
         .expect("meta reads");
     assert_eq!(running, 0);
+    let killed = dir.path().join("killed.sqlite");
+    copy_as_killed(&path, &killed);
     let clean_next = open.close().next_seq();
     assert_eq!(
         clean_next,
         seqs[4] + 1,
         "a clean stop continues without a gap"
     );
-
-    // A killed daemon leaves clean_stop = 0 behind; numbers it streamed live
-    // after its last commit are unknown, so numbering skips past them.
-    rusqlite::Connection::open(&path)
-        .and_then(|c| c.execute("UPDATE meta SET value = 0 WHERE key = 'clean_stop'", []))
-        .expect("simulate a kill");
-    let (after_crash, _) = buffer::open(settings(&path, 1000)).expect("reopens");
-    assert_eq!(after_crash.next_seq(), clean_next + buffer::SEQ_SAFETY_GAP);
-    drop(after_crash);
-    // The raised number was saved at once: a second crash does not reuse it.
-    let (after_second, _) = buffer::open(settings(&path, 1000)).expect("reopens");
+    let (again, _) = buffer::open(settings(&path, 1000)).expect("reopens");
     assert_eq!(
-        after_second.next_seq(),
-        clean_next + 2 * buffer::SEQ_SAFETY_GAP
+        (again.next_seq(), again.counters().skipped),
+        (clean_next, 0)
+    );
+    drop(again);
+
+    // A killed run: the numbers it may have streamed live are below the
+    // anchor's limit; numbering continues there and declares the gap.
+    let (after_kill, _) = buffer::open(settings(&killed, 1000)).expect("reopens");
+    let next = after_kill.next_seq();
+    assert!(next > clean_next, "{next}");
+    let skipped = after_kill.counters().skipped;
+    assert_eq!(
+        skipped,
+        next - clean_next,
+        "every number in between is declared"
+    );
+    assert!(skipped <= numbering::SKIP_BOUND, "{skipped}");
+    let batch = after_kill.next_batch(100).expect("batch");
+    assert!(batch.skipped.is_empty(), "no record above the skip yet");
+    drop(after_kill);
+    // A second kill skips again, from where the first restart began.
+    let (after_second, _) = buffer::open(settings(&killed, 1000)).expect("reopens");
+    assert!(after_second.next_seq() > next);
+    assert_eq!(
+        after_second.counters().skipped,
+        skipped + (after_second.next_seq() - next)
+    );
+    // Once a record lies above them, the skips travel with its batch.
+    let (sender, receiver) = mpsc::channel(10);
+    let writer = after_second.start_writer(receiver).expect("writer");
+    let seq = after_second.next_seq();
+    sender.blocking_send(Arc::new(record(seq))).expect("send");
+    drop(sender);
+    writer.join();
+    let batch = after_second.next_batch(100).expect("batch");
+    assert_eq!(
+        batch.records.iter().map(|r| r.seq).collect::<Vec<_>>()[5],
+        seq
+    );
+    assert_eq!(batch.skipped, vec![(clean_next, next - 1), (next, seq - 1)]);
+    after_second.mark_pushed(seq).expect("pushed");
+    assert!(
+        after_second
+            .next_batch(100)
+            .expect("batch")
+            .skipped
+            .is_empty()
+    );
+}
+
+#[test]
+fn numbering_survives_a_deleted_buffer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    let seqs = open.write(5);
+    drop(open.close());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let (fresh, report) = buffer::open(settings(&path, 1000)).expect("opens");
+    assert_eq!(report, OpenReport::Created);
+    assert_eq!(
+        fresh.next_seq(),
+        seqs[4] + 1,
+        "the anchor remembers where numbering stopped"
+    );
+    assert_eq!(fresh.status().epoch, 0);
+}
+
+#[test]
+fn losing_the_anchor_and_the_buffer_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 100_000));
+    let seqs = open.write(2000);
+    drop(open.close());
+    std::fs::remove_file(path.with_extension("anchor")).expect("anchor gone");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[..4096].fill(0);
+    std::fs::write(&path, &bytes).expect("zero the first page");
+
+    let (open, report) = Open::new(settings(&path, 100_000));
+    assert!(
+        matches!(report, OpenReport::MovedAside { .. }),
+        "{report:?}"
+    );
+    let epoch = open.buffer.status().epoch;
+    assert_ne!(epoch, 0, "a new epoch");
+    let next = open.buffer.next_seq();
+    assert!(
+        next > *seqs.last().expect("seqs"),
+        "above every salvaged row: {next}"
+    );
+    let salvage = open.wait_salvage();
+    assert!(salvage.rows_saved >= 1900, "{salvage:?}");
+    let new = open.write(3);
+    let buffer = open.close();
+    // Salvaged rows keep epoch 0; new ones go out in the new epoch.
+    let first = buffer.next_batch(10_000).expect("batch");
+    assert_eq!(first.epoch, 0);
+    assert!(first.records.iter().all(|r| r.seq < new[0]));
+    buffer
+        .mark_pushed(first.records.last().expect("rows").seq)
+        .expect("pushed");
+    let second = buffer.next_batch(10_000).expect("batch");
+    assert_eq!(second.epoch, epoch);
+    assert_eq!(
+        second.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        new
     );
 }
 
@@ -498,8 +630,11 @@ fn a_version_1_buffer_is_migrated_with_its_records() {
     drop(open.close());
     // Turn the file back into the first schema version.
     let conn = rusqlite::Connection::open(&path).expect("open");
-    conn.execute_batch("DROP TABLE quarantine; PRAGMA user_version = 1;")
-        .expect("downgrade");
+    conn.execute_batch(
+        "DROP TABLE quarantine; DROP TABLE skipped; DROP TABLE epochs; DROP TABLE salvage;
+         ALTER TABLE records DROP COLUMN crc; PRAGMA user_version = 1;",
+    )
+    .expect("downgrade");
     drop(conn);
 
     let (buffer, _) = buffer::open(settings(&path, 1000)).expect("migrates");
@@ -530,4 +665,53 @@ fn the_newest_record_of_each_device_is_read_back_for_late_joiners() {
     assert_eq!(latest, expected, "one per device, the newest, in seq order");
     let narrow = buffer.latest_per_device(1).expect("reads");
     assert_eq!(narrow, vec![record(seqs[19])], "only what the scan covers");
+}
+
+#[test]
+fn a_lost_root_page_is_salvaged_whatever_the_seq_numbers() {
+    // Numbers far apart (a gateway after many unclean stops): reading the
+    // leaf pages costs the same as for numbers from 1.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("buffer.sqlite");
+    let (open, _) = Open::new(settings(&path, 100_000));
+    let first = 100_000_851;
+    for seq in first..first + 5000 {
+        open.sender
+            .blocking_send(Arc::new(record(seq)))
+            .expect("writer alive");
+    }
+    open.wait_written(5000);
+    drop(open.close());
+    let (root, page_size): (u64, u64) = {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+        (
+            conn.query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'records'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("root"),
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+                .expect("page size"),
+        )
+    };
+    let mut bytes = std::fs::read(&path).expect("read");
+    let at = ((root - 1) * page_size) as usize;
+    bytes[at..at + page_size as usize].fill(0);
+    std::fs::write(&path, &bytes).expect("zero the root page");
+
+    let (open, report) = Open::new(settings(&path, 100_000));
+    assert!(
+        matches!(report, OpenReport::MovedAside { .. }),
+        "{report:?}"
+    );
+    assert!(open.buffer.next_seq() >= first + 5000);
+    let salvage = open.wait_salvage();
+    assert_eq!(salvage.rows_saved, 5000, "{salvage:?}");
+    let back = open.buffer.unsent(10_000).expect("reads");
+    assert_eq!(back.len(), 5000);
+    assert!(back.iter().all(|r| *r == record(r.seq)));
+    open.close();
 }

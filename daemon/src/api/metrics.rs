@@ -18,6 +18,11 @@
 //! | `slmd_buffer_evicted_unsent_total` | counter | | records evicted before the fleet had them, ever |
 //! | `slmd_buffer_lost_total` | counter | | records that never reached the disk, ever |
 //! | `slmd_buffer_queued_in_memory` | gauge | | records waiting for the disk |
+//! | `slmd_buffer_skipped_numbers_total` | counter | | `seq` numbers declared skipped (unclean stops), ever |
+//! | `slmd_buffer_epoch` | gauge | | the numbering epoch of new records (0 unless numbering restarted without its anchor) |
+//! | `slmd_buffer_salvage_running` | gauge | | 1 while a damaged buffer's rows are salvaged (the fleet push waits) |
+//! | `slmd_buffer_salvage_rows_saved` | gauge | | rows the last salvage copied into the buffer (absent without one) |
+//! | `slmd_buffer_salvage_rows_doubtful` | gauge | | rows the last salvage found doubtful and quarantined (absent without one) |
 //! | `slmd_hub_lost_to_full_sinks_total` | counter | | records a durable consumer's queue could not take |
 //! | `slmd_fleet_enabled` | gauge | | 1 when `[fleet].enabled` |
 //! | `slmd_fleet_state` | gauge | `state` | 1 for the uplink's state, 0 for the others |
@@ -277,6 +282,38 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
             "Records waiting in memory because the disk refused them.",
             b.queued_in_memory,
         );
+        page.single(
+            "slmd_buffer_skipped_numbers_total",
+            "counter",
+            "Seq numbers declared skipped (handed out or reserved, never stored: unclean stops), since the buffer was created.",
+            b.skipped,
+        );
+        page.single(
+            "slmd_buffer_epoch",
+            "gauge",
+            "The numbering epoch of new records (0 unless numbering restarted without its anchor).",
+            b.epoch,
+        );
+        page.single(
+            "slmd_buffer_salvage_running",
+            "gauge",
+            "1 while a damaged buffer's rows are salvaged (the fleet push waits meanwhile).",
+            u8::from(b.salvage.as_ref().is_some_and(|s| s.running)),
+        );
+        if let Some(salvage) = &b.salvage {
+            page.single(
+                "slmd_buffer_salvage_rows_saved",
+                "gauge",
+                "Rows the last salvage copied from a damaged buffer.",
+                salvage.rows_saved,
+            );
+            page.single(
+                "slmd_buffer_salvage_rows_doubtful",
+                "gauge",
+                "Rows the last salvage found doubtful and kept in quarantine.",
+                salvage.rows_doubtful,
+            );
+        }
     }
     page.single(
         "slmd_hub_lost_to_full_sinks_total",

@@ -9,6 +9,7 @@
 //! | `state` | INTEGER | 0 unknown, 1 measuring, 2 stopped, 3 paused |
 //! | `flags` | INTEGER | bit set: 1 overload, 2 under_range, 4 replayed, 8 clock_unsynced, 16 quarantined |
 //! | `metrics` | BLOB | entries of `[name id: u8][value]`, see below |
+//! | `crc` | INTEGER or NULL | CRC-32 of the row (see [`crc`]), as a signed 32-bit number; NULL in rows written before schema 3 |
 //!
 //! Metric entries: the name id (from `names`, kind 1, < 128) and then either
 //! an `i16` little-endian in tenths of a dB (`i16::MIN` = null) or, with the
@@ -107,6 +108,51 @@ pub fn decode_metrics<'n>(
     Ok(metrics)
 }
 
+/// A row's columns as stored (ids, not names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    /// `seq`.
+    pub seq: i64,
+    /// Device id.
+    pub device: i64,
+    /// Unix ms.
+    pub received_at: i64,
+    /// Meter time minus `received_at`, whole seconds.
+    pub device_time: Option<i64>,
+    /// State code.
+    pub state: i64,
+    /// Flag bits.
+    pub flags: i64,
+    /// Metrics blob.
+    pub metrics: Vec<u8>,
+}
+
+/// The row's checksum: CRC-32 (IEEE) over every column in a fixed byte
+/// form, the `quarantined` flag left out (it is set after the row is
+/// written), stored as a signed 32-bit number (4 bytes in SQLite).
+///
+/// Byte form: `seq`, `device`, `received_at` as i64 LE; a 0 byte for a
+/// NULL `device_time` or a 1 byte and the i64 LE; `state` and `flags` as
+/// i64 LE; the metrics blob.
+pub fn crc(row: &RawRow) -> i64 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&row.seq.to_le_bytes());
+    h.update(&row.device.to_le_bytes());
+    h.update(&row.received_at.to_le_bytes());
+    match row.device_time {
+        None => h.update(&[0]),
+        Some(d) => {
+            h.update(&[1]);
+            h.update(&d.to_le_bytes());
+        }
+    }
+    h.update(&row.state.to_le_bytes());
+    h.update(&(row.flags & !QUARANTINED_BIT).to_le_bytes());
+    h.update(&row.metrics);
+    // Reinterpreted, not converted: SQLite stores it in 4 bytes.
+    i64::from(h.finalize() as i32)
+}
+
 /// The state as stored.
 pub fn state_code(state: MeterState) -> i64 {
     match state {
@@ -191,6 +237,65 @@ mod tests {
             decode_metrics(&[9, 0, 0], |i| NAMES.get(usize::from(i)).copied()),
             Err(RowError::UnknownName(9))
         );
+    }
+
+    #[test]
+    fn the_checksum_sees_every_column_but_the_quarantine_flag() {
+        let row = RawRow {
+            seq: 1041,
+            device: 2,
+            received_at: 1_763_820_917_123,
+            device_time: Some(-1),
+            state: 1,
+            flags: 8,
+            metrics: encode_metrics(&[("lp", Some(52.1))], id),
+        };
+        let base = crc(&row);
+        assert!(i32::try_from(base).is_ok(), "fits 4 bytes");
+        assert_eq!(
+            crc(&RawRow {
+                flags: 8 | QUARANTINED_BIT,
+                ..row.clone()
+            }),
+            base
+        );
+        let changed = [
+            RawRow {
+                seq: 1042,
+                ..row.clone()
+            },
+            RawRow {
+                device: 3,
+                ..row.clone()
+            },
+            RawRow {
+                received_at: row.received_at + 1,
+                ..row.clone()
+            },
+            RawRow {
+                device_time: None,
+                ..row.clone()
+            },
+            RawRow {
+                device_time: Some(0),
+                ..row.clone()
+            },
+            RawRow {
+                state: 2,
+                ..row.clone()
+            },
+            RawRow {
+                flags: 9,
+                ..row.clone()
+            },
+            RawRow {
+                metrics: encode_metrics(&[("lp", Some(52.2))], id),
+                ..row.clone()
+            },
+        ];
+        for other in changed {
+            assert_ne!(crc(&other), base, "{other:?}");
+        }
     }
 
     #[test]

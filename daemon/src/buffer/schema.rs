@@ -9,10 +9,10 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// Migration steps; step `i` takes version `i` to `i + 1`.
-const STEPS: [&str; 2] = [
+const STEPS: [&str; 3] = [
     // 0 → 1: the first schema.
     "CREATE TABLE meta (
          key   TEXT PRIMARY KEY,
@@ -46,6 +46,23 @@ const STEPS: [&str; 2] = [
          metrics        BLOB NOT NULL,
          quarantined_at INTEGER NOT NULL,
          reason         TEXT NOT NULL
+     );",
+    // 2 → 3: a checksum per row (NULL for rows written before), so a
+    // salvage keeps only rows that are exactly as written; numbers declared
+    // skipped; numbering epochs by first seq; salvages in progress.
+    "ALTER TABLE records ADD COLUMN crc INTEGER;
+     ALTER TABLE quarantine ADD COLUMN crc INTEGER;
+     CREATE TABLE skipped (
+         first INTEGER PRIMARY KEY,
+         last  INTEGER NOT NULL
+     );
+     CREATE TABLE epochs (
+         first_seq INTEGER PRIMARY KEY,
+         epoch     INTEGER NOT NULL
+     );
+     CREATE TABLE salvage (
+         aside TEXT PRIMARY KEY,
+         state TEXT NOT NULL
      );",
 ];
 

@@ -11,7 +11,9 @@
 //! the queue are counted as lost. The error is logged when it starts and
 //! when writing resumes, not per record.
 
-use super::{Buffer, BufferError, Counters, DEVICE, METRIC, Shared, connect, lock, row};
+use super::{
+    Adopted, Buffer, BufferError, BufferSlot, Counters, DEVICE, METRIC, Shared, connect, lock, row,
+};
 use crate::record::Record;
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::collections::VecDeque;
@@ -22,16 +24,27 @@ use tokio::sync::mpsc::{Receiver, error::TryRecvError};
 /// How often a failing write is retried.
 pub const RETRY: Duration = Duration::from_secs(1);
 
-/// The running writer thread.
+/// The running writer thread (and the salvage thread, when one runs).
 #[derive(Debug)]
 pub struct WriterHandle {
     thread: std::thread::JoinHandle<()>,
+    /// The buffer, once open: its salvage is stopped and joined first.
+    slot: BufferSlot,
 }
 
 impl WriterHandle {
     /// Waits for the writer to commit what it holds and end (after the
-    /// record channel closed).
+    /// record channel closed). A salvage still running is stopped first (its
+    /// progress is kept; it resumes at the next start).
     pub fn join(self) {
+        if let Some(buffer) = self.slot.get() {
+            buffer.stop_salvage();
+            if let Some(salvage) = super::lock(&buffer.shared.salvage_thread).take()
+                && salvage.join().is_err()
+            {
+                tracing::error!("buffer salvage thread panicked");
+            }
+        }
         if self.thread.join().is_err() {
             tracing::error!("buffer writer thread panicked");
         }
@@ -44,6 +57,9 @@ pub(super) fn start(
 ) -> Result<WriterHandle, BufferError> {
     let settings = &buffer.shared.settings;
     let conn = connect(&settings.path, settings.durability)?;
+    let slot = BufferSlot::default();
+    let _ = slot.set(buffer.clone());
+    buffer.spawn_salvage();
     let thread = std::thread::Builder::new()
         .name("slmd-buffer".into())
         .spawn(move || Writer::new(buffer, conn).run(records))
@@ -51,15 +67,16 @@ pub(super) fn start(
             path: "buffer writer thread".into(),
             source,
         })?;
-    Ok(WriterHandle { thread })
+    Ok(WriterHandle { thread, slot })
 }
 
 pub(super) fn start_deferred(
     settings: super::Settings,
     slot: super::BufferSlot,
     mut records: Receiver<Arc<Record>>,
-    first_seq: u64,
+    numbering: Adopted,
 ) -> Result<WriterHandle, BufferError> {
+    let handle_slot = slot.clone();
     let thread = std::thread::Builder::new()
         .name("slmd-buffer".into())
         .spawn(move || {
@@ -68,7 +85,7 @@ pub(super) fn start_deferred(
             let mut last_error = String::new();
             let cap = settings.memory_queue.max(settings.batch_max);
             loop {
-                let opened = super::open(settings.clone()).and_then(|(buffer, report)| {
+                let opened = super::open::open_with(settings.clone(), Some(numbering.clone())).and_then(|(buffer, report)| {
                     let conn = connect(&settings.path, settings.durability)?;
                     Ok((buffer, report, conn))
                 });
@@ -79,14 +96,8 @@ pub(super) fn start_deferred(
                             held = held.len(),
                             "buffer opened; writing the readings held in memory"
                         );
-                        if buffer.next_seq() > first_seq {
-                            tracing::error!(
-                                buffer_next_seq = buffer.next_seq(),
-                                live_first_seq = first_seq,
-                                "the buffer holds seq numbers the live feed has reused"
-                            );
-                        }
                         let _ = slot.set(buffer.clone());
+                        buffer.spawn_salvage();
                         let mut writer = Writer::new(buffer, conn);
                         writer.pending = held;
                         writer.lost_unsaved = lost;
@@ -127,12 +138,15 @@ pub(super) fn start_deferred(
             path: "buffer writer thread".into(),
             source,
         })?;
-    Ok(WriterHandle { thread })
+    Ok(WriterHandle {
+        thread,
+        slot: handle_slot,
+    })
 }
 
 /// An eviction episode in progress: unsent records are being evicted.
 #[derive(Debug, Default)]
-struct Episode {
+pub(super) struct Episode {
     count: u64,
     first_ms: i64,
     last_ms: i64,
@@ -207,9 +221,17 @@ impl Writer {
         self.end_episode();
         if self.failing.is_none() {
             // Same lock order as every other write.
-            let _guard = lock(&self.buffer.shared.counters);
-            if let Err(e) = super::set_clean_stop(&self.conn, true) {
-                tracing::warn!(error = %e, "buffer: could not record the clean stop");
+            let guard = lock(&self.buffer.shared.counters);
+            let c = *guard;
+            match super::set_clean_stop(&self.conn, true) {
+                // Every number handed out is committed or was counted lost:
+                // the next run continues exactly.
+                Ok(()) => self
+                    .buffer
+                    .shared
+                    .numbering
+                    .clean_stop(c.next_seq, c.cursor),
+                Err(e) => tracing::warn!(error = %e, "buffer: could not record the clean stop"),
             }
         }
     }
@@ -269,6 +291,10 @@ impl Writer {
 
     fn insert_batch(&mut self, n: usize) -> rusqlite::Result<()> {
         let shared = Arc::clone(&self.buffer.shared);
+        let names_before = {
+            let names = lock(&shared.names);
+            [names.max_id(DEVICE), names.max_id(METRIC)]
+        };
         // The counters lock is the write lock (see `Buffer::mark_pushed`).
         let mut guard = lock(&shared.counters);
         let mut c = *guard;
@@ -287,8 +313,8 @@ impl Writer {
         {
             let mut names = lock(&shared.names);
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (seq, device, received_at, device_time, state, flags, metrics)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO records (seq, device, received_at, device_time, state, flags, metrics, crc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for record in self.pending.range(..n) {
                 let device = names.id(&tx, DEVICE, &record.device)?;
@@ -309,15 +335,24 @@ impl Writer {
                 let device_delta = record
                     .device_time
                     .map(|t| t.timestamp() - received_ms.div_euclid(1000));
-                let seq = i64::try_from(record.seq).unwrap_or(i64::MAX);
-                insert.execute(params![
-                    seq,
+                let row = row::RawRow {
+                    seq: i64::try_from(record.seq).unwrap_or(i64::MAX),
                     device,
-                    received_ms,
-                    device_delta,
-                    row::state_code(record.state),
-                    row::flag_bits(&record.flags),
-                    blob
+                    received_at: received_ms,
+                    device_time: device_delta,
+                    state: row::state_code(record.state),
+                    flags: row::flag_bits(&record.flags),
+                    metrics: blob,
+                };
+                insert.execute(params![
+                    row.seq,
+                    row.device,
+                    row.received_at,
+                    row.device_time,
+                    row.state,
+                    row.flags,
+                    row.metrics,
+                    row::crc(&row)
                 ])?;
                 c.written += 1;
                 c.stored += 1;
@@ -328,6 +363,15 @@ impl Writer {
             }
         }
         c.lost += self.lost_unsaved;
+        {
+            let names = lock(&shared.names);
+            let grew = [names.max_id(DEVICE), names.max_id(METRIC)] != names_before;
+            drop(names);
+            if grew {
+                // The anchor knows a new id before any commit uses it.
+                self.buffer.mirror_names();
+            }
+        }
         c.save(&tx)?;
         tx.commit()?;
         self.lost_unsaved = 0;
@@ -431,7 +475,11 @@ impl Writer {
 
 /// Evicts `n` records: already-pushed first, then the oldest unsent.
 /// Returns what was evicted of the unsent ones, if any.
-fn evict(tx: &Connection, c: &mut Counters, n: u64) -> rusqlite::Result<Option<Episode>> {
+pub(super) fn evict(
+    tx: &Connection,
+    c: &mut Counters,
+    n: u64,
+) -> rusqlite::Result<Option<Episode>> {
     let cursor = i64::try_from(c.cursor).unwrap_or(i64::MAX);
     let limit = i64::try_from(n).unwrap_or(i64::MAX);
     let pushed = tx.execute(

@@ -62,6 +62,9 @@ pub const FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(600);
 /// The path of the ingest route under `[fleet].url`.
 pub const INGEST_PATH: &str = "/api/fleet/ingest";
 
+/// How often the uplink looks again while a salvage runs.
+pub const SALVAGE_POLL: Duration = Duration::from_millis(500);
+
 /// What the uplink is doing, as status shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,6 +81,8 @@ pub enum FleetState {
     Retrying,
     /// Every token was rejected; retrying slowly until a reload.
     AuthFailed,
+    /// A damaged buffer's rows are being salvaged; pushing waits for them.
+    WaitingForSalvage,
 }
 
 impl FleetState {
@@ -90,6 +95,7 @@ impl FleetState {
             FleetState::CatchingUp => "catching_up",
             FleetState::Retrying => "retrying",
             FleetState::AuthFailed => "auth_failed",
+            FleetState::WaitingForSalvage => "waiting_for_salvage",
         }
     }
 }
@@ -420,17 +426,30 @@ impl Uplink {
     /// Pushes batches back to back until caught up or something fails.
     async fn push_round(&mut self, buffer: &Buffer) -> Round {
         loop {
+            if buffer.salvage_pending() {
+                // Salvaged rows have lower seqs than new ones: the cursor
+                // must not pass them before they are in.
+                self.set_state(FleetState::WaitingForSalvage);
+                return Round::Failed(SALVAGE_POLL);
+            }
             let limit = self.batch_size;
-            let batch = match blocking(buffer, move |b| b.unsent(limit)).await {
-                Ok(batch) => batch,
+            let next = match blocking(buffer, move |b| b.next_batch(limit)).await {
+                Ok(next) => next,
                 Err(error) => return self.buffer_failed(&error),
             };
             self.update_backlog(buffer);
+            let batch = next.records;
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                 return Round::CaughtUp;
             };
             let (first_seq, last_seq) = (first.seq, last.seq);
-            let body = match wire::encode(&self.gateway, &batch, self.config.gzip) {
+            let body = match wire::encode(
+                &self.gateway,
+                next.epoch,
+                &batch,
+                &next.skipped,
+                self.config.gzip,
+            ) {
                 Ok(body) => body,
                 Err(e) => {
                     return self.failed(first_seq, format!("cannot encode a batch: {e}"), None);

@@ -1,7 +1,12 @@
 //! The push request and the fleet's answer, as bytes (SPEC §7).
 //!
 //! Request body: `{"gateway": "...", "records": [<record>, ...]}` with each
-//! record in the JSON form of SPEC §3, gzipped unless switched off. The
+//! record in the JSON form of SPEC §3, gzipped unless switched off, and two
+//! optional members (slmd's extension of SPEC §7, see the README):
+//! `"skipped": [[from, to], ...]`, numbers handed out or reserved but never
+//! stored (an unclean stop), sent with the batch whose records pass them;
+//! and `"epoch": n`, only when it is not 0: the records' numbering epoch
+//! (the fleet de-duplicates by `(gateway, epoch, seq)`). The
 //! answer decides what happens to the batch; [`classify`] is the one place
 //! that reads it, and only a `200` whose body is
 //! `{"accepted": n, "duplicates": m}` with `n + m` equal to the records sent
@@ -28,12 +33,27 @@ pub struct Body {
     pub gzip: bool,
 }
 
-/// Encodes one push request body.
-pub fn encode(gateway: &str, records: &[Record], gzip: bool) -> std::io::Result<Body> {
+/// Encodes one push request body: `records` of numbering `epoch`, and
+/// the `skipped` ranges they pass.
+pub fn encode(
+    gateway: &str,
+    epoch: u64,
+    records: &[Record],
+    skipped: &[(u64, u64)],
+    gzip: bool,
+) -> std::io::Result<Body> {
     // JSON text of a record is about 300 bytes.
     let mut json = Vec::with_capacity(64 + records.len() * 320);
     json.extend_from_slice(b"{\"gateway\":");
     serde_json::to_writer(&mut json, gateway)?;
+    if epoch != 0 {
+        json.extend_from_slice(b",\"epoch\":");
+        serde_json::to_writer(&mut json, &epoch)?;
+    }
+    if !skipped.is_empty() {
+        json.extend_from_slice(b",\"skipped\":");
+        serde_json::to_writer(&mut json, skipped)?;
+    }
     json.extend_from_slice(b",\"records\":[");
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
@@ -187,19 +207,33 @@ mod tests {
     #[test]
     fn body_is_the_contract_json_gzipped_or_not() {
         let records = [record(1041), record(1042)];
-        let plain = encode("gw-0042", &records, false).expect("encode");
+        let plain = encode("gw-0042", 0, &records, &[], false).expect("encode");
         let text = String::from_utf8(plain.bytes).expect("utf-8");
         assert_eq!(
             text,
             r#"{"gateway":"gw-0042","records":[{"seq":1041,"device":"nl43-north","received_at":"2026-11-22T14:15:17.000Z","device_time":null,"metrics":{"lp":52.1,"lmax":null},"state":"measuring","flags":[]},{"seq":1042,"device":"nl43-north","received_at":"2026-11-22T14:15:17.000Z","device_time":null,"metrics":{"lp":52.1,"lmax":null},"state":"measuring","flags":[]}]}"#
         );
-        let zipped = encode("gw-0042", &records, true).expect("encode");
+        let zipped = encode("gw-0042", 0, &records, &[], true).expect("encode");
         assert!(zipped.gzip);
         let mut unzipped = String::new();
         GzDecoder::new(zipped.bytes.as_slice())
             .read_to_string(&mut unzipped)
             .expect("gunzip");
         assert_eq!(unzipped, text);
+    }
+
+    #[test]
+    fn skipped_numbers_and_a_new_epoch_travel_with_the_batch() {
+        let body = encode("gw-0042", 7, &[record(1041)], &[(1001, 1040)], false).expect("encode");
+        let json: serde_json::Value = serde_json::from_slice(&body.bytes).expect("JSON");
+        assert_eq!(json["epoch"], 7);
+        assert_eq!(json["skipped"], serde_json::json!([[1001, 1040]]));
+        assert_eq!(json["records"][0]["seq"], 1041);
+        // Epoch 0 and no skip: exactly the SPEC §7 body.
+        let plain = encode("gw-0042", 0, &[record(1041)], &[], false).expect("encode");
+        let json: serde_json::Value = serde_json::from_slice(&plain.bytes).expect("JSON");
+        let keys: Vec<&String> = json.as_object().expect("object").keys().collect();
+        assert_eq!(keys, ["gateway", "records"]);
     }
 
     #[test]
