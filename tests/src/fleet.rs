@@ -187,6 +187,48 @@ impl FleetSim {
             .clone()
     }
 
+    /// `/admin/audit?gateway=`: per epoch, records, holes and declared
+    /// skips.
+    pub fn audit(&self, gateway: &str) -> Value {
+        self.get(&format!("/admin/audit?gateway={gateway}"))
+    }
+
+    /// `/admin/conflicts?gateway=`: seqs that arrived twice with different
+    /// content (a reused number).
+    pub fn conflicts(&self, gateway: &str) -> Value {
+        self.get(&format!("/admin/conflicts?gateway={gateway}"))
+    }
+
+    /// `/admin/skipped?gateway=`: the declared skips, merged.
+    pub fn skipped(&self, gateway: &str) -> Vec<Value> {
+        let v = self.get(&format!("/admin/skipped?gateway={gateway}"));
+        v["skipped"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no skipped in {v}"))
+            .clone()
+    }
+
+    /// Pushes `records` as `gateway` with `token`, as a gateway would (a
+    /// fleet that already holds them, for tests of what comes after).
+    pub fn ingest(&self, token: &str, gateway: &str, records: &[Value]) {
+        for chunk in records.chunks(5000) {
+            let body = json!({ "gateway": gateway, "records": chunk }).to_string();
+            let auth = format!("Bearer {token}");
+            let response = http(
+                &self.addr,
+                "POST",
+                "/api/fleet/ingest",
+                &[
+                    ("Authorization", auth.as_str()),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            )
+            .unwrap_or_else(|e| panic!("ingest: {e}"));
+            assert_eq!(response.status, 200, "ingest: {}", response.body);
+        }
+    }
+
     /// `/admin/stats`.
     pub fn stats(&self) -> Value {
         self.get("/admin/stats")

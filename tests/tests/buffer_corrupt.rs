@@ -4,6 +4,7 @@
 //! that is not a database at all.
 
 use serde_json::Value;
+use slmd_e2e::fixture::Fixture;
 use slmd_e2e::{
     BufferRow, Daemon, Setup, buffer_accounting_error, buffer_file, buffer_meta, buffer_rows,
     moved_aside, open_buffer_ro, open_buffer_rw, poll_until, quick_check, received_at_ms,
@@ -89,55 +90,15 @@ fn wait_committed(
     })
 }
 
-/// Builds a buffer of ~1500 records: the daemon writes real ones, the test
-/// copies them under new seqs (shifted `received_at`, so every row differs)
-/// and keeps the counters consistent. Returns the cleanly stopped file's
-/// rows, checkpointed into the main file (no `-wal` left).
-fn build_buffer(config: &Path, db: &Path) -> BTreeMap<i64, BufferRow> {
-    let mut daemon = Daemon::start(config);
-    let (records, _) = records_after(&daemon.proc, 0, 48, Duration::from_secs(60));
-    assert_eq!(records.len(), 48, "{}", daemon.proc.transcript());
-    let status = daemon.proc.terminate(Duration::from_secs(15));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "clean stop\n{}",
-        daemon.proc.transcript()
-    );
-
-    let mut conn = open_buffer_rw(db);
-    let tx = conn.transaction().expect("begin");
-    for _ in 0..5 {
-        let (max, count): (i64, i64) = tx
-            .query_row("SELECT max(seq), count(*) FROM records", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .expect("max seq");
-        tx.execute(
-            "INSERT INTO records (seq, device, received_at, device_time, state, flags, metrics)
-             SELECT seq + ?1, device, received_at - ?1 * 1000, device_time, state, flags, metrics
-             FROM records",
-            [max],
-        )
-        .expect("copy rows");
-        tx.execute(
-            "UPDATE meta SET value = CASE key
-                 WHEN 'written' THEN value + ?1
-                 WHEN 'stored' THEN value + ?1
-                 WHEN 'unsent' THEN value + ?1
-                 WHEN 'next_seq' THEN (SELECT max(seq) + 1 FROM records)
-                 ELSE value END",
-            [count],
-        )
-        .expect("counters");
-    }
-    tx.commit().expect("commit");
+/// Builds a buffer of 1536 records the way the daemon writes them (the
+/// buffer code itself, devices `m0`…`m7`), cleanly stopped and
+/// checkpointed into the main file (no `-wal` left); returns its rows.
+fn build_buffer(db: &Path) -> BTreeMap<i64, BufferRow> {
+    let devices: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    Fixture::write(db, &names, 1536, 0);
+    let conn = open_buffer_rw(db);
     assert_eq!(buffer_accounting_error(&conn), None);
-    let (busy, _, _): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .expect("checkpoint");
-    assert_eq!(busy, 0, "checkpoint completed");
     let rows = buffer_rows(&conn).expect("rows");
     drop(conn);
     let wal = PathBuf::from(format!("{}-wal", db.display()));
@@ -154,7 +115,7 @@ fn a_damaged_buffer_is_moved_aside_and_its_readable_rows_salvaged() {
     let setup = Setup::new();
     let config = setup.config(&tcp_devices(&sims));
     let db = buffer_file(&setup);
-    let original = build_buffer(&config, &db);
+    let original = build_buffer(&db);
     let original_max = *original.keys().last().expect("rows");
     let original_meta = buffer_meta(&open_buffer_rw(&db)).expect("meta");
     assert!(original.len() >= 1000, "{} rows", original.len());
@@ -209,7 +170,7 @@ fn a_damaged_buffer_is_moved_aside_and_its_readable_rows_salvaged() {
     let salvage_line = daemon
         .proc
         .stderr
-        .wait_from(0, TIMEOUT, |l| l.contains("salvaged"))
+        .wait_from(0, TIMEOUT, |l| l.contains("buffer salvaged"))
         .map(|(_, l)| l)
         .unwrap_or_else(|| {
             panic!(
@@ -368,7 +329,7 @@ fn a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_buffer_started() {
     daemon
         .proc
         .stderr
-        .wait_from(0, TIMEOUT, |l| l.contains("salvaged"))
+        .wait_from(0, TIMEOUT, |l| l.contains("buffer salvaged"))
         .unwrap_or_else(|| panic!("the log says so\n{}", daemon.proc.transcript()));
 
     let aside = moved_aside(&db);
@@ -426,7 +387,7 @@ fn moving_a_damaged_buffer_aside_never_overwrites_an_earlier_one() {
     daemon
         .proc
         .stderr
-        .wait_from(0, TIMEOUT, |l| l.contains("salvaged"))
+        .wait_from(0, TIMEOUT, |l| l.contains("buffer salvaged"))
         .unwrap_or_else(|| panic!("the log says so\n{}", daemon.proc.transcript()));
     let status = daemon.proc.terminate(Duration::from_secs(15));
     assert!(
