@@ -177,6 +177,13 @@ fn decode_slot(slot: &[u8]) -> Result<(u64, AnchorState), String> {
     Ok((generation, state))
 }
 
+/// The payload length a slot's header gives.
+fn payload_len(slot: &[u8]) -> usize {
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&slot[12..16]);
+    u32::from_le_bytes(len) as usize
+}
+
 fn encode_slot(generation: u64, state: &AnchorState) -> std::io::Result<Vec<u8>> {
     let payload = serde_json::to_vec(state)?;
     if payload.len() > MAX_PAYLOAD {
@@ -250,7 +257,11 @@ impl AnchorFile {
         // one overwritten.
         let offset = (generation % 2) * SLOT_BYTES as u64;
         self.file.seek(SeekFrom::Start(offset))?;
-        self.file.write_all(&slot)?;
+        // Only the header and the payload: the rest of the slot is never
+        // read (the length is in the header), and a smaller write wears the
+        // card less.
+        let used = HEADER_BYTES + payload_len(&slot);
+        self.file.write_all(&slot[..used.min(SLOT_BYTES)])?;
         self.file.sync_data()?;
         self.generation = generation;
         Ok(())
