@@ -89,14 +89,14 @@ fn row(seq: i64) -> Row {
 }
 
 fn insert_records(conn: &Connection, seqs: RangeInclusive<i64>) {
-    let tx = conn.unchecked_transaction().unwrap();
+    let tx = conn.unchecked_transaction().expect("test setup");
     {
         let mut stmt = tx
             .prepare(
                 "INSERT INTO records (seq, device, received_at, device_time, state, flags, \
                  metrics, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
-            .unwrap();
+            .expect("test setup");
         for seq in seqs {
             let (device, received_at, device_time, state, flags, metrics, crc) = row(seq);
             stmt.execute(params![
@@ -109,26 +109,26 @@ fn insert_records(conn: &Connection, seqs: RangeInclusive<i64>) {
                 metrics,
                 crc
             ])
-            .unwrap();
+            .expect("test setup");
         }
     }
-    tx.commit().unwrap();
+    tx.commit().expect("test setup");
 }
 
 fn insert_names(conn: &Connection, ids: std::ops::Range<i64>) {
-    let tx = conn.unchecked_transaction().unwrap();
+    let tx = conn.unchecked_transaction().expect("test setup");
     {
         let mut stmt = tx
             .prepare("INSERT INTO names (kind, id, name) VALUES (?1, ?2, ?3)")
-            .unwrap();
+            .expect("test setup");
         for id in ids {
             let kind = id % 2;
             let prefix = if kind == 0 { "device" } else { "metric" };
             stmt.execute(params![kind, id, format!("{prefix}-{id:05}")])
-                .unwrap();
+                .expect("test setup");
         }
     }
-    tx.commit().unwrap();
+    tx.commit().expect("test setup");
 }
 
 fn set_meta(conn: &Connection, next_seq: i64) {
@@ -143,19 +143,20 @@ fn set_meta(conn: &Connection, next_seq: i64) {
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
             params![key, value],
         )
-        .unwrap();
+        .expect("test setup");
     }
 }
 
 /// A new WAL-mode database at `path` with the daemon's schema and data.
 fn create_db(path: &Path, page_size: u32, rows: i64, names: i64) -> Connection {
-    let conn = Connection::open(path).unwrap();
-    conn.pragma_update(None, "page_size", page_size).unwrap();
+    let conn = Connection::open(path).expect("test setup");
+    conn.pragma_update(None, "page_size", page_size)
+        .expect("test setup");
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .unwrap();
+        .expect("test setup");
     assert_eq!(mode, "wal");
-    conn.execute_batch(SCHEMA).unwrap();
+    conn.execute_batch(SCHEMA).expect("test setup");
     insert_records(&conn, 1..=rows);
     insert_names(&conn, 0..names);
     set_meta(&conn, rows + 1);
@@ -165,7 +166,7 @@ fn create_db(path: &Path, page_size: u32, rows: i64, names: i64) -> Connection {
 fn checkpoint(conn: &Connection) {
     let busy: i64 = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-        .unwrap();
+        .expect("test setup");
     assert_eq!(busy, 0);
 }
 
@@ -175,7 +176,7 @@ fn expected_records(conn: &Connection, from_seq: i64) -> Vec<Cell> {
             "SELECT seq, device, received_at, device_time, state, flags, metrics, crc \
              FROM records WHERE seq >= ?1 ORDER BY seq",
         )
-        .unwrap();
+        .expect("test setup");
     let int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
     stmt.query_map([from_seq], |r| {
         Ok(Cell {
@@ -192,14 +193,16 @@ fn expected_records(conn: &Connection, from_seq: i64) -> Vec<Cell> {
             ],
         })
     })
-    .unwrap()
+    .expect("test setup")
     .collect::<Result<_, _>>()
-    .unwrap()
+    .expect("test setup")
 }
 
 /// Names as rows of the `names` table b-tree (kind, id, name).
 fn expected_names(conn: &Connection) -> Vec<Cell> {
-    let mut stmt = conn.prepare("SELECT kind, id, name FROM names").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT kind, id, name FROM names")
+        .expect("test setup");
     let cells = stmt
         .query_map([], |r| {
             Ok(Cell {
@@ -211,14 +214,16 @@ fn expected_names(conn: &Connection) -> Vec<Cell> {
                 ],
             })
         })
-        .unwrap()
+        .expect("test setup")
         .collect::<Result<_, _>>()
-        .unwrap();
+        .expect("test setup");
     sorted(cells)
 }
 
 fn expected_meta(conn: &Connection) -> Vec<Cell> {
-    let mut stmt = conn.prepare("SELECT key, value FROM meta").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT key, value FROM meta")
+        .expect("test setup");
     let cells = stmt
         .query_map([], |r| {
             Ok(Cell {
@@ -229,9 +234,9 @@ fn expected_meta(conn: &Connection) -> Vec<Cell> {
                 ],
             })
         })
-        .unwrap()
+        .expect("test setup")
         .collect::<Result<_, _>>()
-        .unwrap();
+        .expect("test setup");
     sorted(cells)
 }
 
@@ -242,9 +247,9 @@ fn sorted(mut cells: Vec<Cell>) -> Vec<Cell> {
 
 /// Opens `path` and reads every unit.
 fn scan(path: &Path, hint: Option<u32>) -> (RawFile, Vec<Page>) {
-    let mut raw = RawFile::open(path, hint).unwrap();
+    let mut raw = RawFile::open(path, hint).expect("test setup");
     let pages = (0..raw.units())
-        .map(|i| raw.read_unit(i).unwrap())
+        .map(|i| raw.read_unit(i).expect("test setup"))
         .collect();
     (raw, pages)
 }
@@ -306,7 +311,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join("buffer.sqlite");
         let conn = create_db(&path, 4096, FIXTURE_ROWS, FIXTURE_NAMES);
         checkpoint(&conn);
@@ -319,12 +324,16 @@ fn fixture() -> &'static Fixture {
                 [],
                 |r| r.get(0),
             )
-            .unwrap();
+            .expect("test setup");
         drop(conn);
         assert!(
-            !wal_path(&path).exists() || std::fs::metadata(wal_path(&path)).unwrap().len() == 0
+            !wal_path(&path).exists()
+                || std::fs::metadata(wal_path(&path))
+                    .expect("test setup")
+                    .len()
+                    == 0
         );
-        let db = std::fs::read(&path).unwrap();
+        let db = std::fs::read(&path).expect("test setup");
         let (raw, sound) = scan(&path, None);
         assert_eq!(raw.page_size(), 4096);
         assert_eq!(raw.page_size_from(), PageSizeFrom::Header);
@@ -344,9 +353,9 @@ fn fixture() -> &'static Fixture {
 /// Writes `db` (and `wal`) into `dir` and returns the database path.
 fn write_files(dir: &Path, db: &[u8], wal: Option<&[u8]>) -> PathBuf {
     let path = dir.join("buffer.sqlite");
-    std::fs::write(&path, db).unwrap();
+    std::fs::write(&path, db).expect("test setup");
     if let Some(wal) = wal {
-        std::fs::write(wal_path(&path), wal).unwrap();
+        std::fs::write(wal_path(&path), wal).expect("test setup");
     }
     path
 }
@@ -409,10 +418,11 @@ fn sound_file_scan_finds_exactly_the_selected_rows() {
 #[test]
 fn rows_only_in_the_wal_are_found_in_wal_frames() {
     let f = fixture();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), &f.db, None);
-    let conn = Connection::open(&path).unwrap();
-    conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    let conn = Connection::open(&path).expect("test setup");
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .expect("test setup");
     let first_new = FIXTURE_ROWS + 1;
     insert_records(&conn, first_new..=FIXTURE_ROWS + 3000);
     insert_names(&conn, FIXTURE_NAMES..FIXTURE_NAMES + 10);
@@ -440,10 +450,10 @@ fn rows_only_in_the_wal_are_found_in_wal_frames() {
     // several frames: keep the newest copy of each rowid).
     let mut found: HashMap<i64, Cell> = HashMap::new();
     for cell in records_in(&wal, |_| true) {
-        found.insert(cell.rowid.unwrap(), cell);
+        found.insert(cell.rowid.expect("test setup"), cell);
     }
     for row in &new_rows {
-        assert_eq!(found.get(&row.rowid.unwrap()), Some(row));
+        assert_eq!(found.get(&row.rowid.expect("test setup")), Some(row));
     }
     // The new names and the new meta values are in the WAL too.
     let wal_names = index_cells(&wal, &[int, int, text]);
@@ -460,10 +470,10 @@ fn rows_only_in_the_wal_are_found_in_wal_frames() {
 
     // Same files with the database header zeroed: the page size now
     // comes from the WAL, and the WAL rows are still found.
-    let copy = tempfile::tempdir().unwrap();
-    let mut db = std::fs::read(&path).unwrap();
+    let copy = tempfile::tempdir().expect("test setup");
+    let mut db = std::fs::read(&path).expect("test setup");
     db[..100].fill(0);
-    let wal_bytes = std::fs::read(wal_path(&path)).unwrap();
+    let wal_bytes = std::fs::read(wal_path(&path)).expect("test setup");
     let copy_path = write_files(copy.path(), &db, Some(&wal_bytes));
     let (raw2, pages2) = scan(&copy_path, None);
     assert_eq!(raw2.page_size(), 4096);
@@ -483,7 +493,7 @@ fn rows_only_in_the_wal_are_found_in_wal_frames() {
 /// in `damaged` is read exactly as from the sound file.
 fn check_damage(db: &[u8], wal: Option<&[u8]>, damaged: &BTreeSet<u32>) -> RawFile {
     let f = fixture();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), db, wal);
     let (raw, pages) = scan(&path, None);
     assert_eq!(raw.page_size(), 4096);
@@ -516,11 +526,11 @@ fn damage_zeroed_header() {
     let raw = check_damage(&db, None, &BTreeSet::from([1]));
     assert_eq!(raw.page_size_from(), PageSizeFrom::Guessed);
     // Page 1's b-tree (sqlite_master) still parses after the header.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), &db, None);
-    let mut raw = RawFile::open(&path, Some(4096)).unwrap();
+    let mut raw = RawFile::open(&path, Some(4096)).expect("test setup");
     assert_eq!(raw.page_size_from(), PageSizeFrom::Hint);
-    let page1 = raw.read_unit(0).unwrap();
+    let page1 = raw.read_unit(0).expect("test setup");
     assert_eq!(page1.kind, PageKind::TableLeaf);
     assert_eq!(page1.cells, fixture().sound[0].cells);
 }
@@ -531,7 +541,7 @@ fn damage_zeroed_page_1() {
     zero_page(&mut db, 1);
     let raw = check_damage(&db, None, &BTreeSet::from([1]));
     assert_eq!(raw.page_size_from(), PageSizeFrom::Guessed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), &db, None);
     assert_eq!(scan(&path, None).1[0].kind, PageKind::Zeroed);
 }
@@ -544,7 +554,7 @@ fn damage_zeroed_records_root() {
     let raw = check_damage(&db, None, &BTreeSet::from([f.records_root]));
     assert_eq!(raw.page_size_from(), PageSizeFrom::Header);
     // The root held no rows: all of them are still found.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), &db, None);
     assert_eq!(records_in(&scan(&path, None).1, |_| true), f.records);
 }
@@ -556,12 +566,12 @@ fn damage_zeroed_interior_page() {
         .sound
         .iter()
         .find(|p| p.kind == PageKind::TableInterior && p.number != f.records_root)
-        .unwrap()
+        .expect("test setup")
         .number;
     let mut db = f.db.clone();
     zero_page(&mut db, interior);
     check_damage(&db, None, &BTreeSet::from([interior]));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), &db, None);
     assert_eq!(records_in(&scan(&path, None).1, |_| true), f.records);
 }
@@ -633,30 +643,30 @@ fn damage_garbage_wal() {
 #[test]
 fn guess_finds_non_default_page_sizes() {
     for (size, rows) in [(512, 600), (1024, 1500), (8192, 2500), (65536, 5000)] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join("buffer.sqlite");
         let conn = create_db(&path, size, rows, 40);
         checkpoint(&conn);
         let records = expected_records(&conn, 0);
         drop(conn);
-        let mut db = std::fs::read(&path).unwrap();
+        let mut db = std::fs::read(&path).expect("test setup");
         assert_eq!(db.len() % size as usize, 0);
         assert!(db.len() / size as usize >= 3, "{size}: too few pages");
         db[..100].fill(0);
-        std::fs::write(&path, &db).unwrap();
+        std::fs::write(&path, &db).expect("test setup");
 
         let (raw, pages) = scan(&path, None);
         assert_eq!(raw.page_size(), size, "guess for {size}");
         assert_eq!(raw.page_size_from(), PageSizeFrom::Guessed);
         assert_eq!(records_in(&pages, |_| true), records, "{size}");
 
-        let raw = RawFile::open(&path, Some(size)).unwrap();
+        let raw = RawFile::open(&path, Some(size)).expect("test setup");
         assert_eq!(
             (raw.page_size(), raw.page_size_from()),
             (size, PageSizeFrom::Hint)
         );
         // An invalid hint is ignored.
-        let raw = RawFile::open(&path, Some(size + 1)).unwrap();
+        let raw = RawFile::open(&path, Some(size + 1)).expect("test setup");
         assert_eq!(
             (raw.page_size(), raw.page_size_from()),
             (size, PageSizeFrom::Guessed)
@@ -666,16 +676,19 @@ fn guess_finds_non_default_page_sizes() {
 
 #[test]
 fn nothing_parses_means_4096() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     for len in [0, 100, 4096 * 3, 300_000] {
         let path = write_files(dir.path(), &vec![0; len], None);
-        let raw = RawFile::open(&path, None).unwrap();
+        let raw = RawFile::open(&path, None).expect("test setup");
         assert_eq!(raw.page_size(), 4096);
         assert_eq!(raw.page_size_from(), PageSizeFrom::Guessed);
         assert_eq!(raw.file_pages(), len as u64 / 4096);
     }
     let path = write_files(dir.path(), &Rng(3).bytes(2_000_000), None);
-    assert_eq!(RawFile::open(&path, None).unwrap().page_size(), 4096);
+    assert_eq!(
+        RawFile::open(&path, None).expect("test setup").page_size(),
+        4096
+    );
 }
 
 #[test]
@@ -754,7 +767,7 @@ fn frame_start(frame: usize, page_size: usize) -> usize {
 
 #[test]
 fn wal_frames_follow_salts_checksums_and_commits() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let db = vec![0u8; 3 * 1024];
     let leaf = |rowid: i64| {
         let record = encode_record(&[Value::Null, Value::Int(rowid)]);
@@ -797,26 +810,38 @@ fn wal_frames_follow_salts_checksums_and_commits() {
         let mut broken = wal.clone();
         broken[frame_start(2, 1024) + 24 + 500] ^= 0x40;
         let path = write_files(dir.path(), &db, Some(&broken));
-        assert_eq!(RawFile::open(&path, None).unwrap().wal_frames(), 2);
+        assert_eq!(
+            RawFile::open(&path, None).expect("test setup").wal_frames(),
+            2
+        );
         // A stale frame (other salts) ends the WAL there too.
         let mut stale = wal.clone();
         stale[frame_start(3, 1024) + 8] ^= 1;
         let path = write_files(dir.path(), &db, Some(&stale));
-        assert_eq!(RawFile::open(&path, None).unwrap().wal_frames(), 2);
+        assert_eq!(
+            RawFile::open(&path, None).expect("test setup").wal_frames(),
+            2
+        );
         // A trailing partial frame is ignored.
         let mut partial = wal.clone();
         partial.truncate(frame_start(4, 1024) + 100);
         let path = write_files(dir.path(), &db, Some(&partial));
-        assert_eq!(RawFile::open(&path, None).unwrap().wal_frames(), 4);
+        assert_eq!(
+            RawFile::open(&path, None).expect("test setup").wal_frames(),
+            4
+        );
     }
     // Page number 0 is invalid.
     let wal = make_wal(1024, false, (1, 2), &[(2, 2, leaf(1)), (0, 3, leaf(2))]);
     let path = write_files(dir.path(), &db, Some(&wal));
-    assert_eq!(RawFile::open(&path, None).unwrap().wal_frames(), 1);
+    assert_eq!(
+        RawFile::open(&path, None).expect("test setup").wal_frames(),
+        1
+    );
     // A valid header without frames still gives the page size.
     let wal = make_wal(1024, false, (1, 2), &[]);
     let path = write_files(dir.path(), &db, Some(&wal));
-    let raw = RawFile::open(&path, None).unwrap();
+    let raw = RawFile::open(&path, None).expect("test setup");
     assert_eq!(
         (raw.page_size_from(), raw.wal_frames()),
         (PageSizeFrom::Wal, 0)
@@ -826,13 +851,21 @@ fn wal_frames_follow_salts_checksums_and_commits() {
         let mut wal = make_wal(1024, false, (1, 2), &[]);
         wal[at..at + 4].copy_from_slice(&value.to_be_bytes());
         let path = write_files(dir.path(), &db, Some(&wal));
-        assert!(RawFile::open(&path, None).unwrap().wal_ignored());
+        assert!(
+            RawFile::open(&path, None)
+                .expect("test setup")
+                .wal_ignored()
+        );
     }
     let path = write_files(dir.path(), &db, Some(&[0x37, 0x7f, 0x06, 0x82]));
-    assert!(RawFile::open(&path, None).unwrap().wal_ignored());
+    assert!(
+        RawFile::open(&path, None)
+            .expect("test setup")
+            .wal_ignored()
+    );
     // An empty WAL is not ignored.
     let path = write_files(dir.path(), &db, Some(&[]));
-    let raw = RawFile::open(&path, None).unwrap();
+    let raw = RawFile::open(&path, None).expect("test setup");
     assert!(!raw.wal_ignored());
     assert_eq!(raw.wal_frames(), 0);
 }
@@ -840,17 +873,20 @@ fn wal_frames_follow_salts_checksums_and_commits() {
 #[test]
 fn read_unit_out_of_range_is_an_error() {
     let f = fixture();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), &f.db, None);
-    let mut raw = RawFile::open(&path, None).unwrap();
+    let mut raw = RawFile::open(&path, None).expect("test setup");
     for index in [raw.units(), raw.units() + 1, u64::MAX] {
         let err = raw.read_unit(index).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
     // Any index can be read first (resumable scans).
     let last = raw.units() - 1;
-    assert_eq!(raw.read_unit(last).unwrap(), f.sound[last as usize]);
-    assert_eq!(raw.read_unit(0).unwrap(), f.sound[0]);
+    assert_eq!(
+        raw.read_unit(last).expect("test setup"),
+        f.sound[last as usize]
+    );
+    assert_eq!(raw.read_unit(0).expect("test setup"), f.sound[0]);
 }
 
 // ---- pages and records by hand ---------------------------------------
@@ -898,7 +934,7 @@ fn encode_record(values: &[Value]) -> Vec<u8> {
                     .find(|&(_, w)| {
                         w == 8 || (-(1i64 << (8 * w - 1))..(1i64 << (8 * w - 1))).contains(i)
                     })
-                    .unwrap();
+                    .expect("test setup");
                 body.extend_from_slice(&i.to_be_bytes()[8 - width..]);
                 serial
             }
@@ -1167,9 +1203,9 @@ fn page_1_btree_is_after_the_header() {
 /// Opens `db`/`wal` and reads every unit; checks the out-of-range
 /// errors.
 fn open_and_read_all(db: &[u8], wal: Option<&[u8]>, hint: Option<u32>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = write_files(dir.path(), db, wal);
-    let mut raw = RawFile::open(&path, hint).unwrap();
+    let mut raw = RawFile::open(&path, hint).expect("test setup");
     assert_eq!(raw.units(), raw.file_pages() + raw.wal_frames());
     assert_eq!(
         raw.file_pages(),
@@ -1177,7 +1213,7 @@ fn open_and_read_all(db: &[u8], wal: Option<&[u8]>, hint: Option<u32>) {
     );
     assert!(valid_page_size(raw.page_size()));
     for index in 0..raw.units() {
-        let page = raw.read_unit(index).unwrap();
+        let page = raw.read_unit(index).expect("test setup");
         assert!(page.cells.len() <= raw.page_size() as usize);
     }
     for index in [raw.units(), u64::MAX] {
@@ -1229,15 +1265,16 @@ fn btree_garbage(seed: u64, page_size: usize, pages: usize) -> Vec<u8> {
 fn small_real() -> &'static (Vec<u8>, Vec<u8>) {
     static SMALL: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
     SMALL.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup");
         let path = dir.path().join("buffer.sqlite");
         let conn = create_db(&path, 1024, 200, 30);
         checkpoint(&conn);
-        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .expect("test setup");
         insert_records(&conn, 201..=300);
         set_meta(&conn, 301);
-        let db = std::fs::read(&path).unwrap();
-        let wal = std::fs::read(wal_path(&path)).unwrap();
+        let db = std::fs::read(&path).expect("test setup");
+        let wal = std::fs::read(wal_path(&path)).expect("test setup");
         drop(conn);
         (db, wal)
     })
@@ -1322,29 +1359,29 @@ proptest! {
 #[test]
 #[ignore = "slow: builds a large database; run by hand in release"]
 fn scan_speed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("test setup");
     let path = dir.path().join("buffer.sqlite");
     let conn = create_db(&path, 4096, 1_000_000, 100);
     checkpoint(&conn);
     drop(conn);
-    let len = std::fs::metadata(&path).unwrap().len();
+    let len = std::fs::metadata(&path).expect("test setup").len();
     let start = std::time::Instant::now();
-    let mut raw = RawFile::open(&path, None).unwrap();
+    let mut raw = RawFile::open(&path, None).expect("test setup");
     let mut rows = 0usize;
     let mut bad = 0u64;
     for index in 0..raw.units() {
-        let page = raw.read_unit(index).unwrap();
+        let page = raw.read_unit(index).expect("test setup");
         rows += page.cells.iter().filter(|c| is_record(c)).count();
         bad += u64::from(page.bad_cells);
     }
     let elapsed = start.elapsed();
     // And with the page size guessed.
-    let mut db = std::fs::read(&path).unwrap();
+    let mut db = std::fs::read(&path).expect("test setup");
     db[..100].fill(0);
-    std::fs::write(&path, &db).unwrap();
+    std::fs::write(&path, &db).expect("test setup");
     drop(db);
     let guess_start = std::time::Instant::now();
-    let raw2 = RawFile::open(&path, None).unwrap();
+    let raw2 = RawFile::open(&path, None).expect("test setup");
     let guess = guess_start.elapsed();
     assert_eq!(raw2.page_size(), 4096);
     println!(
