@@ -22,6 +22,13 @@ pub fn api_address(daemon: &Proc) -> String {
         .to_owned()
 }
 
+/// `GET /v1/status` of the daemon whose API is at `api`, when it answers
+/// `200` with JSON.
+pub fn status(api: &str) -> Option<Value> {
+    let response = crate::fleet::http(api, "GET", "/v1/status", &[], b"").ok()?;
+    (response.status == 200).then(|| serde_json::from_str(&response.body).ok())?
+}
+
 /// An open SSE stream: every line the server sent, followed live.
 pub struct Sse {
     /// Lines of the response (status line and headers first).

@@ -212,21 +212,26 @@ impl FleetSim {
     /// fleet that already holds them, for tests of what comes after).
     pub fn ingest(&self, token: &str, gateway: &str, records: &[Value]) {
         for chunk in records.chunks(5000) {
-            let body = json!({ "gateway": gateway, "records": chunk }).to_string();
-            let auth = format!("Bearer {token}");
-            let response = http(
-                &self.addr,
-                "POST",
-                "/api/fleet/ingest",
-                &[
-                    ("Authorization", auth.as_str()),
-                    ("Content-Type", "application/json"),
-                ],
-                body.as_bytes(),
-            )
-            .unwrap_or_else(|e| panic!("ingest: {e}"));
+            let response = self.post_ingest(token, gateway, chunk);
             assert_eq!(response.status, 200, "ingest: {}", response.body);
         }
+    }
+
+    /// One ingest request with `token`, as a gateway sends it.
+    fn post_ingest(&self, token: &str, gateway: &str, records: &[Value]) -> Response {
+        let body = json!({ "gateway": gateway, "records": records }).to_string();
+        let auth = format!("Bearer {token}");
+        http(
+            &self.addr,
+            "POST",
+            "/api/fleet/ingest",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("ingest: {e}"))
     }
 
     /// `/admin/stats`.
@@ -249,19 +254,7 @@ impl FleetSim {
     /// Whether `token` is accepted right now: an empty batch is pushed with
     /// it (an empty batch stores nothing).
     pub fn accepts(&self, token: &str) -> bool {
-        let body = json!({ "gateway": "probe", "records": [] }).to_string();
-        let auth = format!("Bearer {token}");
-        let response = http(
-            &self.addr,
-            "POST",
-            "/api/fleet/ingest",
-            &[
-                ("Authorization", auth.as_str()),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_bytes(),
-        )
-        .unwrap_or_else(|e| panic!("probe ingest: {e}"));
+        let response = self.post_ingest(token, "probe", &[]);
         match response.status {
             200 => true,
             401 => false,

@@ -11,9 +11,9 @@
 //! and the log stays short.
 
 use serde_json::Value;
-use slmd_e2e::api::api_address;
+use slmd_e2e::api::{api_address, status};
 use slmd_e2e::fixture::{self, Fixture};
-use slmd_e2e::fleet::{FleetSim, fleet_section, http};
+use slmd_e2e::fleet::{FleetSim, fleet_section};
 use slmd_e2e::{Daemon, Setup, buffer_file, poll_until, tcp_devices, tcp_sims};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -85,32 +85,58 @@ struct Outcome {
     daemon: Daemon,
     started_in: Duration,
     status: Value,
+    rig: Rig,
+}
+
+/// Two meters, a `fleet-sim`, a config pushing to it, and a buffer of
+/// `rows` records (the first `pushed` accepted) that the fleet already
+/// holds up to `pushed`.
+struct Rig {
+    _sims: Vec<slmd_e2e::Sim>,
+    _setup: Setup,
     fleet: FleetSim,
+    config: std::path::PathBuf,
+    db: std::path::PathBuf,
     fixture: Fixture,
+}
+
+impl Rig {
+    fn new(seed: u64, rows: u64, pushed: u64, fleet_extra: &str) -> Rig {
+        let sims = tcp_sims(2, seed);
+        let setup = Setup::new();
+        let fleet = FleetSim::start(TOKEN, &[]);
+        let config = setup.config(&format!(
+            "{}\n{}",
+            tcp_devices(&sims),
+            fleet_section(&fleet.url(), &[TOKEN], fleet_extra)
+        ));
+        let db = buffer_file(&setup);
+        let fixture = Fixture::write(&db, &["m0", "m1"], rows, pushed);
+        fleet.ingest(TOKEN, GATEWAY, &fixture.json()[..pushed as usize]);
+        Rig {
+            _sims: sims,
+            _setup: setup,
+            fleet,
+            config,
+            db,
+            fixture,
+        }
+    }
 }
 
 /// Writes the fixture, has the fleet hold its pushed half, damages it with
 /// `damage`, runs the daemon until the salvage is done and the backlog
 /// pushed, and checks what every case must hold.
 fn run_case(seed: u64, damage: impl FnOnce(&Path, &Layout) -> Damage) -> Outcome {
-    let sims = tcp_sims(2, seed);
-    let setup = Setup::new();
-    let fleet = FleetSim::start(TOKEN, &[]);
-    let config = setup.config(&format!(
-        "{}\n{}",
-        tcp_devices(&sims),
-        fleet_section(&fleet.url(), &[TOKEN], "")
-    ));
-    let db = buffer_file(&setup);
-    let fixture = Fixture::write(&db, &["m0", "m1"], ROWS, PUSHED);
-    let records = fixture.json();
-    fleet.ingest(TOKEN, GATEWAY, &records[..PUSHED as usize]);
-    let layout = Layout::of(&db);
+    let rig = Rig::new(seed, ROWS, PUSHED, "");
+    let (config, db, fleet) = (&rig.config, &rig.db, &rig.fleet);
+    let records = rig.fixture.json();
+    let layout = Layout::of(db);
     assert!(layout.all_rows() == ROWS && layout.leaves.len() > 100);
-    let damage = damage(&db, &layout);
+    let damage = damage(db, &layout);
 
     let started = Instant::now();
-    let daemon = Daemon::start(&config);
+    let daemon = Daemon::start(config);
     let api = api_address(&daemon.proc);
     let started_in = started.elapsed();
     assert!(
@@ -197,17 +223,11 @@ fn run_case(seed: u64, damage: impl FnOnce(&Path, &Layout) -> Damage) -> Outcome
         daemon,
         started_in,
         status,
-        fleet,
-        fixture,
+        rig,
     }
 }
 
 /// `/v1/status` of the daemon at `api`.
-fn status(api: &str) -> Option<Value> {
-    let response = http(api, "GET", "/v1/status", &[], b"").ok()?;
-    (response.status == 200).then(|| response.json())
-}
-
 /// Every unsent row that was saved reached the fleet, and every new record
 /// the daemon printed and committed.
 fn assert_fleet_has_the_rest(outcome: &mut Outcome) {
@@ -219,7 +239,7 @@ fn assert_fleet_has_the_rest(outcome: &mut Outcome) {
         .collect();
     let stopped = outcome.daemon.proc.terminate(Duration::from_secs(15));
     assert!(stopped.is_some_and(|s| s.success()), "clean stop");
-    let fleet: BTreeSet<u64> = outcome.fleet.seqs(GATEWAY).into_iter().collect();
+    let fleet: BTreeSet<u64> = outcome.rig.fleet.seqs(GATEWAY).into_iter().collect();
     let missing_old: Vec<u64> = (PUSHED + 1..=ROWS).filter(|s| !fleet.contains(s)).collect();
     let saved = outcome.status["buffer"]["salvage"]["rows_saved"]
         .as_u64()
@@ -229,7 +249,7 @@ fn assert_fleet_has_the_rest(outcome: &mut Outcome) {
         "unsent rows that were saved reached the fleet ({} missing, {saved} saved)",
         missing_old.len()
     );
-    let audit = outcome.fleet.audit(GATEWAY);
+    let audit = outcome.rig.fleet.audit(GATEWAY);
     let epochs = audit["epochs"].as_array().expect("epochs");
     assert_eq!(epochs.len(), 1, "one numbering epoch: {audit}");
     let newest_fleet = *fleet.last().expect("records");
@@ -237,7 +257,6 @@ fn assert_fleet_has_the_rest(outcome: &mut Outcome) {
         printed.iter().filter(|s| **s <= newest_fleet).count() > 0,
         "new readings were pushed"
     );
-    let _ = &outcome.fixture;
     eprintln!(
         "start {:?}, salvage {:?}, fleet {} records",
         outcome.started_in,
@@ -307,7 +326,7 @@ fn a_zeroed_names_page_loses_no_row_and_pushes_no_nameless_record() {
             moved_aside: true,
         }
     });
-    for record in outcome.fleet.received(GATEWAY) {
+    for record in outcome.rig.fleet.received(GATEWAY) {
         assert!(
             record["device"] == "m0" || record["device"] == "m1",
             "{record}"
@@ -327,7 +346,7 @@ fn a_zeroed_meta_page_keeps_the_push_cursor() {
         }
     });
     // The pushed half is not sent again: the cursor came from the anchor.
-    let stats = outcome.fleet.stats();
+    let stats = outcome.rig.fleet.stats();
     assert_eq!(
         stats["duplicates"],
         0,
@@ -397,21 +416,11 @@ fn a_garbage_write_ahead_log_is_ignored() {
 #[test]
 fn a_salvage_cut_short_by_a_kill_resumes_at_the_next_start() {
     const BIG: u64 = 200_000;
-    let sims = tcp_sims(2, 790);
-    let setup = Setup::new();
-    let fleet = FleetSim::start(TOKEN, &[]);
-    let config = setup.config(&format!(
-        "{}\n{}",
-        tcp_devices(&sims),
-        fleet_section(&fleet.url(), &[TOKEN], "batch_max = 5000")
-    ));
-    let db = buffer_file(&setup);
-    let fixture = Fixture::write(&db, &["m0", "m1"], BIG, BIG / 2);
-    let records = fixture.json();
-    fleet.ingest(TOKEN, GATEWAY, &records[..(BIG / 2) as usize]);
-    fixture::fill(&db, 0, 100, 0);
+    let rig = Rig::new(790, BIG, BIG / 2, "batch_max = 5000");
+    let (config, db, fleet) = (&rig.config, &rig.db, &rig.fleet);
+    fixture::fill(db, 0, 100, 0);
 
-    let mut first = Daemon::start(&config);
+    let mut first = Daemon::start(config);
     let api = api_address(&first.proc);
     poll_until(SETTLE, || {
         let s = status(&api)?;
@@ -435,7 +444,7 @@ fn a_salvage_cut_short_by_a_kill_resumes_at_the_next_start() {
         first.proc.transcript()
     );
 
-    let second = Daemon::start(&config);
+    let second = Daemon::start(config);
     let api = api_address(&second.proc);
     second
         .proc
@@ -471,28 +480,17 @@ fn a_salvage_cut_short_by_a_kill_resumes_at_the_next_start() {
 struct AfterLoss {
     daemon: Daemon,
     api: String,
-    fleet: FleetSim,
-    /// The meters, kept running with the daemon.
-    _sims: Vec<slmd_e2e::Sim>,
+    rig: Rig,
 }
 
 /// A daemon on a fixture of [`ROWS`] records that the fleet already holds
 /// in full, after `damage`, once it has pushed a few new readings.
 fn run_after_loss(seed: u64, damage: impl FnOnce(&Path)) -> AfterLoss {
-    let sims = tcp_sims(2, seed);
-    let setup = Setup::new();
-    let fleet = FleetSim::start(TOKEN, &[]);
-    let config = setup.config(&format!(
-        "{}\n{}",
-        tcp_devices(&sims),
-        fleet_section(&fleet.url(), &[TOKEN], "")
-    ));
-    let db = buffer_file(&setup);
-    let fixture = Fixture::write(&db, &["m0", "m1"], ROWS, ROWS);
-    fleet.ingest(TOKEN, GATEWAY, &fixture.json());
-    damage(&db);
-    let daemon = Daemon::start(&config);
+    let rig = Rig::new(seed, ROWS, ROWS, "");
+    damage(&rig.db);
+    let daemon = Daemon::start(&rig.config);
     let api = api_address(&daemon.proc);
+    let fleet = &rig.fleet;
     poll_until(SETTLE, || {
         let s = status(&api)?;
         let printed = daemon.printed_records();
@@ -502,19 +500,14 @@ fn run_after_loss(seed: u64, damage: impl FnOnce(&Path)) -> AfterLoss {
         // The fleet holds them in the daemon's epoch (it holds the same
         // numbers of another epoch from before, in the epoch case).
         let epoch = s["buffer"]["epoch"].as_u64()?;
-        let fleet_has = seqs_in(&fleet, epoch);
+        let fleet_has = seqs_in(fleet, epoch);
         printed[..4]
             .iter()
             .all(|r| r["seq"].as_u64().is_some_and(|s| fleet_has.contains(&s)))
             .then_some(())
     })
     .unwrap_or_else(|| panic!("new readings were not pushed\n{}", daemon.proc.transcript()));
-    AfterLoss {
-        daemon,
-        api,
-        fleet,
-        _sims: sims,
-    }
+    AfterLoss { daemon, api, rig }
 }
 
 /// The seqs the fleet holds from the gateway in `epoch`.
@@ -530,8 +523,7 @@ fn a_deleted_buffer_reuses_no_seq() {
     let AfterLoss {
         mut daemon,
         api,
-        fleet,
-        _sims,
+        rig,
     } = run_after_loss(800, |db| {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(fixture::with_suffix(db, suffix));
@@ -545,9 +537,9 @@ fn a_deleted_buffer_reuses_no_seq() {
     for record in daemon.printed_records() {
         assert!(record["seq"].as_u64() > Some(ROWS), "{record}");
     }
-    assert_eq!(fleet.conflicts(GATEWAY)["total"], 0);
+    assert_eq!(rig.fleet.conflicts(GATEWAY)["total"], 0);
     assert_eq!(
-        fleet.audit(GATEWAY)["epochs"].as_array().map(Vec::len),
+        rig.fleet.audit(GATEWAY)["epochs"].as_array().map(Vec::len),
         Some(1)
     );
     daemon.proc.terminate(Duration::from_secs(15));
@@ -561,8 +553,7 @@ fn losing_the_anchor_and_the_counters_starts_an_epoch_the_fleet_keeps_apart() {
     let AfterLoss {
         mut daemon,
         api,
-        fleet,
-        _sims,
+        rig,
     } = run_after_loss(810, |db| {
         std::fs::remove_file(db.with_extension("anchor")).expect("anchor gone");
         let len = std::fs::metadata(db).expect("len").len();
@@ -596,12 +587,12 @@ fn losing_the_anchor_and_the_counters_starts_an_epoch_the_fleet_keeps_apart() {
         printed[0] <= ROWS,
         "numbers may repeat across epochs: {printed:?}"
     );
-    let in_epoch = seqs_in(&fleet, epoch);
+    let in_epoch = seqs_in(&rig.fleet, epoch);
     assert!(
         printed[..4].iter().all(|s| in_epoch.contains(s)),
         "{printed:?} in epoch {epoch}: {in_epoch:?}"
     );
-    let conflicts = fleet.conflicts(GATEWAY);
+    let conflicts = rig.fleet.conflicts(GATEWAY);
     assert_eq!(
         conflicts["total"], 0,
         "no record was taken for another: {}",

@@ -5,9 +5,8 @@
 //! CI runs [`DEFAULT_CYCLES`]; the full run is
 //! `SLMD_KILL_CYCLES=100 cargo test --release -p slmd-e2e --test kill_cycles -- --nocapture`.
 
-use serde_json::Value;
-use slmd_e2e::api::api_address;
-use slmd_e2e::fleet::{FleetSim, fleet_section, http};
+use slmd_e2e::api::{api_address, status};
+use slmd_e2e::fleet::{FleetSim, fleet_section};
 use slmd_e2e::{
     Daemon, Setup, buffer_file, buffer_rows, open_buffer_rw, poll_until, records_after,
     tcp_devices, tcp_sims,
@@ -19,11 +18,6 @@ const DEFAULT_CYCLES: usize = 12;
 const TOKEN: &str = "kill-token";
 const GATEWAY: &str = "gw-test";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn status(api: &str) -> Option<Value> {
-    let response = http(api, "GET", "/v1/status", &[], b"").ok()?;
-    (response.status == 200).then(|| response.json())
-}
 
 #[test]
 fn killed_at_random_moments_no_row_is_lost_and_every_hole_is_declared() {
