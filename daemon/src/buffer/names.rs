@@ -72,6 +72,27 @@ impl Names {
         Ok(id)
     }
 
+    /// The metrics blob of `metrics` (see [`super::row`]), creating the
+    /// ids of new metric names (inside the caller's transaction).
+    pub(crate) fn encode_metrics(
+        &mut self,
+        conn: &Connection,
+        metrics: &[(&str, Option<f64>)],
+    ) -> rusqlite::Result<Vec<u8>> {
+        let mut error = None;
+        let blob = super::row::encode_metrics(metrics, |name| match self.id(conn, METRIC, name) {
+            Ok(id) => u8::try_from(id).unwrap_or(super::row::MAX_NAME_ID),
+            Err(e) => {
+                error = Some(e);
+                super::row::MAX_NAME_ID
+            }
+        });
+        match error {
+            Some(e) => Err(e),
+            None => Ok(blob),
+        }
+    }
+
     /// Forgets ids created by a transaction that rolled back.
     pub(crate) fn forget_above(&mut self, kind: usize, keep_through: Option<i64>) {
         let keep = |id: &i64| keep_through.is_some_and(|k| *id <= k);

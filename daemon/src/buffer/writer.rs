@@ -318,19 +318,7 @@ impl Writer {
             )?;
             for record in self.pending.range(..n) {
                 let device = names.id(&tx, DEVICE, &record.device)?;
-                let mut metric_error = None;
-                let blob = row::encode_metrics(&record.metrics, |name| {
-                    match names.id(&tx, METRIC, name) {
-                        Ok(id) => u8::try_from(id).unwrap_or(row::MAX_NAME_ID),
-                        Err(e) => {
-                            metric_error = Some(e);
-                            row::MAX_NAME_ID
-                        }
-                    }
-                });
-                if let Some(e) = metric_error {
-                    return Err(e);
-                }
+                let blob = names.encode_metrics(&tx, &record.metrics)?;
                 let received_ms = record.received_at.timestamp_millis();
                 let device_delta = record
                     .device_time

@@ -408,18 +408,7 @@ fn commit(
             )?;
             for good in &batch.good {
                 let device = names.id(&tx, DEVICE, good.device)?;
-                let mut metric_error = None;
-                let blob =
-                    row::encode_metrics(&good.metrics, |name| match names.id(&tx, METRIC, name) {
-                        Ok(id) => u8::try_from(id).unwrap_or(row::MAX_NAME_ID),
-                        Err(e) => {
-                            metric_error = Some(e);
-                            row::MAX_NAME_ID
-                        }
-                    });
-                if let Some(e) = metric_error {
-                    return Err(e);
-                }
+                let blob = names.encode_metrics(&tx, &good.metrics)?;
                 let fresh = row::RawRow {
                     device,
                     metrics: blob,
