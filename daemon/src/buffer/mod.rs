@@ -383,10 +383,15 @@ impl Buffer {
         change(status.get_or_insert_with(SalvageStatus::default));
     }
 
-    /// Writes the names to the anchor (before a commit that uses a new id).
-    fn mirror_names(&self) {
+    /// Writes the names to the anchor when ids were created since `mark`:
+    /// called before the commit that uses them, so the anchor always knows
+    /// every committed id.
+    fn mirror_names_since(&self, mark: names::Mark) {
         let (devices, metrics) = {
             let names = lock(&self.shared.names);
+            if !names.grew_since(mark) {
+                return;
+            }
             (names.pairs(DEVICE), names.pairs(METRIC))
         };
         self.shared.numbering.names_changed(devices, metrics);

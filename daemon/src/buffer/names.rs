@@ -10,6 +10,10 @@ use std::collections::HashMap;
 /// and a salvage job keep them.
 pub(crate) type NamePairs = (Vec<(i64, String)>, Vec<(i64, String)>);
 
+/// The highest id of each kind at some moment (see [`Names::mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark([Option<i64>; 2]);
+
 /// The two name maps.
 #[derive(Debug, Default)]
 pub(crate) struct Names {
@@ -93,15 +97,24 @@ impl Names {
         }
     }
 
-    /// Forgets ids created by a transaction that rolled back.
-    pub(crate) fn forget_above(&mut self, kind: usize, keep_through: Option<i64>) {
-        let keep = |id: &i64| keep_through.is_some_and(|k| *id <= k);
-        self.by_id[kind].retain(|id, _| keep(id));
-        self.by_name[kind].retain(|_, id| keep(id));
+    /// Where the ids stand now: the ids a transaction creates from here
+    /// on are above the mark (ids only grow).
+    pub(crate) fn mark(&self) -> Mark {
+        Mark([DEVICE, METRIC].map(|kind| self.by_id[kind].keys().max().copied()))
     }
 
-    pub(crate) fn max_id(&self, kind: usize) -> Option<i64> {
-        self.by_id[kind].keys().max().copied()
+    /// Whether ids were created since `mark`.
+    pub(crate) fn grew_since(&self, mark: Mark) -> bool {
+        self.mark() != mark
+    }
+
+    /// Forgets the ids created since `mark`: their transaction rolled back.
+    pub(crate) fn rollback_to(&mut self, mark: Mark) {
+        for kind in [DEVICE, METRIC] {
+            let keep = |id: &i64| mark.0[kind].is_some_and(|k| *id <= k);
+            self.by_id[kind].retain(|id, _| keep(id));
+            self.by_name[kind].retain(|_, id| keep(id));
+        }
     }
 
     /// The id of `name`, if it has one.

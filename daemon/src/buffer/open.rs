@@ -187,7 +187,6 @@ pub(super) fn open_with(
     counters.next_seq = counters.next_seq.max(max_seq + 1).max(1);
     let mut names = Names::load(&conn).map_err(sql)?;
     let mut epochs = load_epochs(&conn).map_err(sql)?;
-    let buffer_clean = stopped_cleanly(&conn).map_err(sql)?;
     let anchor_state = match &anchor {
         AnchorFound::Valid(state) => Some(state.clone()),
         AnchorFound::Absent(_) => None,
@@ -203,7 +202,8 @@ pub(super) fn open_with(
         OpenReport::Checked | OpenReport::PartlyChecked
     );
     let mut committed_next = counters.next_seq;
-    let mut old_clean = buffer_clean;
+    // Whether the run that wrote the counters stopped cleanly.
+    let mut clean = stopped_cleanly(&conn).map_err(sql)?;
     if let (OpenReport::MovedAside { moved_to, reason }, Some(old)) =
         (&prepared.report, &prepared.old)
     {
@@ -230,13 +230,15 @@ pub(super) fn open_with(
                 };
                 committed_known = true;
                 committed_next = c.next_seq;
-                old_clean = old.clean.unwrap_or(false);
+                clean = old.clean.unwrap_or(false);
             }
             None => {
                 let cursor = anchor_state.as_ref().map_or(0, |a| a.cursor);
                 tracing::warn!(
                     cursor,
-                    "the damaged buffer's counters are lost: the push cursor is rebuilt from the                      anchor's copy ({cursor}; at most {}s old), so records pushed after it are sent                      again (the fleet ignores duplicates); eviction and loss totals start again",
+                    "the damaged buffer's counters are lost: the push cursor is rebuilt from the \
+                     anchor's copy ({cursor}; at most {}s old), so records pushed after it are sent \
+                     again (the fleet ignores duplicates); eviction and loss totals start again",
                     numbering::CURSOR_COPY_EVERY.as_secs()
                 );
                 counters.cursor = cursor;
@@ -305,7 +307,7 @@ pub(super) fn open_with(
                     anchor: anchor.clone(),
                     committed_next,
                     committed_known,
-                    buffer_clean: old_clean,
+                    buffer_clean: clean,
                     buffer_epoch: epochs.last().map_or(0, |(_, e)| *e),
                     damaged_max_seq,
                     damaged: !jobs.is_empty(),

@@ -12,7 +12,7 @@
 //! when writing resumes, not per record.
 
 use super::{
-    Adopted, Buffer, BufferError, BufferSlot, Counters, DEVICE, METRIC, Shared, connect, lock, row,
+    Adopted, Buffer, BufferError, BufferSlot, Counters, DEVICE, Shared, connect, lock, row,
 };
 use crate::record::Record;
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -254,11 +254,8 @@ impl Writer {
             .unwrap_or(usize::MAX)
             .max(1);
         let n = self.pending.len().min(settings.batch_max.max(1)).min(cap);
-        let names_before = {
-            let names = lock(&self.shared().names);
-            [names.max_id(DEVICE), names.max_id(METRIC)]
-        };
-        match self.insert_batch(n) {
+        let mark = lock(&self.shared().names).mark();
+        match self.insert_batch(n, mark) {
             Ok(()) => {
                 self.pending.drain(..n);
                 if let Some(error) = self.failing.take() {
@@ -270,10 +267,7 @@ impl Writer {
                 true
             }
             Err(e) => {
-                let mut names = lock(&self.shared().names);
-                names.forget_above(DEVICE, names_before[0]);
-                names.forget_above(METRIC, names_before[1]);
-                drop(names);
+                lock(&self.shared().names).rollback_to(mark);
                 let message = e.to_string();
                 if self.failing.as_deref() != Some(message.as_str()) {
                     tracing::error!(
@@ -289,12 +283,10 @@ impl Writer {
         }
     }
 
-    fn insert_batch(&mut self, n: usize) -> rusqlite::Result<()> {
+    /// Inserts the first `n` pending records in one transaction; `mark`:
+    /// the names before it (new ones are mirrored to the anchor first).
+    fn insert_batch(&mut self, n: usize, mark: super::names::Mark) -> rusqlite::Result<()> {
         let shared = Arc::clone(&self.buffer.shared);
-        let names_before = {
-            let names = lock(&shared.names);
-            [names.max_id(DEVICE), names.max_id(METRIC)]
-        };
         // The counters lock is the write lock (see `Buffer::mark_pushed`).
         let mut guard = lock(&shared.counters);
         let mut c = *guard;
@@ -351,15 +343,7 @@ impl Writer {
             }
         }
         c.lost += self.lost_unsaved;
-        {
-            let names = lock(&shared.names);
-            let grew = [names.max_id(DEVICE), names.max_id(METRIC)] != names_before;
-            drop(names);
-            if grew {
-                // The anchor knows a new id before any commit uses it.
-                self.buffer.mirror_names();
-            }
-        }
+        self.buffer.mirror_names_since(mark);
         c.save(&tx)?;
         tx.commit()?;
         self.lost_unsaved = 0;

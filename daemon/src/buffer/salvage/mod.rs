@@ -48,7 +48,7 @@ pub use check::OpenReport;
 pub(super) use check::{check_and_move_aside, evidence, is_io, pending};
 pub(super) use rows::max_seq_in;
 
-use super::names::{DEVICE, METRIC};
+use super::names::DEVICE;
 use super::names::{NamePairs, Names};
 use super::pages::RawFile;
 use super::{Buffer, lock, row};
@@ -390,10 +390,7 @@ fn commit(
     let shared = Arc::clone(&buffer.shared);
     let mut guard = lock(&shared.counters);
     let mut c = *guard;
-    let names_before = {
-        let names = lock(&shared.names);
-        [names.max_id(DEVICE), names.max_id(METRIC)]
-    };
+    let mark = lock(&shared.names).mark();
     let result = (|| {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut saved = 0u64;
@@ -481,11 +478,7 @@ fn commit(
             *next.doubtful.entry((*why).to_owned()).or_default() += 1;
         }
         register(&tx, aside, &next)?;
-        if lock(&shared.names).max_id(DEVICE) != names_before[0]
-            || lock(&shared.names).max_id(METRIC) != names_before[1]
-        {
-            buffer.mirror_names();
-        }
+        buffer.mirror_names_since(mark);
         c.save(&tx)?;
         tx.commit()?;
         Ok(next)
@@ -497,9 +490,7 @@ fn commit(
             Ok(())
         }
         Err(e) => {
-            let mut names = lock(&shared.names);
-            names.forget_above(DEVICE, names_before[0]);
-            names.forget_above(METRIC, names_before[1]);
+            lock(&shared.names).rollback_to(mark);
             Err(e)
         }
     }
