@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Builds the slmd Debian package with plain dpkg-deb (no cargo-deb).
 #
-#     bash packaging/build-deb.sh [--out DIR] [--version VERSION]
+#     bash packaging/build-deb.sh [--arch amd64|arm64|armhf|all] [--out DIR] [--version VERSION]
 #
-# Prints the path of the .deb on stdout (everything else goes to stderr):
+# Prints the path of each .deb on stdout (everything else goes to stderr):
 # DIR/slmd_<version>_<arch>.deb, DIR defaulting to <cargo target dir>/debian.
-# The version defaults to the slmd crate's (Cargo.toml); --version sets
-# another Debian version, e.g. 0.1.0+1 to test an upgrade. See
-# packaging/README.md for what goes into the package and why.
+# --arch defaults to amd64; every architecture is built on this amd64
+# machine, linked against Debian 11's C library (packaging/cross-setup.sh
+# fetches what that needs, once). The version defaults to the slmd crate's;
+# --version sets another Debian version, e.g. 0.1.0+1 to test an upgrade.
+# See packaging/README.md for what goes into the package and why.
 set -euo pipefail
 umask 022
 export LC_ALL=C
 
 usage() {
 	if [ "${1:-2}" -eq 0 ]; then
-		sed -n '2,10s/^# \{0,1\}//p' "$0"
+		sed -n '2,12s/^# \{0,1\}//p' "$0"
 	else
-		sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
+		sed -n '2,12s/^# \{0,1\}//p' "$0" >&2
 	fi
 	exit "${1:-2}"
 }
@@ -28,6 +30,7 @@ die() {
 
 out=""
 version=""
+arches=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--out)
@@ -48,6 +51,15 @@ while [ $# -gt 0 ]; do
 		version=${1#--version=}
 		shift
 		;;
+	--arch)
+		[ $# -ge 2 ] || usage
+		arches+=("$2")
+		shift 2
+		;;
+	--arch=*)
+		arches+=("${1#--arch=}")
+		shift
+		;;
 	-h | --help) usage 0 ;;
 	*)
 		echo "build-deb: unknown argument: $1" >&2
@@ -66,19 +78,22 @@ here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd -- "$here/.." && pwd)
 cd -- "$root"
 
-for tool in cargo dpkg dpkg-deb gzip md5sum; do
+for tool in cargo dpkg dpkg-deb gzip md5sum readelf; do
 	command -v "$tool" >/dev/null || die "needs $tool, which is not installed"
 done
-if command -v strip >/dev/null; then
-	strip_cmd=(strip --remove-section=.comment --remove-section=.note --strip-unneeded)
-elif command -v objcopy >/dev/null; then
-	strip_cmd=(objcopy --strip-all --remove-section=.comment --remove-section=.note)
-else
-	die "needs strip or objcopy (package binutils), neither is installed"
-fi
 
 unit_src=systemd/slmd.service
 [ -f "$unit_src" ] || die "$unit_src is missing: the package ships the systemd unit from there; write it first"
+
+[ ${#arches[@]} -gt 0 ] || arches=(amd64)
+build_arches=()
+for a in "${arches[@]}"; do
+	case "$a" in
+	all) build_arches+=(amd64 arm64 armhf) ;;
+	amd64 | arm64 | armhf) build_arches+=("$a") ;;
+	*) die "unknown architecture $a: choose amd64, arm64, armhf or all" ;;
+	esac
+done
 
 # Version: the crate's, with a semver pre-release (0.2.0-rc.1) turned into
 # Debian's sort-before form (0.2.0~rc.1).
@@ -89,7 +104,6 @@ if [ -z "$version" ]; then
 fi
 [[ $version =~ ^([0-9]+:)?[0-9][A-Za-z0-9.+~-]*$ ]] ||
 	die "invalid Debian version: $version"
-arch=$(dpkg --print-architecture)
 
 # The cargo target directory (CARGO_TARGET_DIR, .cargo/config, or target/).
 target_dir=$(cargo metadata --format-version 1 --no-deps |
@@ -97,11 +111,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 [ -n "$target_dir" ] || die "cannot find the cargo target directory"
 [ -n "$out" ] || out="$target_dir/debian"
 mkdir -p -- "$out"
-
-echo "build-deb: cargo build --release -p slmd" >&2
-cargo build --release -p slmd >&2
-binary="$target_dir/release/slmd"
-[ -x "$binary" ] || die "cargo did not produce $binary"
+cross_dir="$target_dir/cross"
 
 # Timestamps inside the package: the last commit's, or now.
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
@@ -109,28 +119,112 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
 fi
 export SOURCE_DATE_EPOCH
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/slmd-deb.XXXXXX")
-trap 'rm -rf -- "$work"' EXIT
-pkg="$work/debian/slmd"
-doc="$pkg/usr/share/doc/slmd"
+# Compilers, the Debian 11 C library and qemu-user for every architecture
+# asked for (a no-op once done).
+bash "$here/cross-setup.sh" --dir "$cross_dir" $(printf -- '--arch %s ' "${build_arches[@]}") ||
+	die "cross-setup.sh failed"
 
-install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/lib/systemd/system" \
-	"$pkg/etc/slmd" "$pkg/usr/share/man/man8" "$doc/examples" \
-	"$pkg/usr/share/lintian/overrides"
+# Runs the built binary here: directly for amd64, under qemu-user with the
+# Debian 11 sysroot's loader and libraries for ARM.
+run_target() {
+	if [ -n "$SLMD_QEMU" ]; then
+		"$SLMD_QEMU" -L "$SLMD_SYSROOT" "$@"
+	else
+		"$@"
+	fi
+}
 
-"${strip_cmd[@]}" -o "$pkg/usr/bin/slmd" "$binary"
-chmod 0755 "$pkg/usr/bin/slmd"
+build_one() {
+	local arch=$1
+	# shellcheck source=/dev/null
+	. "$cross_dir/env/$arch.sh"
+	[ "$SLMD_DEB_ARCH" = "$arch" ] || die "$cross_dir/env/$arch.sh is for $SLMD_DEB_ARCH"
 
-install -m 0644 "$unit_src" "$pkg/lib/systemd/system/slmd.service"
-install -m 0644 packaging/slmd.toml "$pkg/etc/slmd/slmd.toml"
-install -m 0644 packaging/examples/99-slmd-serial.rules "$doc/examples/99-slmd-serial.rules"
-install -m 0644 packaging/debian/copyright "$doc/copyright"
-install -m 0644 packaging/debian/lintian-overrides "$pkg/usr/share/lintian/overrides/slmd"
+	echo "build-deb: cargo build --profile dist -p slmd --target $SLMD_TRIPLE $SLMD_BUILD_STD" >&2
+	local started=$SECONDS
+	# shellcheck disable=SC2086 # SLMD_BUILD_STD is one flag or none
+	cargo build --profile dist -p slmd --bin slmd --target "$SLMD_TRIPLE" $SLMD_BUILD_STD >&2 ||
+		die "cargo build for $arch failed"
+	echo "build-deb: $arch build took $((SECONDS - started)) s" >&2
+	binary="$target_dir/$SLMD_TRIPLE/dist/slmd"
+	[ -x "$binary" ] || die "cargo did not produce $binary"
 
-# slmd(8), generated from the command line definition by the binary itself.
-"$pkg/usr/bin/slmd" man >"$work/slmd.8" || die "slmd man failed"
-grep -q '^\.TH' "$work/slmd.8" || die "slmd man printed no man page"
-gzip -9n <"$work/slmd.8" >"$pkg/usr/share/man/man8/slmd.8.gz"
+	work=$(mktemp -d "${TMPDIR:-/tmp}/slmd-deb.XXXXXX")
+	trap 'rm -rf -- "$work"' EXIT
+	pkg="$work/debian/slmd"
+	doc="$pkg/usr/share/doc/slmd"
+
+	install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/lib/systemd/system" \
+		"$pkg/etc/slmd" "$pkg/usr/share/man/man8" "$doc/examples" \
+		"$pkg/usr/share/lintian/overrides"
+
+	"$SLMD_STRIP" --remove-section=.comment --remove-section=.note --strip-unneeded \
+		-o "$pkg/usr/bin/slmd" "$binary" || die "$SLMD_STRIP failed"
+	chmod 0755 "$pkg/usr/bin/slmd"
+	echo "build-deb: $arch binary $(stat -c %s "$pkg/usr/bin/slmd") bytes stripped" >&2
+
+	install -m 0644 "$unit_src" "$pkg/lib/systemd/system/slmd.service"
+	install -m 0644 packaging/slmd.toml "$pkg/etc/slmd/slmd.toml"
+	install -m 0644 packaging/examples/99-slmd-serial.rules "$doc/examples/99-slmd-serial.rules"
+	install -m 0644 packaging/debian/copyright "$doc/copyright"
+	install -m 0644 packaging/debian/lintian-overrides "$pkg/usr/share/lintian/overrides/slmd"
+
+	# slmd(8), generated from the command line definition by the binary
+	# itself (which also shows that it runs on Debian 11's C library).
+	run_target "$pkg/usr/bin/slmd" man >"$work/slmd.8" || die "slmd man failed"
+	grep -q '^\.TH' "$work/slmd.8" || die "slmd man printed no man page"
+	gzip -9n <"$work/slmd.8" >"$pkg/usr/share/man/man8/slmd.8.gz"
+
+	add_doc README.md README.md
+	add_doc packaging/README.Debian README.Debian
+
+	# The changelog: changelog.gz for a native version (no Debian revision,
+	# the usual case), changelog.Debian.gz when the version has one (policy
+	# 12.7).
+	local changelog=changelog.gz
+	[[ $version != *-* ]] || changelog=changelog.Debian.gz
+	sed -e "s/@VERSION@/$version/" \
+		-e "s/@DATE@/$(date -u -R -d "@$SOURCE_DATE_EPOCH")/" \
+		packaging/debian/changelog.in | gzip -9n >"$doc/$changelog"
+	chmod 0644 "$doc/$changelog"
+
+	# Maintainer scripts and conffiles.
+	for script in postinst prerm postrm; do
+		install -m 0755 "packaging/debian/$script" "$pkg/DEBIAN/$script"
+	done
+	install -m 0644 packaging/debian/conffiles "$pkg/DEBIAN/conffiles"
+
+	local depends
+	depends=$(shlib_depends "$pkg/usr/bin/slmd")
+	[ -n "$depends" ] || die "could not compute the shared library dependencies"
+	depends="$depends, adduser"
+	# The unit's ExecReload may call kill(1), which is in procps.
+	if grep -Eq '^Exec[A-Za-z]*=[-@:+!]*(/usr)?/bin/kill( |$)' "$unit_src"; then
+		depends="$depends, procps"
+	fi
+
+	# Installed-Size as dpkg-gencontrol counts it: KiB per file, rounded up,
+	# and 1 per directory or link.
+	local installed_size
+	installed_size=$(cd "$pkg" && find . -path ./DEBIAN -prune -o ! -name . -printf '%y %s\n' |
+		awk '$1 == "f" { kib += int(($2 + 1023) / 1024); next } { kib += 1 } END { print kib }')
+
+	sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" \
+		-e "s/@INSTALLED_SIZE@/$installed_size/" -e "s/@DEPENDS@/$depends/" \
+		packaging/debian/control.in >"$pkg/DEBIAN/control"
+	chmod 0644 "$pkg/DEBIAN/control"
+
+	(cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\n' | sort |
+		xargs -d '\n' md5sum) >"$pkg/DEBIAN/md5sums"
+	chmod 0644 "$pkg/DEBIAN/md5sums"
+
+	find "$pkg" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+
+	local deb="$out/slmd_${version#*:}_${arch}.deb"
+	dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >&2
+	echo "build-deb: built $deb ($(stat -c %s "$deb") bytes)" >&2
+	echo "$deb"
+}
 
 # Docs: policy 12.3 wants files over 4 KiB compressed.
 add_doc() {
@@ -142,77 +236,36 @@ add_doc() {
 		install -m 0644 "$src" "$doc/$name"
 	fi
 }
-add_doc README.md README.md
-add_doc packaging/README.Debian README.Debian
 
-# The changelog: changelog.gz for a native version (no Debian revision, the
-# usual case), changelog.Debian.gz when the version has one (policy 12.7).
-if [[ $version == *-* ]]; then
-	changelog=changelog.Debian.gz
-else
-	changelog=changelog.gz
-fi
-sed -e "s/@VERSION@/$version/" \
-	-e "s/@DATE@/$(date -u -R -d "@$SOURCE_DATE_EPOCH")/" \
-	packaging/debian/changelog.in | gzip -9n >"$doc/$changelog"
-chmod 0644 "$doc/$changelog"
-
-# Maintainer scripts and conffiles.
-for script in postinst prerm postrm; do
-	install -m 0755 "packaging/debian/$script" "$pkg/DEBIAN/$script"
-done
-install -m 0644 packaging/debian/conffiles "$pkg/DEBIAN/conffiles"
-
-# Depends: shared libraries as dpkg-shlibdeps sees them (it wants a
-# debian/control, so a minimal one is made in the work dir), else from the
-# binary's GLIBC symbol versions; adduser for the postinst; procps when
-# the unit runs /bin/kill.
+# Depends from the binary itself (readelf works for every architecture;
+# dpkg-shlibdeps would need the target's libc6 installed): libc6 at least
+# the newest GLIBC_ symbol version it uses (a symbol versioned GLIBC_x.y
+# exists from glibc x.y on), libgcc-s1 likewise from its GCC_ versions.
 shlib_depends() {
-	if command -v dpkg-shlibdeps >/dev/null; then
-		printf 'Source: slmd\n\nPackage: slmd\nArchitecture: any\n' >"$work/debian/control"
-		(cd "$work" && dpkg-shlibdeps -O -edebian/slmd/usr/bin/slmd 2>/dev/null) |
-			sed -n 's/^shlibs:Depends=//p'
-		return
-	fi
-	command -v objdump >/dev/null || die "needs dpkg-shlibdeps (dpkg-dev) or objdump (binutils)"
-	local glibc deps=() lib
-	glibc=$(objdump -T "$pkg/usr/bin/slmd" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -n1)
-	for lib in $(objdump -p "$pkg/usr/bin/slmd" | awk '$1 == "NEEDED" { print $2 }'); do
+	local bin=$1 glibc gcc lib deps=()
+	glibc=$(readelf -W --dyn-syms "$bin" | grep -o '@GLIBC_[0-9.]*' | sed 's/@GLIBC_//' | sort -uV | tail -n1)
+	[ -n "$glibc" ] || die "$bin uses no versioned glibc symbol: is it dynamically linked?"
+	deps+=("libc6 (>= $glibc)")
+	for lib in $(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
 		case "$lib" in
-		libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | ld-linux*) ;;
-		libgcc_s.so.1) deps+=("libgcc-s1 (>= 4.2)") ;;
-		*) die "no dpkg-shlibdeps, and no known package for $lib" ;;
+		libc.so.6 | libm.so.6 | libpthread.so.0 | libdl.so.2 | librt.so.1 | libutil.so.1 | ld-linux*) ;;
+		libgcc_s.so.1)
+			gcc=$(readelf -W --dyn-syms "$bin" | grep -o '@GCC_[0-9.]*' | sed 's/@GCC_//' | sort -uV | tail -n1)
+			if [ -n "$gcc" ]; then
+				deps+=("libgcc-s1 (>= ${gcc%.0})")
+			else
+				deps+=(libgcc-s1)
+			fi
+			;;
+		*) die "no known Debian package for the shared library $lib" ;;
 		esac
 	done
-	printf 'libc6 (>= %s)' "$glibc"
-	[ ${#deps[@]} -eq 0 ] || printf ', %s' "${deps[@]}"
-	echo
+	local IFS=,
+	echo "${deps[*]}" | sed 's/,/, /g'
 }
-depends=$(shlib_depends)
-[ -n "$depends" ] || die "could not compute the shared library dependencies"
-depends="$depends, adduser"
-# The unit's ExecReload may call kill(1), which is in procps.
-if grep -Eq '^Exec[A-Za-z]*=[-@:+!]*(/usr)?/bin/kill( |$)' "$unit_src"; then
-	depends="$depends, procps"
-fi
 
-# Installed-Size as dpkg-gencontrol counts it: KiB per file, rounded up,
-# and 1 per directory or link.
-installed_size=$(cd "$pkg" && find . -path ./DEBIAN -prune -o ! -name . -printf '%y %s\n' |
-	awk '$1 == "f" { kib += int(($2 + 1023) / 1024); next } { kib += 1 } END { print kib }')
-
-sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" \
-	-e "s/@INSTALLED_SIZE@/$installed_size/" -e "s/@DEPENDS@/$depends/" \
-	packaging/debian/control.in >"$pkg/DEBIAN/control"
-chmod 0644 "$pkg/DEBIAN/control"
-
-(cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\n' | sort |
-	xargs -d '\n' md5sum) >"$pkg/DEBIAN/md5sums"
-chmod 0644 "$pkg/DEBIAN/md5sums"
-
-find "$pkg" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-
-deb="$out/slmd_${version#*:}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >&2
-echo "build-deb: built $deb" >&2
-echo "$deb"
+# One subshell per architecture, so one's environment does not leak into
+# the next (and set -e holds inside: no `||` around it).
+for a in "${build_arches[@]}"; do
+	(build_one "$a")
+done
