@@ -7,176 +7,27 @@
 //! Skips with a printed reason when a tool is missing, unless `CI` is set:
 //! then a missing tool is a failure.
 
+use slmd_e2e::deb::{
+    BUILD_TOOLS, Unpacked, assert_glibc_baseline, assert_lintian_clean, build_and_unpack,
+    control_fields as fields, have, run, stdout, tools_present, workspace,
+};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_owned()
-}
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
-/// Whether `tool` is an executable on PATH (or in an sbin directory).
-fn have(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .any(|dir| {
-            std::fs::metadata(dir.join(tool)).is_ok_and(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
-        })
-}
-
-/// `true` when every tool is there; otherwise prints why the test is
-/// skipped and returns `false`, or panics in CI.
-fn tools_present(test: &str, tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "{test}: needs {} (not installed; .ci/run installs them)",
-        missing.join(", ")
-    );
-    assert!(
-        !in_ci(),
-        "{why}; CI is set, so this is a failure, not a skip"
-    );
-    eprintln!("SKIPPED {why}");
-    false
-}
 
 /// The tools the build script needs.
 fn build_tools_present(test: &str) -> bool {
-    let strip = if have("strip") { "strip" } else { "objcopy" };
-    tools_present(test, &["bash", "dpkg", "dpkg-deb", "gzip", "md5sum", strip])
+    tools_present(test, &BUILD_TOOLS)
 }
 
-fn run(cmd: &mut Command) -> Output {
-    let name = format!("{cmd:?}");
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
-}
-
-fn stdout(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The package, built once, and its two halves unpacked.
-struct Built {
-    deb: PathBuf,
-    /// `dpkg-deb -x`: the files.
-    root: PathBuf,
-    /// `dpkg-deb -e`: the control files.
-    control: PathBuf,
-}
-
-fn built() -> &'static Built {
-    static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
-    match BUILT.get_or_init(build) {
+/// The amd64 package, built once per test run.
+fn built() -> &'static Unpacked {
+    static BUILT: OnceLock<Result<Unpacked, String>> = OnceLock::new();
+    match BUILT.get_or_init(|| build_and_unpack("amd64", "packaging")) {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     }
-}
-
-fn build() -> Result<Built, String> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packaging");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| format!("clean {}: {e}", dir.display()))?;
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let mut cmd = Command::new("bash");
-    cmd.arg(workspace().join("packaging/build-deb.sh"))
-        .arg("--out")
-        .arg(&dir)
-        .current_dir(workspace());
-    // The script runs `cargo`: the one running these tests.
-    if let Some(cargo_dir) = std::env::var_os("CARGO")
-        .map(PathBuf::from)
-        .and_then(|c| c.parent().map(Path::to_owned))
-    {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let joined =
-            std::env::join_paths(std::iter::once(cargo_dir).chain(std::env::split_paths(&path)))
-                .map_err(|e| e.to_string())?;
-        cmd.env("PATH", joined);
-    }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run build-deb.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "build-deb.sh failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let deb = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
-    if !deb.is_file() {
-        return Err(format!(
-            "build-deb.sh did not print the .deb's path: {}",
-            deb.display()
-        ));
-    }
-    let root = dir.join("root");
-    let control = dir.join("control");
-    for (flag, into) in [("-x", &root), ("-e", &control)] {
-        let out = Command::new("dpkg-deb")
-            .arg(flag)
-            .arg(&deb)
-            .arg(into)
-            .output()
-            .map_err(|e| format!("dpkg-deb: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "dpkg-deb {flag} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
-    Ok(Built { deb, root, control })
-}
-
-/// `Key: value` fields of a control file (continuation lines appended).
-fn fields(text: &str) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    let mut last = None;
-    for line in text.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(key) = &last {
-                let value = out.get_mut(key).expect("key seen");
-                value.push('\n');
-                value.push_str(line);
-            }
-        } else if let Some((key, value)) = line.split_once(':') {
-            out.insert(key.to_owned(), value.trim().to_owned());
-            last = Some(key.to_owned());
-        }
-    }
-    out
 }
 
 /// The workspace's version, from `[workspace.package]` in Cargo.toml.
@@ -198,9 +49,7 @@ fn workspace_version() -> String {
 }
 
 fn arch() -> String {
-    stdout(Command::new("dpkg").arg("--print-architecture"))
-        .trim()
-        .to_owned()
+    "amd64".to_owned()
 }
 
 /// README.md is shipped compressed when over 4 KiB (policy 12.3).
@@ -320,7 +169,7 @@ fn conffiles_and_the_shipped_config() {
 
 /// Runs the packaged `slmd check` on `config`; `Ok` when the file is
 /// valid: exit 0, or a probe failure (69) after the line saying it is valid.
-fn check(b: &Built, config: &Path, extra: &[&str]) -> Result<String, String> {
+fn check(b: &Unpacked, config: &Path, extra: &[&str]) -> Result<String, String> {
     let out = run(Command::new(b.root.join("usr/bin/slmd"))
         .arg("check")
         .args(extra)
@@ -410,6 +259,7 @@ fn control_fields() {
     );
     let depends = get("Depends");
     assert!(depends.contains("libc6 (>= 2."), "Depends: {depends}");
+    assert_glibc_baseline(built());
     assert!(
         depends.split(',').any(|d| d.trim() == "adduser"),
         "postinst runs adduser: {depends}"
@@ -597,29 +447,5 @@ fn lintian_reports_no_errors_and_only_explained_warnings() {
     {
         return;
     }
-    let b = built();
-    let out = run(Command::new("lintian")
-        .args(["--fail-on", "error", "--display-info", "--show-overrides"])
-        .arg(&b.deb));
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("lintian:\n{report}");
-    assert!(out.status.success(), "lintian found errors:\n{report}");
-    assert!(
-        !report.lines().any(|l| l.starts_with("E: ")),
-        "lintian errors:\n{report}"
-    );
-    // Every warning must be explained in packaging/README.md.
-    let readme =
-        std::fs::read_to_string(workspace().join("packaging/README.md")).expect("README.md");
-    for line in report.lines().filter(|l| l.starts_with("W: ")) {
-        let tag = line.split_whitespace().nth(2).unwrap_or_default();
-        assert!(
-            readme.contains(&format!("`{tag}`")),
-            "lintian warning not explained in packaging/README.md: {line}"
-        );
-    }
+    assert_lintian_clean(&built().deb);
 }
