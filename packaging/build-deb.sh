@@ -74,6 +74,14 @@ if [ -n "$out" ]; then
 	out=$(cd -- "$out" && pwd)
 fi
 
+# Called from a test, the environment holds what cargo sets for a test
+# process (CARGO_MANIFEST_DIR and the like). Some build scripts (ring's)
+# rebuild when those change, so a build from a test and one from a shell
+# would each throw the other's away: drop them.
+while read -r name; do
+	unset "$name"
+done < <(compgen -e | grep -E '^(CARGO_(MANIFEST_|PKG_|CRATE_|BIN_|PRIMARY_PACKAGE|TARGET_TMPDIR)|OUT_DIR$)' || true)
+
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd -- "$here/.." && pwd)
 cd -- "$root"
