@@ -135,6 +135,7 @@ fn the_unit_keeps_what_the_daemon_and_the_package_rely_on() {
         "DeviceAllow=char-ttyS rw",
         "DeviceAllow=char-ttyUSB rw",
         "DeviceAllow=char-ttyACM rw",
+        "DeviceAllow=char-ttyAMA rw",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
         "ProtectSystem=strict",
         "WantedBy=multi-user.target",
