@@ -7,6 +7,15 @@
 //! rewritten here into what a user can act on. Semantic problems found after
 //! deserializing carry a key path and are placed by looking the path up in
 //! the tree.
+//!
+//! Secrets never appear in a message. A value under a secret key
+//! ([`is_secret_key`]: `api.tokens`, `fleet.tokens`, and any key named like
+//! a token, password or secret) is described by its type only ("found a
+//! string (value not shown: it is a secret)"). A syntax error names only
+//! keys of the schema ([`KEYS`]), because the text the parser stopped in may
+//! be a token pasted on a line of its own; an unknown key is named only when
+//! it looks like a key ([`key_like`]). And as a last guard, every message is
+//! scrubbed of the secret values the file holds ([`Secrets`]).
 
 use std::ops::Range;
 use std::path::Path;
@@ -99,6 +108,21 @@ impl Problem {
     }
 }
 
+/// Longest value repeated in a message, in characters: enough to recognise
+/// it, short enough that a pasted megabyte does not become the message.
+const SHOWN_CHARS: usize = 64;
+
+/// A value as quoted in a message: `"nl43-north"`, cut after
+/// [`SHOWN_CHARS`] characters with `…` and the length.
+pub(crate) fn shown(value: &str) -> String {
+    let count = value.chars().count();
+    if count <= SHOWN_CHARS {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(SHOWN_CHARS).collect();
+    format!("{head:?}… ({count} characters)")
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `text`.
 /// Offsets past the end point just after the last character.
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -128,6 +152,22 @@ struct Found {
     value: Range<usize>,
     /// The value is a TOML date-time (serde sees those as maps).
     datetime: bool,
+    /// What kind of value it is ("a string", "an integer", …), for messages
+    /// that must not show the value itself.
+    kind: &'static str,
+}
+
+/// "a string", "an integer", … for a value, without its content.
+fn kind_of(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
 }
 
 impl<'a> Doc<'a> {
@@ -143,6 +183,7 @@ impl<'a> Doc<'a> {
             key: None,
             value: self.root.span(),
             datetime: false,
+            kind: "a table",
         };
         for seg in path {
             let (key_span, value) = match seg {
@@ -156,6 +197,7 @@ impl<'a> Doc<'a> {
                 key: key_span,
                 value: value.span(),
                 datetime: matches!(value.get_ref(), DeValue::Datetime(_)),
+                kind: kind_of(value.get_ref()),
             };
             table = None;
             array = None;
@@ -234,6 +276,9 @@ impl<'a> Doc<'a> {
                 format!("expected a table, found an array; write [{name}] with single brackets");
             return self.at(file, span.start, Some(name), message);
         }
+        // The key as shown: an unknown key that may be a pasted secret is
+        // left out (the error still points at it).
+        let mut shown = path.clone();
         let message = if let Some(rest) = raw.strip_prefix("unknown field `") {
             // The unknown key is the last step of the path; what follows it
             // lists the expected keys.
@@ -245,11 +290,19 @@ impl<'a> Doc<'a> {
                 .strip_prefix(name)
                 .and_then(|r| r.strip_prefix('`'))
                 .unwrap_or(rest);
+            if !key_like(name) {
+                shown.pop();
+            }
             unknown_key(name, tail)
         } else if let Some(rest) = raw.strip_prefix("missing field `") {
             let name = rest.trim_end_matches('`');
             path.push(Seg::Key(name.to_owned()));
+            shown.clone_from(&path);
             missing_key(&path)
+        } else if is_secret_path(&path) {
+            // Whatever serde says quotes the value; say what kind it is.
+            let found = self.find(&path).map_or("another kind of value", |f| f.kind);
+            secret_wrong_type(raw, &path, found)
         } else if let Some(rest) = raw
             .strip_prefix("invalid type: ")
             .or_else(|| raw.strip_prefix("invalid value: "))
@@ -266,7 +319,7 @@ impl<'a> Doc<'a> {
         // toml gives the span of the value (or of the unknown key, or of the
         // table missing a key); fall back to looking the path up.
         let span = inner.span().unwrap_or_else(|| self.span(&path, At::Value));
-        self.at(file, span.start, render(&path), message)
+        self.at(file, span.start, render(&shown), message)
     }
 }
 
@@ -284,19 +337,206 @@ fn misplaced_array(path: &[Seg]) -> Option<usize> {
 /// `unknown key "adress"; expected one of: id, protocol, …` for the key
 /// `name`, from the end of serde's message:
 /// ``, expected one of `id`, `protocol`, …`` (or ``, there are no fields``).
+/// A name that does not look like a key ([`key_like`]) is not repeated.
 fn unknown_key(name: &str, tail: &str) -> String {
     let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    let what = if key_like(name) {
+        format!("unknown key {name:?}")
+    } else {
+        "unknown key (its name is not shown: it looks like a pasted secret, not a key)".to_owned()
+    };
     if expected.is_empty() {
-        return format!("unknown key {name:?}; this table takes no keys");
+        return format!("{what}; this table takes no keys");
     }
-    let mut message = format!(
-        "unknown key {name:?}; expected one of: {}",
-        expected.join(", ")
-    );
+    let mut message = format!("{what}; expected one of: {}", expected.join(", "));
     if let Some(near) = closest(name, &expected) {
         message.push_str(&format!(" (did you mean {near:?}?)"));
     }
     message
+}
+
+/// Every table and key name of the schema. A syntax error names only these
+/// (the text the parser stopped in may be a secret pasted on its own line);
+/// a test keeps the list in step with the serde tree.
+pub(crate) const KEYS: &[&str] = &[
+    // tables
+    "gateway",
+    "buffer",
+    "device",
+    "api",
+    "mqtt",
+    "fleet",
+    // [gateway]
+    "id",
+    "state_dir",
+    // [buffer]
+    "max_records",
+    "max_bytes",
+    "durability",
+    // [[device]]
+    "protocol",
+    "transport",
+    "address",
+    "path",
+    "baud",
+    "poll_interval",
+    "live_poll_interval",
+    "answer_timeout",
+    "command_gap",
+    "status_interval",
+    "utc_offset",
+    "reconnect_min",
+    "reconnect_max",
+    // [api]
+    "listen",
+    "tokens",
+    "stream_max",
+    // [mqtt]
+    "url",
+    "topic_prefix",
+    "qos",
+    // [fleet]
+    "enabled",
+    "token_file",
+    "batch_max",
+    "interval",
+    "token_retry",
+    "gzip",
+    "timeout",
+    "retry_min",
+    "retry_max",
+    "auth_retry",
+];
+
+/// The longest start of `path` whose keys are all schema keys ([`KEYS`]).
+fn known_prefix(mut path: Vec<Seg>) -> Vec<Seg> {
+    if let Some(bad) = path
+        .iter()
+        .position(|seg| matches!(seg, Seg::Key(k) if !KEYS.contains(&k.as_str())))
+    {
+        path.truncate(bad);
+    }
+    path
+}
+
+/// Whether an unknown key's name may be repeated in a message: it looks
+/// like a key someone meant to write (`adress`, `poll-rate`, `Id`), not like
+/// a token pasted in the wrong place. Keys are short words; tokens are long
+/// runs of letters and digits. Shown: at most 32 characters, a letter
+/// first, then letters, `_` and `-`, and at most 2 digits.
+pub(crate) fn key_like(name: &str) -> bool {
+    let digits = name.chars().filter(char::is_ascii_digit).count();
+    (1..=32).contains(&name.chars().count())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && digits <= 2
+}
+
+/// Whether a key holds a secret: `tokens` (`api.tokens`, `fleet.tokens`),
+/// and, so a key added later is covered too, any key named like a token,
+/// password or secret (`token`, `password`, `mqtt_secret`, …). `token_file`
+/// (a path) and `token_retry` (a duration) are not secrets.
+pub(crate) fn is_secret_key(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    if matches!(name.as_str(), "token_file" | "token_retry") {
+        return false;
+    }
+    ["token", "password", "passwd", "secret", "credential"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+/// Whether `path` is a secret key or inside one (`fleet.tokens[1]`).
+pub(crate) fn is_secret_path(path: &[Seg]) -> bool {
+    path.iter()
+        .any(|seg| matches!(seg, Seg::Key(k) if is_secret_key(k)))
+}
+
+/// What is wrong with a secret's value, from serde's message, without the
+/// value: `expected an array of strings like ["token-a"], found a string
+/// (value not shown: it is a secret)`. `found` is the kind of value in the
+/// file.
+fn secret_wrong_type(raw: &str, path: &[Seg], found: &str) -> String {
+    const HIDDEN: &str = "(value not shown: it is a secret)";
+    let expected = raw
+        .rfind(", expected ")
+        .map(|i| &raw[i + ", expected ".len()..]);
+    let expected = match (expected, path.last()) {
+        (Some("a sequence"), _) => r#"an array of strings like ["token-a"]"#,
+        (Some("a string"), _) => "a string",
+        // Other wording (a custom check) may quote the value: say no more.
+        (_, Some(Seg::Index(_))) => "a string",
+        _ => r#"an array of strings like ["token-a"]"#,
+    };
+    format!("expected {expected}, found {found} {HIDDEN}")
+}
+
+/// The secret values in a document (see [`is_secret_key`]), to scrub from
+/// any message as a last guard: strings as written inside the quotes, other
+/// values as their text.
+#[derive(Debug, Default)]
+pub(crate) struct Secrets(Vec<String>);
+
+/// Secrets shorter than this are not scrubbed: replacing every "ab" in a
+/// message would garble it, and no real token is that short.
+const SHORTEST_SCRUBBED: usize = 4;
+
+/// What a scrubbed secret reads as.
+const SCRUBBED: &str = "<secret>";
+
+impl Secrets {
+    /// Every secret value in `root`, a tree parsed from `text`.
+    pub fn collect(text: &str, root: &DeTable<'_>) -> Secrets {
+        let mut found = Secrets::default();
+        found.table(text, root, false);
+        found.0.retain(|s| s.chars().count() >= SHORTEST_SCRUBBED);
+        // Longest first, so a secret that contains another is replaced whole.
+        found.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        found.0.dedup();
+        found
+    }
+
+    fn table(&mut self, text: &str, table: &DeTable<'_>, secret: bool) {
+        for (key, value) in table.iter() {
+            let secret = secret || is_secret_key(key.get_ref());
+            self.value(text, value, secret);
+        }
+    }
+
+    fn value(&mut self, text: &str, value: &Spanned<DeValue<'_>>, secret: bool) {
+        match value.get_ref() {
+            DeValue::Table(t) => self.table(text, t, secret),
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    self.value(text, item, secret);
+                }
+            }
+            DeValue::String(s) if secret => self.0.push(s.to_string()),
+            _ if secret => {
+                if let Some(raw) = text.get(value.span()) {
+                    self.0.push(raw.trim().to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `error` with every secret in its key and message replaced.
+    pub fn scrub(&self, mut error: ConfigError) -> ConfigError {
+        for secret in &self.0 {
+            if error.message.contains(secret.as_str()) {
+                error.message = error.message.replace(secret.as_str(), SCRUBBED);
+            }
+            if let Some(key) = &mut error.key
+                && key.contains(secret.as_str())
+            {
+                *key = key.replace(secret.as_str(), SCRUBBED);
+            }
+        }
+        error
+    }
 }
 
 /// The expected key closest to a misspelt one, if it is close.
@@ -356,6 +596,14 @@ fn wrong_type(rest: &str, path: &[Seg], datetime: Option<&str>) -> String {
         None => (rest, "?"),
     };
     let found = found.replace('`', "");
+    // A long string is cut (toml quotes it whole).
+    let found = match found.strip_prefix("string ") {
+        Some(quoted) if quoted.chars().count() > SHOWN_CHARS + 2 => {
+            let head: String = quoted.chars().take(SHOWN_CHARS + 1).collect();
+            format!("string {head}…\"")
+        }
+        _ => found,
+    };
     let found = match (found.as_str(), datetime) {
         (_, Some(text)) if expected.contains("string") => {
             format!("date-time {text} (quote it to make it a string)")
@@ -414,6 +662,8 @@ pub(crate) fn syntax_error(text: &str, file: &Path, err: &toml::de::Error) -> Co
             path.push(Seg::Key(dup.trim_matches(['"', '\'']).to_owned()));
         }
     }
+    // Only schema keys: the key the parser stopped in may be a secret.
+    let path = known_prefix(path);
     let message = if is_unterminated_string(raw, text, offset) {
         "invalid TOML: unterminated string; add the closing quote".to_owned()
     } else if raw == "duplicate key" {
@@ -422,13 +672,13 @@ pub(crate) fn syntax_error(text: &str, file: &Path, err: &toml::de::Error) -> Co
         format!("invalid TOML: {raw}")
     };
     let (line, column) = line_col(text, offset);
-    ConfigError {
+    Secrets::collect(text, recovered.get_ref()).scrub(ConfigError {
         file: file.to_path_buf(),
         line: Some(line),
         column: Some(column),
         key: render(&path),
         message,
-    }
+    })
 }
 
 /// A string the parser ran off the end of the line (or file) in.

@@ -33,21 +33,53 @@
 //! can act on. Positions count characters, not bytes, so they match what an
 //! editor shows.
 //!
+//! Secrets never appear in an error: a value under `api.tokens`,
+//! `fleet.tokens` (or any key named like a token, password or secret) is
+//! described by its type only — `fleet.tokens: expected an array of strings
+//! like ["token-a"], found a string (value not shown: it is a secret)`; a
+//! syntax error names only the schema's keys (the line it stopped in may be
+//! a pasted token); an unknown key that looks like a token rather than a
+//! key is not repeated; credentials and queries in a URL are masked; and
+//! every message is scrubbed of the file's secret values as a last guard.
+//! Other values are quoted cut to 64 characters.
+//!
 //! Decisions beyond SPEC §5, so that the daemon never starts with a value
-//! that would make it spin or hang:
+//! that would make it spin, hang, or overflow a deadline (each limit is a
+//! named constant in `validate` with its reason, and the error names it):
 //! - `status_interval` must be at least 1s (like `poll_interval`: the meter
 //!   answers at most once a second); `reconnect_min`, `api.stream_max`,
 //!   `fleet.interval`, `fleet.token_retry`, `fleet.timeout`,
 //!   `fleet.retry_min`, `fleet.retry_max` and `fleet.auth_retry` must not be
 //!   zero (a zero period is a busy loop, and `tokio::time::interval` panics
 //!   on it), and `fleet.retry_min` must not exceed `fleet.retry_max`;
+//! - every duration has a maximum: periods and retries (`poll_interval`,
+//!   `live_poll_interval`, `status_interval`, `api.stream_max`,
+//!   `fleet.interval`, `fleet.token_retry`, `fleet.auth_retry`,
+//!   `fleet.retry_min`, `fleet.retry_max`) at most 1 day ([`MAX_PERIOD`]);
+//!   `fleet.timeout` at most 1 hour ([`MAX_TIMEOUT`]); `answer_timeout` at
+//!   most 60s; `command_gap` at most 60s ([`MAX_COMMAND_GAP`]);
+//!   `reconnect_min` and `reconnect_max` at most 1 hour ([`MAX_RECONNECT`]).
+//!   A duration far beyond these used to pass and then panic a task
+//!   ("overflow when adding duration to instant");
+//! - at most [`MAX_DEVICES`] (64) `[[device]]` tables; the file itself at
+//!   most [`MAX_FILE_BYTES`] (1 MiB);
+//! - lengths: `gateway.id` at most 64 characters, paths at most 4095 bytes
+//!   and without NUL, URLs at most 2048 characters, `mqtt.topic_prefix` at
+//!   most 128 characters, tokens at most 4096 bytes without control
+//!   characters (they go into an HTTP header), at most 16 `api.tokens`;
 //! - `buffer.max_bytes`, when set, must be at least 1 byte;
 //! - tokens (API and fleet) must not be empty strings;
 //! - `gateway.id` must not be empty or contain whitespace or control
 //!   characters, and `gateway.state_dir` must not be empty;
+//! - a host (in a device `address` or a URL) is a DNS name (labels of at
+//!   most 63 characters, 253 in all), a bracketed IPv6 address, or an IPv4
+//!   address; a name ending in a number must be a valid dotted-quad IPv4
+//!   address (`256.0.0.1` and `10.1` are refused, because a resolver would
+//!   read them as odd addresses rather than names); ports are 1 to 65535;
 //! - `mqtt.url` is `mqtt://host[:port]` or `mqtts://host[:port]`: no path and
 //!   no credentials in the URL; `fleet.url` may have a path but no
-//!   credentials (tokens carry the authentication);
+//!   credentials (tokens carry the authentication), no query and no
+//!   fragment (the ingest path is appended to it);
 //! - `baud` is checked on every device but only used on serial ones.
 
 mod locate;
@@ -63,18 +95,38 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 pub use units::{parse_duration, parse_size};
+pub use validate::{
+    MAX_ANSWER_TIMEOUT, MAX_API_TOKENS, MAX_COMMAND_GAP, MAX_DEVICES, MAX_GATEWAY_ID_CHARS,
+    MAX_PATH_BYTES, MAX_PERIOD, MAX_RECONNECT, MAX_TIMEOUT, MAX_TOKEN_BYTES,
+    MAX_TOPIC_PREFIX_CHARS, MAX_URL_CHARS,
+};
 
 /// Reads, parses and validates the configuration file at `path`.
 ///
-/// A file that cannot be read is reported as `{file}: cannot read: {reason}`.
+/// A file that cannot be read is reported as `{file}: cannot read: {reason}`;
+/// one larger than [`MAX_FILE_BYTES`] is not read past that size.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError {
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| ConfigError {
         file: path.to_path_buf(),
         line: None,
         column: None,
         key: None,
         message: format!("cannot read: {e}"),
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    from_bytes(bytes, path)
+}
+
+/// Parses and validates the bytes of a configuration file, as [`load`]
+/// does once it has read them; `path` is only used in errors.
+pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Config, ConfigError> {
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(too_large(path));
+    }
     match String::from_utf8(bytes) {
         Ok(text) => parse(&text, path),
         Err(e) => {
@@ -95,18 +147,45 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates configuration text; `path` is only used in errors.
+///
+/// Never panics, whatever the text (the loader is fuzzed); text longer than
+/// [`MAX_FILE_BYTES`] is refused before it is parsed.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(too_large(path));
+    }
     let root = toml::de::DeTable::parse(text).map_err(|e| locate::syntax_error(text, path, &e))?;
     let doc = locate::Doc::new(text, &root);
+    let secrets = locate::Secrets::collect(text, root.get_ref());
     let config: Config = serde_path_to_error::deserialize(toml::Deserializer::from(root.clone()))
-        .map_err(|e| doc.deserialize_error(path, e))?;
+        .map_err(|e| secrets.scrub(doc.deserialize_error(path, e)))?;
     let first = validate::problems(&config)
         .into_iter()
         .map(|problem| doc.error(path, problem))
         .min_by_key(|e| (e.line, e.column));
     match first {
-        Some(error) => Err(error),
+        Some(error) => Err(secrets.scrub(error)),
         None => Ok(config),
+    }
+}
+
+/// Largest configuration file read: 1 MiB. The bundled example is 4 KiB
+/// and a gateway with [`MAX_DEVICES`] meters needs about 20 KiB, so a larger
+/// file is a mistake (a log or a binary given by `--config`), and reading or
+/// parsing it whole would only cost memory and time.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// The error for a file over [`MAX_FILE_BYTES`].
+fn too_large(path: &Path) -> ConfigError {
+    ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        key: None,
+        message: format!(
+            "too large: a configuration file is at most {} KiB (one with {MAX_DEVICES} meters takes about 20 KiB); is this the right file?",
+            MAX_FILE_BYTES / 1024
+        ),
     }
 }
 
@@ -398,8 +477,9 @@ impl<T: Keyword + PartialEq> Visitor<'_> for KeywordVisitor<T> {
             .map(|(_, value)| *value)
             .ok_or_else(|| {
                 E::custom(format!(
-                    "unknown {} {v:?}; expected one of: {}",
+                    "unknown {} {}; expected one of: {}",
                     T::WHAT,
+                    locate::shown(v),
                     Self::names()
                 ))
             })
@@ -461,7 +541,8 @@ impl UtcOffset {
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "invalid UTC offset {text:?}: expected \"+HH:MM\" or \"-HH:MM\" within ±14:00 (e.g. \"+00:00\", \"+09:00\", \"-05:30\")"
+                "invalid UTC offset {}: expected \"+HH:MM\" or \"-HH:MM\" within ±14:00 (e.g. \"+00:00\", \"+09:00\", \"-05:30\")",
+                locate::shown(text)
             )
         };
         let b = text.as_bytes();
@@ -566,7 +647,8 @@ fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<SocketAddr, E> {
             v.parse().map_err(|_| {
                 E::custom(format!(
-                    r#"invalid listen address {v:?}: expected an IP address and port (e.g. "127.0.0.1:8470", "0.0.0.0:8470", "[::]:8470")"#
+                    r#"invalid listen address {}: expected an IP address and port (e.g. "127.0.0.1:8470", "0.0.0.0:8470", "[::]:8470")"#,
+                    locate::shown(v)
                 ))
             })
         }
@@ -770,5 +852,397 @@ mod tests {
     #[test]
     fn default_config_is_what_an_empty_file_gives() {
         assert_eq!(ok(""), Config::default());
+    }
+
+    /// The secret every case below hides somewhere.
+    const SECRET: &str = "s3cr3t-Tok3n-9f8e7d";
+
+    /// Asserts `text` is rejected without the secret in anything shown.
+    #[track_caller]
+    fn rejected_without_secret(text: &str) -> ConfigError {
+        let e = err(text);
+        let shown = e.to_string();
+        for part in [SECRET, "s3cr3t", "9f8e7d"] {
+            assert!(!shown.contains(part), "{part:?} shown: {shown}\n{text}");
+        }
+        assert!(e.line.is_some(), "located: {shown}");
+        e
+    }
+
+    #[test]
+    fn a_token_given_as_a_string_is_not_echoed() {
+        for table in ["api", "fleet"] {
+            let e = rejected_without_secret(&format!("[{table}]\ntokens = \"{SECRET}\"\n"));
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "t.toml:2:10: {table}.tokens: expected an array of strings like [\"token-a\"], found a string (value not shown: it is a secret)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_of_the_wrong_type_is_not_echoed() {
+        for (text, key, found) in [
+            (
+                "[fleet]\ntokens = [\"ok-token\", 98765432]\n",
+                "fleet.tokens[1]",
+                "an integer",
+            ),
+            ("[api]\ntokens = [98765432.5]\n", "api.tokens[0]", "a float"),
+            (
+                "[api]\ntokens = [1979-05-27]\n",
+                "api.tokens[0]",
+                "a date-time",
+            ),
+            ("[api]\ntokens = 98765432\n", "api.tokens", "an integer"),
+            (
+                "[fleet]\ntokens = { x = \"98765432\" }\n",
+                "fleet.tokens",
+                "a table",
+            ),
+        ] {
+            let e = err(text);
+            let shown = e.to_string();
+            assert_eq!(e.key.as_deref(), Some(key), "{shown}");
+            assert!(
+                shown.contains(&format!("found {found} (value not shown: it is a secret)")),
+                "{shown}"
+            );
+            assert!(!shown.contains("98765432"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_near_a_secret_do_not_quote_it() {
+        for text in [
+            format!("[fleet]\ntokens = [\"{SECRET}\n"),
+            format!("[fleet]\ntokens = [{SECRET}]\n"),
+            format!("[fleet]\ntokens = \"{SECRET}\" x\n"),
+            format!("[fleet]\ntokens = [\"{SECRET}\" \"b\"]\n"),
+            format!("[fleet]\ntokens = \"{SECRET}\n"),
+            format!("[fleet]\ntokens = {SECRET}\n"),
+            format!("[fleet]\n{SECRET}\n"),
+            format!("[fleet]\nenabled = true\n{SECRET}\n"),
+            format!("[api]\ntokens = [\"{SECRET}\"]\ntokens = [\"{SECRET}\"]\n"),
+            format!("[{SECRET}]\n"),
+            format!("[fleet]\ntokens = [\"a\\q{SECRET}\"]\n"),
+            format!("[fleet]\ntokens = ['{SECRET}\n"),
+            format!("[fleet]\ntokens = \"\"\"{SECRET}\n"),
+            format!("{SECRET} = \"x\"\n[fleet\n"),
+        ] {
+            rejected_without_secret(&text);
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_unless_it_looks_like_a_secret() {
+        let e = rejected_without_secret(&format!("[fleet]\n{SECRET} = \"x\"\n"));
+        assert_eq!(e.key.as_deref(), Some("fleet"), "{e}");
+        assert!(
+            e.message.starts_with("unknown key (its name is not shown"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("expected one of: enabled, url, tokens"),
+            "{e}"
+        );
+        let e = err("[fleet]\ntoken = \"x\"\n");
+        assert_eq!(e.key.as_deref(), Some("fleet.token"), "{e}");
+        assert!(e.message.contains("did you mean \"tokens\"?"), "{e}");
+        for name in ["adress", "poll-rate", "Id", "retry2", "sate_dir"] {
+            assert!(locate::key_like(name), "{name}");
+        }
+        let long = "x".repeat(33);
+        for name in [
+            SECRET,
+            "0123abcd",
+            "a1b2c3d4",
+            long.as_str(),
+            "pass word",
+            "",
+        ] {
+            assert!(!locate::key_like(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn other_secret_shaped_values_are_not_echoed() {
+        for text in [
+            format!("[fleet]\nurl = \"https://user:{SECRET}@fleet.example.com\"\n"),
+            format!("[fleet]\nurl = \"https://fleet.example.com/?key={SECRET}\"\n"),
+            format!("[fleet]\nurl = \"ftp://user:{SECRET}@fleet.example.com\"\n"),
+            format!("[mqtt]\nurl = \"mqtt://u:{SECRET}@broker:1883\"\n"),
+            format!("[api]\ntokens = [\"{SECRET}\\n\"]\n"),
+            format!(
+                "[api]\ntokens = [\"{SECRET}{}\"]\n",
+                "x".repeat(MAX_TOKEN_BYTES)
+            ),
+            format!("[fleet]\ntokens = [\"{SECRET}\", \"\"]\n"),
+            format!("[fleet]\ntokens = [\"{SECRET}\"]\ntoken_file = \"/etc/slmd/fleet.token\"\n"),
+            format!("[fleet]\ntokens = [\"{SECRET}\", \"b-token\", \"c-token\"]\n"),
+        ] {
+            rejected_without_secret(&text);
+        }
+    }
+
+    #[test]
+    fn the_last_guard_scrubs_secret_values_from_any_message() {
+        let text = format!("[api]\ntokens = [\"{SECRET}\"]\n");
+        let root = toml::de::DeTable::parse(&text).expect("toml");
+        let secrets = locate::Secrets::collect(&text, root.get_ref());
+        let e = secrets.scrub(ConfigError {
+            file: "t.toml".into(),
+            line: Some(1),
+            column: Some(1),
+            key: Some(format!("x.{SECRET}")),
+            message: format!("something quoted {SECRET:?} here"),
+        });
+        assert_eq!(
+            e.to_string(),
+            "t.toml:1:1: x.<secret>: something quoted \"<secret>\" here"
+        );
+    }
+
+    /// Every duration key, with the table it lives in.
+    const DURATION_KEYS: [(&str, &str); 14] = [
+        ("device", "poll_interval"),
+        ("device", "live_poll_interval"),
+        ("device", "answer_timeout"),
+        ("device", "command_gap"),
+        ("device", "status_interval"),
+        ("device", "reconnect_min"),
+        ("device", "reconnect_max"),
+        ("api", "stream_max"),
+        ("fleet", "interval"),
+        ("fleet", "token_retry"),
+        ("fleet", "timeout"),
+        ("fleet", "retry_min"),
+        ("fleet", "retry_max"),
+        ("fleet", "auth_retry"),
+    ];
+
+    /// A tcp device, for the device keys.
+    const TCP: &str =
+        "[[device]]\nid = \"a\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"h:1\"\n";
+
+    #[test]
+    fn every_duration_key_has_a_maximum() {
+        // A duration key added to the schema without a limit fails here:
+        // the list above must name every one of them.
+        let source = include_str!("mod.rs");
+        let fields = source
+            .matches("deserialize_with = \"units::duration\"")
+            .count()
+            + source
+                .matches("deserialize_with = \"units::opt_duration\"")
+                .count();
+        let listed: std::collections::BTreeSet<_> = DURATION_KEYS.iter().collect();
+        assert_eq!(
+            listed.len(),
+            fields,
+            "DURATION_KEYS must list every duration key"
+        );
+        for (table, key) in listed {
+            let text = if *table == "device" {
+                format!("{TCP}{key} = \"200000000000000d\"\n")
+            } else {
+                format!("[{table}]\n{key} = \"200000000000000d\"\n")
+            };
+            let e = err(&text);
+            let path = if *table == "device" {
+                format!("device[0].{key}")
+            } else {
+                format!("{table}.{key}")
+            };
+            assert_eq!(e.key.as_deref(), Some(path.as_str()), "{e}");
+            assert!(e.message.starts_with("must be at most "), "{e}");
+            assert!(e.message.contains("found 200000000000000d"), "{e}");
+            assert_eq!(e.column, Some(key.len() + 4), "{e}");
+        }
+    }
+
+    #[test]
+    fn duration_limits_are_the_stated_ones() {
+        let e = err("[fleet]\ninterval = \"25h\"\n");
+        assert_eq!(
+            e.message,
+            "must be at most 1d, found 25h (the longest slmd accepts here)"
+        );
+        let c = ok(
+            "[fleet]\ninterval = \"24h\"\nauth_retry = \"1d\"\nretry_max = \"1d\"\ntimeout = \"1h\"\n",
+        );
+        assert_eq!(c.fleet.interval, MAX_PERIOD);
+        assert_eq!(c.fleet.timeout, MAX_TIMEOUT);
+        assert!(
+            err("[fleet]\ntimeout = \"61m\"\n")
+                .message
+                .contains("at most 1h")
+        );
+        assert!(
+            err(&format!("{TCP}command_gap = \"61s\"\n"))
+                .message
+                .contains("at most 60s")
+        );
+        assert!(
+            err(&format!("{TCP}reconnect_max = \"2h\"\n"))
+                .message
+                .contains("at most 1h")
+        );
+        let c = ok(&format!(
+            "{TCP}reconnect_max = \"1h\"\npoll_interval = \"1d\"\n"
+        ));
+        assert_eq!(c.devices[0].reconnect_max, MAX_RECONNECT);
+    }
+
+    /// `n` tcp devices `m0`, `m1`, ….
+    fn devices(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("[[device]]\nid = \"m{i}\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"192.0.2.1:{}\"\n", 2000 + i))
+            .collect()
+    }
+
+    #[test]
+    fn at_most_64_devices() {
+        assert_eq!(ok(&devices(MAX_DEVICES)).devices.len(), MAX_DEVICES);
+        let e = err(&devices(MAX_DEVICES + 1));
+        // At the 65th [[device]] header: 5 lines per device.
+        assert_eq!(
+            (e.line, e.column),
+            (Some(5 * MAX_DEVICES + 1), Some(1)),
+            "{e}"
+        );
+        assert_eq!(e.key.as_deref(), Some("device[64]"));
+        assert!(
+            e.message.contains("at most 64 [[device]] tables, found 65"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_before_parsing() {
+        let text = format!("# {}\n", "x".repeat(MAX_FILE_BYTES));
+        let e = err(&text);
+        assert_eq!((e.line, e.key.as_deref()), (None, None));
+        assert!(
+            e.to_string()
+                .starts_with("t.toml: too large: a configuration file is at most 1024 KiB"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, &text).expect("write");
+        assert!(
+            load(&path)
+                .expect_err("too large")
+                .message
+                .starts_with("too large")
+        );
+    }
+
+    #[test]
+    fn addresses_must_be_real_ipv4_or_names() {
+        for bad in [
+            "256.0.0.1:80",
+            "10.1:80",
+            "1.2.3.4.5:80",
+            "01.2.3.4:80",
+            "1.2.3.999:80",
+        ] {
+            let e = err(&TCP.replace("h:1", bad));
+            assert_eq!(e.key.as_deref(), Some("device[0].address"), "{bad}: {e}");
+            assert!(
+                e.message.contains("is not a valid IPv4 address"),
+                "{bad}: {e}"
+            );
+        }
+        let long_label = format!("{}.example:80", "a".repeat(64));
+        let e = err(&TCP.replace("h:1", &long_label));
+        assert!(e.message.contains("at most 63 characters"), "{e}");
+        for good in [
+            "192.0.2.10:80",
+            "0.0.0.0:1",
+            "255.255.255.255:65535",
+            "meter-1.local:2255",
+            "1meter.site7:2255",
+        ] {
+            ok(&TCP.replace("h:1", good));
+        }
+        let e = err("[fleet]\nurl = \"https://256.1.1.1/x\"\n");
+        assert!(e.message.contains("is not a valid IPv4 address"), "{e}");
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let id = "é".repeat(100_000);
+        let e = err(&format!("[gateway]\nid = \"{id} x\"\n"));
+        assert!(e.to_string().chars().count() < 400, "{e}");
+        assert!(e.message.contains("… (100002 characters)"), "{e}");
+        let e = err(&format!(
+            "[gateway]\nstate_dir = 1\nid = \"{}\"\n",
+            "x".repeat(70)
+        ));
+        assert!(e.message.contains("found integer 1"), "{e}");
+        let e = err(&format!(
+            "[buffer]\ndurability = \"{}\"\n",
+            "x".repeat(10_000)
+        ));
+        assert!(e.to_string().chars().count() < 400, "{e}");
+        let e = err(&format!("[fleet]\nenabled = \"{}\"\n", "y".repeat(10_000)));
+        assert!(e.to_string().chars().count() < 400, "{e}");
+    }
+
+    #[test]
+    fn strings_have_limits() {
+        let e = err(&format!("[gateway]\nid = \"{}\"\n", "g".repeat(65)));
+        assert!(e.message.contains("at most 64 characters"), "{e}");
+        ok(&format!("[gateway]\nid = \"{}\"\n", "g".repeat(64)));
+        let e = err(&format!(
+            "[gateway]\nstate_dir = \"/{}\"\n",
+            "d".repeat(MAX_PATH_BYTES)
+        ));
+        assert!(e.message.contains("at most 4095 bytes"), "{e}");
+        let e = err("[gateway]\nstate_dir = \"/var/\\u0000lib\"\n");
+        assert!(e.message.contains("NUL"), "{e}");
+        let e = err(&format!(
+            "[mqtt]\nurl = \"mqtt://b\"\ntopic_prefix = \"{}\"\n",
+            "t".repeat(129)
+        ));
+        assert!(e.message.contains("at most 128 characters"), "{e}");
+        let e = err(&format!(
+            "[fleet]\nurl = \"https://f/{}\"\n",
+            "p".repeat(MAX_URL_CHARS)
+        ));
+        assert!(e.message.contains("at most 2048 characters"), "{e}");
+        let tokens: Vec<String> = (0..=MAX_API_TOKENS)
+            .map(|i| format!("\"token-{i}\""))
+            .collect();
+        let e = err(&format!("[api]\ntokens = [{}]\n", tokens.join(", ")));
+        assert!(e.message.contains("at most 16 tokens"), "{e}");
+        assert!(e.message.contains("found 17"), "{e}");
+    }
+
+    #[test]
+    fn the_schema_keys_are_all_known_to_the_syntax_error_reporter() {
+        for table in [
+            "",
+            "[gateway]\n",
+            "[buffer]\n",
+            "[[device]]\n",
+            "[api]\n",
+            "[mqtt]\n",
+            "[fleet]\n",
+        ] {
+            let e = err(&format!("{table}zzzz_unknown = 1\n"));
+            let expected = e
+                .message
+                .split_once("expected one of: ")
+                .map(|(_, list)| list.split(" (").next().unwrap_or(list))
+                .unwrap_or_else(|| panic!("{e}"));
+            for key in expected.split(", ") {
+                assert!(locate::KEYS.contains(&key), "{key} missing from KEYS");
+            }
+        }
     }
 }

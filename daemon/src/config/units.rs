@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use super::locate::shown;
+
 /// The expected form of a duration, quoted in every duration error.
 const DURATION_FORM: &str =
     r#"expected a number followed by ms, s, m, h or d (e.g. "500ms", "5s", "24h")"#;
@@ -28,11 +30,12 @@ const SIZE_FORM: &str = r#"expected a whole number of bytes or a number followed
 ///
 /// The error names the value and the expected form, ready to show to a user.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: {DURATION_FORM}");
+    let bad = || format!("invalid duration {}: {DURATION_FORM}", shown(text));
     let s = text.trim();
     if s.starts_with('-') {
         return Err(format!(
-            "invalid duration {text:?}: a duration cannot be negative; {DURATION_FORM}"
+            "invalid duration {}: a duration cannot be negative; {DURATION_FORM}",
+            shown(text)
         ));
     }
     let (number, unit) = split_number(s);
@@ -45,7 +48,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     let nanos = scale(number, nanos_per_unit).ok_or_else(bad)?;
-    let too_large = || format!("invalid duration {text:?}: too large");
+    let too_large = || format!("invalid duration {}: too large", shown(text));
     let nanos = nanos.ok_or_else(too_large)?;
     let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_large())?;
     // The remainder is below 10^9 and so always fits.
@@ -57,11 +60,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 ///
 /// The error names the value and the expected form, ready to show to a user.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {text:?}: {SIZE_FORM}");
+    let bad = || format!("invalid size {}: {SIZE_FORM}", shown(text));
     let s = text.trim();
     if s.starts_with('-') {
         return Err(format!(
-            "invalid size {text:?}: a size cannot be negative; {SIZE_FORM}"
+            "invalid size {}: a size cannot be negative; {SIZE_FORM}",
+            shown(text)
         ));
     }
     let (number, unit) = split_number(s);
@@ -81,7 +85,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let bytes = scale(number, multiplier).ok_or_else(bad)?;
     bytes
         .and_then(|b| u64::try_from(b).ok())
-        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+        .ok_or_else(|| format!("invalid size {}: too large", shown(text)))
 }
 
 /// Formats a duration the way a user would write it (`"500ms"`, `"1s"`,

@@ -6,23 +6,103 @@
 //! its `Option`.
 
 use std::collections::HashMap;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 use std::time::Duration;
 
-use super::locate::{Problem, Seg, key};
+use super::locate::{Problem, Seg, key, shown};
 use super::units::format_duration;
 use super::{Config, DeviceConfig, Transport};
 
 /// Baud rates the supported meters can be set to.
 const BAUDS: [u32; 5] = [9600, 19_200, 38_400, 57_600, 115_200];
 
+/// Most `[[device]]` tables per gateway: 64. A gateway serves the meters of
+/// one site, usually 1 to 8; 64 leaves room for a large site behind serial
+/// hubs while bounding what every meter costs (a task, a connection and so
+/// a file descriptor, a status entry, a line in `slmd status`). More meters
+/// belong on a second gateway.
+pub const MAX_DEVICES: usize = 64;
+
+/// Longest period of anything repeated or retried — `poll_interval`,
+/// `live_poll_interval`, `status_interval`, `api.stream_max`,
+/// `fleet.interval`, `fleet.token_retry`, `fleet.auth_retry`,
+/// `fleet.retry_min`, `fleet.retry_max`: 1 day. Reading or pushing less
+/// often than daily is no longer monitoring, and a bound this far below the
+/// monotonic clock's range keeps every "now + period" deadline from
+/// overflowing (`"200000000000000d"` used to pass and then panic a task).
+pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest `fleet.timeout` (one push request, connect to last byte): 1 hour.
+/// A push of the largest batch over a slow cellular link takes seconds to
+/// minutes; a request still running after an hour is hung.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Longest `answer_timeout`: 60 s. The meter answers within a second; a
+/// minute covers a slow serial-to-TCP bridge over cellular.
+pub const MAX_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest reconnect delay (`reconnect_min`, `reconnect_max`): 1 hour, so
+/// a meter that comes back is read again within the hour.
+pub const MAX_RECONNECT: Duration = Duration::from_secs(3600);
+
+/// Longest `command_gap`: 60 s. The meter needs 200 ms after an answer; a
+/// pause of more than a minute after every answer would stretch each poll
+/// cycle far past any useful `poll_interval`.
+pub const MAX_COMMAND_GAP: Duration = Duration::from_secs(60);
+
+/// Longest `gateway.id`: 64 characters, the longest Linux host name (the
+/// default). It is in every push, MQTT topic and status answer.
+pub const MAX_GATEWAY_ID_CHARS: usize = 64;
+
+/// Longest path (`gateway.state_dir`, a device's `path`,
+/// `fleet.token_file`): 4095 bytes, Linux's `PATH_MAX` without the final
+/// NUL; a longer path cannot be opened.
+pub const MAX_PATH_BYTES: usize = 4095;
+
+/// Longest URL (`fleet.url`, `mqtt.url`): 2048 characters, about what HTTP
+/// clients and proxies accept.
+pub const MAX_URL_CHARS: usize = 2048;
+
+/// Longest `mqtt.topic_prefix`: 128 characters. It starts every topic, before
+/// the gateway and device ids; brokers and dashboards cut long topics.
+pub const MAX_TOPIC_PREFIX_CHARS: usize = 128;
+
+/// Longest token (API or fleet): 4096 bytes. A token travels in an
+/// `Authorization` header, which servers commonly cap at 8 KiB; a long JWT
+/// is 1 to 2 KiB.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// Most `api.tokens`: 16. Each request is compared with every token (in
+/// constant time); one token per client or person, rotated rather than
+/// accumulated.
+pub const MAX_API_TOKENS: usize = 16;
+
+/// Longest host name (RFC 1035): 253 characters in all, 63 per label.
+const MAX_HOST_CHARS: usize = 253;
+/// Longest label of a host name.
+const MAX_LABEL_CHARS: usize = 63;
+
+/// Said of every secret a message is about.
+const NOT_SHOWN: &str = "(value not shown: it is a secret)";
+
 /// Every problem in `config`, in no particular order.
 pub(crate) fn problems(config: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
     gateway(config, &mut out);
     buffer(config, &mut out);
+    if config.devices.len() > MAX_DEVICES {
+        out.push(Problem::value(
+            vec![Seg::Key("device".into()), Seg::Index(MAX_DEVICES)],
+            format!(
+                "too many meters: a gateway serves at most {MAX_DEVICES} [[device]] tables, found {}; put the others on a second gateway",
+                config.devices.len()
+            ),
+        ));
+    }
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, device) in config.devices.iter().enumerate() {
+    // Past the limit nothing more is checked: the count is the error.
+    for (i, device) in config.devices.iter().enumerate().take(MAX_DEVICES) {
         let at = |name: &str| {
             vec![
                 Seg::Key("device".into()),
@@ -33,7 +113,10 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
         if let Some(first) = seen.get(device.id.as_str()) {
             out.push(Problem::value(
                 at("id"),
-                format!("duplicate device id {:?}: already used by device[{first}]; each device needs its own id", device.id),
+                format!(
+                    "duplicate device id {}: already used by device[{first}]; each device needs its own id",
+                    shown(&device.id)
+                ),
             ));
         } else {
             seen.insert(&device.id, i);
@@ -51,7 +134,18 @@ fn gateway(config: &Config, out: &mut Vec<Problem>) {
     if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
         out.push(Problem::value(
             key(&["gateway", "id"]),
-            format!("invalid gateway id {id:?}: expected a non-empty name without spaces (e.g. \"gw-0042\")"),
+            format!(
+                "invalid gateway id {}: expected a non-empty name without spaces (e.g. \"gw-0042\")",
+                shown(id)
+            ),
+        ));
+    } else if id.chars().count() > MAX_GATEWAY_ID_CHARS {
+        out.push(Problem::value(
+            key(&["gateway", "id"]),
+            format!(
+                "invalid gateway id {}: at most {MAX_GATEWAY_ID_CHARS} characters (e.g. \"gw-0042\")",
+                shown(id)
+            ),
         ));
     }
     if config.gateway.state_dir.as_os_str().is_empty() {
@@ -60,6 +154,11 @@ fn gateway(config: &Config, out: &mut Vec<Problem>) {
             "must not be empty; expected a directory such as \"/var/lib/slmd\"",
         ));
     }
+    path_limits(
+        key(&["gateway", "state_dir"]),
+        &config.gateway.state_dir,
+        out,
+    );
 }
 
 fn buffer(config: &Config, out: &mut Vec<Problem>) {
@@ -86,8 +185,8 @@ fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem
         out.push(Problem::value(
             at("id"),
             format!(
-                "invalid device id {:?}: expected 1 to 64 of the characters A-Z a-z 0-9 . _ - (e.g. \"nl43-north\")",
-                d.id
+                "invalid device id {}: expected 1 to 64 of the characters A-Z a-z 0-9 . _ - (e.g. \"nl43-north\")",
+                shown(&d.id)
             ),
         ));
     }
@@ -103,7 +202,8 @@ fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem
                         out.push(Problem::value(
                             at("address"),
                             format!(
-                                "invalid address {address:?}: {why}; expected \"host:port\" (e.g. \"192.0.2.10:2255\", \"meter-1.local:2255\", \"[2001:db8::10]:2255\")"
+                                "invalid address {}: {why}; expected \"host:port\" (e.g. \"192.0.2.10:2255\", \"meter-1.local:2255\", \"[2001:db8::10]:2255\")",
+                                shown(address)
                             ),
                         ));
                     }
@@ -125,11 +225,11 @@ fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem
                 Some(path) if !path.is_absolute() => out.push(Problem::value(
                     at("path"),
                     format!(
-                        "expected an absolute path (e.g. \"/dev/ttyUSB0\" or a /dev/serial/by-id/ path), found {:?}",
-                        path.display().to_string()
+                        "expected an absolute path (e.g. \"/dev/ttyUSB0\" or a /dev/serial/by-id/ path), found {}",
+                        shown(&path.display().to_string())
                     ),
                 )),
-                Some(_) => {}
+                Some(path) => path_limits(at("path"), path, out),
             }
             if d.address.is_some() {
                 out.push(Problem::key(
@@ -149,47 +249,44 @@ fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem
         ));
     }
     let second = Duration::from_secs(1);
-    at_least(
+    let dod = " (the meter rejects DOD? faster than once a second)";
+    within(
         at("poll_interval"),
         d.poll_interval,
         second,
-        " (the meter rejects DOD? faster than once a second)",
+        dod,
+        MAX_PERIOD,
         out,
     );
     if let Some(live) = d.live_poll_interval {
-        at_least(
-            at("live_poll_interval"),
-            live,
-            second,
-            " (the meter rejects DOD? faster than once a second)",
-            out,
-        );
+        within(at("live_poll_interval"), live, second, dod, MAX_PERIOD, out);
     }
-    at_least(
+    within(
         at("answer_timeout"),
         d.answer_timeout,
         Duration::from_millis(100),
         "",
+        MAX_ANSWER_TIMEOUT,
         out,
     );
-    if d.answer_timeout > Duration::from_secs(60) {
-        out.push(Problem::value(
-            at("answer_timeout"),
-            format!(
-                "must be at most 60s, found {}",
-                format_duration(d.answer_timeout)
-            ),
-        ));
-    }
-    at_least(
+    within(
         at("command_gap"),
         d.command_gap,
         Duration::from_millis(200),
         " (the meter drops commands sent sooner after an answer)",
+        MAX_COMMAND_GAP,
         out,
     );
-    at_least(at("status_interval"), d.status_interval, second, "", out);
-    not_zero(at("reconnect_min"), d.reconnect_min, out);
+    within(
+        at("status_interval"),
+        d.status_interval,
+        second,
+        "",
+        MAX_PERIOD,
+        out,
+    );
+    period(at("reconnect_min"), d.reconnect_min, MAX_RECONNECT, out);
+    at_most(at("reconnect_max"), d.reconnect_max, MAX_RECONNECT, out);
     if d.reconnect_max < d.reconnect_min {
         let (min, max) = (
             format_duration(d.reconnect_min),
@@ -221,8 +318,17 @@ fn api(config: &Config, out: &mut Vec<Problem>) {
             ),
         ));
     }
+    if api.tokens.len() > MAX_API_TOKENS {
+        out.push(Problem::value(
+            key(&["api", "tokens"]),
+            format!(
+                "expected at most {MAX_API_TOKENS} tokens (one per client, rotated rather than accumulated), found {}",
+                api.tokens.len()
+            ),
+        ));
+    }
     tokens(&key(&["api", "tokens"]), &api.tokens, out);
-    not_zero(key(&["api", "stream_max"]), api.stream_max, out);
+    period(key(&["api", "stream_max"]), api.stream_max, MAX_PERIOD, out);
 }
 
 fn mqtt(config: &Config, out: &mut Vec<Problem>) {
@@ -233,27 +339,32 @@ fn mqtt(config: &Config, out: &mut Vec<Problem>) {
         out.push(Problem::value(
             key(&["mqtt", "url"]),
             format!(
-                "invalid URL {:?}: {why}; expected mqtt://host[:port] or mqtts://host[:port] (e.g. \"mqtt://127.0.0.1:1883\")",
-                mqtt.url
+                "invalid URL {}: {why}; expected mqtt://host[:port] or mqtts://host[:port] (e.g. \"mqtt://127.0.0.1:1883\")",
+                shown_url(&mqtt.url)
             ),
         ));
     }
     let prefix = &mqtt.topic_prefix;
     let why = if prefix.is_empty() {
-        Some("must not be empty")
+        Some("must not be empty".to_owned())
     } else if prefix.contains(['+', '#']) {
-        Some("must not contain the MQTT wildcards + or #")
+        Some("must not contain the MQTT wildcards + or #".to_owned())
     } else if prefix.starts_with('/') || prefix.ends_with('/') {
-        Some("must not start or end with /")
+        Some("must not start or end with /".to_owned())
     } else if prefix.contains('\0') {
-        Some("must not contain NUL")
+        Some("must not contain NUL".to_owned())
+    } else if prefix.chars().count() > MAX_TOPIC_PREFIX_CHARS {
+        Some(format!("at most {MAX_TOPIC_PREFIX_CHARS} characters"))
     } else {
         None
     };
     if let Some(why) = why {
         out.push(Problem::value(
             key(&["mqtt", "topic_prefix"]),
-            format!("invalid topic prefix {prefix:?}: {why} (e.g. \"slmd\" or \"site-7/slmd\")"),
+            format!(
+                "invalid topic prefix {}: {why} (e.g. \"slmd\" or \"site-7/slmd\")",
+                shown(prefix)
+            ),
         ));
     }
     if mqtt.qos > 2 {
@@ -272,7 +383,8 @@ fn fleet(config: &Config, out: &mut Vec<Problem>) {
                 out.push(Problem::value(
                     key(&["fleet", "url"]),
                     format!(
-                        "invalid URL {u:?}: {why}; expected http:// or https:// and a host (e.g. \"https://fleet.example.com\")"
+                        "invalid URL {}: {why}; expected http:// or https:// and a host (e.g. \"https://fleet.example.com\")",
+                        shown_url(u)
                     ),
                 ));
             }
@@ -305,15 +417,14 @@ fn fleet(config: &Config, out: &mut Vec<Problem>) {
         ));
     }
     tokens(&key(&["fleet", "tokens"]), &fleet.tokens, out);
-    if fleet
-        .token_file
-        .as_ref()
-        .is_some_and(|p| p.as_os_str().is_empty())
-    {
-        out.push(Problem::value(
-            key(&["fleet", "token_file"]),
-            "must not be empty; expected a file path such as \"/etc/slmd/fleet.token\"",
-        ));
+    if let Some(file) = &fleet.token_file {
+        if file.as_os_str().is_empty() {
+            out.push(Problem::value(
+                key(&["fleet", "token_file"]),
+                "must not be empty; expected a file path such as \"/etc/slmd/fleet.token\"",
+            ));
+        }
+        path_limits(key(&["fleet", "token_file"]), file, out);
     }
     if !(1..=10_000).contains(&fleet.batch_max) {
         out.push(Problem::value(
@@ -324,36 +435,98 @@ fn fleet(config: &Config, out: &mut Vec<Problem>) {
             ),
         ));
     }
-    not_zero(key(&["fleet", "interval"]), fleet.interval, out);
-    not_zero(key(&["fleet", "token_retry"]), fleet.token_retry, out);
-    not_zero(key(&["fleet", "timeout"]), fleet.timeout, out);
-    not_zero(key(&["fleet", "retry_min"]), fleet.retry_min, out);
-    not_zero(key(&["fleet", "retry_max"]), fleet.retry_max, out);
-    not_zero(key(&["fleet", "auth_retry"]), fleet.auth_retry, out);
+    period(key(&["fleet", "interval"]), fleet.interval, MAX_PERIOD, out);
+    period(
+        key(&["fleet", "token_retry"]),
+        fleet.token_retry,
+        MAX_PERIOD,
+        out,
+    );
+    period(key(&["fleet", "timeout"]), fleet.timeout, MAX_TIMEOUT, out);
+    period(
+        key(&["fleet", "retry_min"]),
+        fleet.retry_min,
+        MAX_PERIOD,
+        out,
+    );
+    period(
+        key(&["fleet", "retry_max"]),
+        fleet.retry_max,
+        MAX_PERIOD,
+        out,
+    );
+    period(
+        key(&["fleet", "auth_retry"]),
+        fleet.auth_retry,
+        MAX_PERIOD,
+        out,
+    );
     if fleet.retry_min > fleet.retry_max {
         out.push(Problem::value(
             key(&["fleet", "retry_min"]),
             format!(
-                "must not exceed retry_max ({:?}), found {:?}",
-                fleet.retry_max, fleet.retry_min
+                "must not exceed retry_max ({}), found {}",
+                format_duration(fleet.retry_max),
+                format_duration(fleet.retry_min)
             ),
         ));
     }
 }
 
-/// Every token is a non-empty string.
+/// Every token is a non-empty string of at most [`MAX_TOKEN_BYTES`] that
+/// fits in an HTTP header. Messages never include the token.
 fn tokens(path: &[Seg], tokens: &[String], out: &mut Vec<Problem>) {
     for (i, token) in tokens.iter().enumerate() {
-        if token.trim().is_empty() {
-            let mut at = path.to_vec();
-            at.push(Seg::Index(i));
-            out.push(Problem::value(at, "a token must not be empty"));
-        }
+        let mut at = path.to_vec();
+        at.push(Seg::Index(i));
+        let why = if token.trim().is_empty() {
+            "a token must not be empty".to_owned()
+        } else if token.len() > MAX_TOKEN_BYTES {
+            format!(
+                "a token is at most {MAX_TOKEN_BYTES} bytes, found {} bytes {NOT_SHOWN}",
+                token.len()
+            )
+        } else if token.chars().any(char::is_control) {
+            format!(
+                "a token must not contain control characters or line breaks (it is sent in an HTTP header) {NOT_SHOWN}"
+            )
+        } else {
+            continue;
+        };
+        out.push(Problem::value(at, why));
     }
 }
 
-/// `value >= min`, with an optional reason appended.
-fn at_least(path: Vec<Seg>, value: Duration, min: Duration, why: &str, out: &mut Vec<Problem>) {
+/// A path is at most [`MAX_PATH_BYTES`] long and holds no NUL byte (the
+/// operating system cannot open either).
+fn path_limits(at: Vec<Seg>, path: &Path, out: &mut Vec<Problem>) {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() > MAX_PATH_BYTES {
+        out.push(Problem::value(
+            at,
+            format!(
+                "a path is at most {MAX_PATH_BYTES} bytes, found {} bytes",
+                bytes.len()
+            ),
+        ));
+    } else if bytes.contains(&0) {
+        out.push(Problem::value(
+            at,
+            "a path must not contain a NUL character",
+        ));
+    }
+}
+
+/// `min <= value <= max`, with a reason for the minimum appended.
+fn within(
+    path: Vec<Seg>,
+    value: Duration,
+    min: Duration,
+    why: &str,
+    max: Duration,
+    out: &mut Vec<Problem>,
+) {
     if value < min {
         out.push(Problem::value(
             path,
@@ -363,13 +536,40 @@ fn at_least(path: Vec<Seg>, value: Duration, min: Duration, why: &str, out: &mut
                 format_duration(value)
             ),
         ));
+    } else {
+        at_most(path, value, max, out);
     }
 }
 
-/// A period that must not be zero (it would be a busy loop).
-fn not_zero(path: Vec<Seg>, value: Duration, out: &mut Vec<Problem>) {
+/// A period that must not be zero (it would be a busy loop) nor above `max`.
+fn period(path: Vec<Seg>, value: Duration, max: Duration, out: &mut Vec<Problem>) {
     if value.is_zero() {
         out.push(Problem::value(path, "must be greater than 0s"));
+    } else {
+        at_most(path, value, max, out);
+    }
+}
+
+/// `value <= max`; the message names the limit.
+fn at_most(path: Vec<Seg>, value: Duration, max: Duration, out: &mut Vec<Problem>) {
+    if value > max {
+        out.push(Problem::value(
+            path,
+            format!(
+                "must be at most {}, found {} (the longest slmd accepts here)",
+                limit_text(max),
+                format_duration(value)
+            ),
+        ));
+    }
+}
+
+/// A limit as the key's documentation writes it: `60s` rather than `1m`.
+fn limit_text(max: Duration) -> String {
+    if max <= Duration::from_secs(60) && max.subsec_nanos() == 0 {
+        format!("{}s", max.as_secs())
+    } else {
+        format_duration(max)
     }
 }
 
@@ -382,12 +582,12 @@ fn host_port(s: &str, need_port: bool) -> Result<(), String> {
             .ok_or("an IPv6 address needs a closing ]")?;
         inside
             .parse::<Ipv6Addr>()
-            .map_err(|_| format!("{inside:?} is not an IPv6 address"))?;
+            .map_err(|_| format!("{} is not an IPv6 address", shown(inside)))?;
         match after {
             "" => (None, None),
             _ => match after.strip_prefix(':') {
                 Some(port) => (None, Some(port)),
-                None => return Err(format!("unexpected {after:?} after ]")),
+                None => return Err(format!("unexpected {} after ]", shown(after))),
             },
         }
     } else {
@@ -401,44 +601,103 @@ fn host_port(s: &str, need_port: bool) -> Result<(), String> {
         (Some(host), port)
     };
     if let Some(host) = host {
-        if host.is_empty() {
-            return Err("the host is missing".to_owned());
-        }
-        let name_ok = host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        });
-        if !name_ok {
-            return Err(format!("{host:?} is not a host name or IP address"));
-        }
+        host_name(host)?;
     }
     match port {
         None if need_port => Err("the port is missing".to_owned()),
         None => Ok(()),
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n >= 1 && p.chars().all(|c| c.is_ascii_digit()) => Ok(()),
-            _ => Err(format!("port {p:?} is not a number from 1 to 65535")),
+            _ => Err(format!("port {} is not a number from 1 to 65535", shown(p))),
         },
     }
 }
 
-/// Checks `scheme://host[:port]`, with a path only when `allow_path`.
+/// A DNS name (labels of letters, digits, `-` and `_`, at most 63
+/// characters each and 253 in all) or an IPv4 address. A name whose last
+/// label is a number is what resolvers read as an IPv4 address, so it must
+/// be a valid one: `256.0.0.1` and `10.1` are refused rather than looked up.
+fn host_name(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("the host is missing".to_owned());
+    }
+    let numeric_tail = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_digit()));
+    if numeric_tail {
+        return host.parse::<Ipv4Addr>().map(|_| ()).map_err(|_| {
+            format!(
+                "{} is not a valid IPv4 address: expected four numbers from 0 to 255 separated by dots, without leading zeros (e.g. 192.0.2.10)",
+                shown(host)
+            )
+        });
+    }
+    if host.chars().count() > MAX_HOST_CHARS {
+        return Err(format!(
+            "the host name is longer than {MAX_HOST_CHARS} characters"
+        ));
+    }
+    let name_ok = host.split('.').all(|label| {
+        (1..=MAX_LABEL_CHARS).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    if !name_ok {
+        return Err(format!(
+            "{} is not a host name or IP address (a name is made of dot-separated labels of letters, digits, - and _, each at most {MAX_LABEL_CHARS} characters, not starting or ending with -)",
+            shown(host)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `scheme://host[:port]`, with a path only when `allow_path`; never
+/// a query, a fragment or credentials.
 fn url(u: &str, schemes: &[&str], allow_path: bool) -> Result<(), String> {
+    if u.chars().count() > MAX_URL_CHARS {
+        return Err(format!("a URL is at most {MAX_URL_CHARS} characters"));
+    }
     let (scheme, rest) = u.split_once("://").ok_or("the scheme is missing")?;
     if !schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) {
-        return Err(format!("unsupported scheme {scheme:?}"));
+        return Err(format!("unsupported scheme {}", shown(scheme)));
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if authority.contains('@') {
-        return Err("credentials in the URL are not supported".to_owned());
+        return Err(
+            "credentials in the URL are not supported (tokens carry the authentication)".to_owned(),
+        );
+    }
+    if tail.contains(['?', '#']) {
+        return Err("a query (?) or fragment (#) is not supported".to_owned());
     }
     if !allow_path && !tail.is_empty() && tail != "/" {
-        return Err(format!("unexpected path {tail:?}"));
+        return Err(format!("unexpected path {}", shown(tail)));
     }
     host_port(authority, false)
+}
+
+/// A URL as quoted in a message: anything before an `@` (credentials) and
+/// after a `?` or `#` (a query may hold a key) is left out, the rest cut
+/// like any value.
+fn shown_url(u: &str) -> String {
+    let (scheme, rest) = match u.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), u),
+    };
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_owned(),
+    };
+    let rest = match rest.find(['?', '#']) {
+        Some(cut) => format!("{}{}…", &rest[..cut], &rest[cut..=cut]),
+        None => rest,
+    };
+    shown(&format!("{scheme}{rest}"))
 }
 
 #[cfg(test)]
@@ -468,10 +727,48 @@ mod tests {
             "a b:1",
             "host..x:1",
             "[::1]x",
+            "256.0.0.1:80",
+            "1.2.3:80",
+            "10.1:80",
+            "1.2.3.4.5:80",
+            "010.0.0.1:80",
+            "4294967295:80",
+            "a.-1:80",
         ] {
             assert!(host_port(bad, true).is_err(), "{bad}");
         }
         assert_eq!(host_port("broker", false), Ok(()));
+        assert_eq!(host_port("0.0.0.0:1", true), Ok(()));
+        assert_eq!(host_port("2fast.example:1", true), Ok(()));
+        let label = "a".repeat(MAX_LABEL_CHARS);
+        assert_eq!(host_port(&format!("{label}.b:1"), true), Ok(()));
+        assert!(host_port(&format!("{label}a.b:1"), true).is_err());
+        let name = vec!["abcdefghi"; 26].join(".");
+        assert!(name.len() > MAX_HOST_CHARS);
+        assert!(host_port(&format!("{name}:1"), true).is_err());
+    }
+
+    #[test]
+    fn the_ipv4_message_says_what_a_valid_one_is() {
+        assert_eq!(
+            host_port("256.0.0.1:80", true),
+            Err("\"256.0.0.1\" is not a valid IPv4 address: expected four numbers from 0 to 255 separated by dots, without leading zeros (e.g. 192.0.2.10)".to_owned())
+        );
+    }
+
+    #[test]
+    fn urls_are_quoted_without_credentials_or_query() {
+        assert_eq!(
+            shown_url("https://user:pw@fleet.example.com/x"),
+            "\"https://***@fleet.example.com/x\""
+        );
+        assert_eq!(
+            shown_url("https://fleet.example.com/x?key=abc#frag"),
+            "\"https://fleet.example.com/x?…\""
+        );
+        assert_eq!(shown_url("u:p@h"), "\"***@h\"");
+        assert!(url("https://fleet/x?y", &["http", "https"], true).is_err());
+        assert!(url("https://fleet/x#y", &["http", "https"], true).is_err());
     }
 
     #[test]
