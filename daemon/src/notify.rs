@@ -13,6 +13,13 @@
 //!   own would keep pinging for a daemon that is stuck everywhere else;
 //! - `STOPPING=1` when shutdown begins.
 //!
+//! A task that dies must never look healthy. The device tasks and the
+//! uplink run their loops through [`catch_panic`]: a loop that panics (a
+//! bug) is reported by its task — status `failed` with the panic as the last
+//! error, one error line — and [`Liveness::healthy`] then says no, so the
+//! watchdog ping stops and systemd restarts the daemon (`Restart=` brings
+//! back every task; nothing else could).
+//!
 //! Without `NOTIFY_SOCKET` (started by hand, in tests, in the demo) every
 //! call is a no-op.
 
@@ -21,6 +28,8 @@ use crate::device::{StatusCell, lock_status};
 use crate::fanout::{Hub, LinkState};
 use crate::uplink::{FleetState, FleetStatusCell};
 use sd_notify::NotifyState;
+use std::any::Any;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -211,7 +220,58 @@ pub fn status_counts(
     }
 }
 
+/// A task's loop that ended by panicking, with the panic's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("panicked: {0}")]
+pub struct TaskPanic(pub String);
+
+/// Runs `work` as a tokio task of its own and waits for it: `Ok` when it
+/// returns (or the runtime cancelled it at shutdown), its panic message when
+/// it panicked. Dropping the returned future aborts `work`, so the caller's
+/// task still owns its lifetime (shutdown, a reload that stops it).
+///
+/// This is how a long-running loop's panic becomes a state the rest of the
+/// daemon can see, instead of a task that silently vanished while its
+/// status still says `connected`.
+pub async fn catch_panic<F>(work: F) -> Result<(), TaskPanic>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    /// Aborts the spawned work when the caller stops waiting for it.
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let handle = tokio::spawn(work);
+    let _abort = AbortOnDrop(handle.abort_handle());
+    match handle.await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_panic() => Err(TaskPanic(panic_message(e.into_panic()))),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => Ok(()),
+    }
+}
+
+/// The text of a panic payload (`panic!("...")` carries a `&str` or a
+/// `String`).
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload.downcast_ref::<&str>().map_or_else(
+            || "a panic without a message".to_owned(),
+            |s| (*s).to_owned(),
+        ),
+    }
+}
+
 /// Whether the daemon is alive enough to deserve a `WATCHDOG=1`.
+///
+/// What could die, and how it is seen: a device task or the uplink whose
+/// loop panicked marks its status failed ([`catch_panic`]); either is
+/// unhealthy at once and for good (only a restart brings the task back).
+/// The uplink is looked at when [`Liveness::with_fleet`] gave its status.
 ///
 /// What could hang, and how each is checked:
 /// - **The runtime**: the check runs on the supervisor's loop, an async
@@ -238,6 +298,20 @@ pub struct Liveness {
     writer: WriterWatch,
     /// The last answer, to log a change once.
     was_healthy: bool,
+    /// The uplink's status, when there is one to watch: a failed uplink
+    /// withholds the ping like a failed device task.
+    fleet: Option<FleetStatusCell>,
+}
+
+/// Why the watchdog ping is withheld.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unhealthy {
+    /// A device task's loop died (its id).
+    DeviceTask(String),
+    /// The uplink task's loop died.
+    Uplink,
+    /// The buffer writer has not moved while readings arrive.
+    WriterStalled,
 }
 
 impl Default for Liveness {
@@ -252,20 +326,42 @@ impl Liveness {
         Liveness {
             writer: WriterWatch::new(Instant::now()),
             was_healthy: true,
+            fleet: None,
         }
+    }
+
+    /// The same check, also withholding the ping once the uplink whose
+    /// status is `fleet` has failed.
+    pub fn with_fleet(mut self, fleet: FleetStatusCell) -> Liveness {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// True when `WATCHDOG=1` may be sent. Logs when the answer changes.
     pub fn healthy(&mut self, hub: &Hub, devices: &[StatusCell], buffer: &BufferSlot) -> bool {
         let now = Instant::now();
+        let mut failed_device = None;
         let newest = devices
             .iter()
             .filter_map(|cell| {
-                let id = lock_status(cell).id.clone();
+                let (id, failed) = {
+                    let status = lock_status(cell);
+                    (status.id.clone(), status.task_failed)
+                };
+                if failed && failed_device.is_none() {
+                    failed_device = Some(id.clone());
+                }
                 hub.latest(&id).map(|record| record.seq)
             })
             .max();
-        let healthy = match buffer.get() {
+        let uplink_failed = self.fleet.as_ref().is_some_and(|fleet| {
+            fleet
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .state
+                == FleetState::Failed
+        });
+        let writer_ok = match buffer.get() {
             None => {
                 self.writer = WriterWatch::new(now);
                 true
@@ -281,20 +377,35 @@ impl Liveness {
                 )
             }
         };
+        let problem = match (failed_device, uplink_failed, writer_ok) {
+            (Some(id), _, _) => Some(Unhealthy::DeviceTask(id)),
+            (None, true, _) => Some(Unhealthy::Uplink),
+            (None, false, false) => Some(Unhealthy::WriterStalled),
+            (None, false, true) => None,
+        };
+        let healthy = problem.is_none();
         if healthy != self.was_healthy {
-            if healthy {
-                tracing::warn!(
+            match problem {
+                None => tracing::warn!(
                     event = "watchdog_resumed",
                     "the buffer writer is committing again; watchdog pings resumed"
-                );
-            } else {
-                tracing::error!(
+                ),
+                Some(Unhealthy::DeviceTask(id)) => tracing::error!(
+                    event = "watchdog_withheld",
+                    device = %id,
+                    "the task of meter {id} has failed; withholding the watchdog ping so systemd restarts slmd"
+                ),
+                Some(Unhealthy::Uplink) => tracing::error!(
+                    event = "watchdog_withheld",
+                    "the fleet uplink task has failed; withholding the watchdog ping so systemd restarts slmd"
+                ),
+                Some(Unhealthy::WriterStalled) => tracing::error!(
                     event = "watchdog_withheld",
                     stalled_s = self.writer.stalled_for(now).as_secs(),
                     "the buffer writer has committed nothing for {}s while readings arrive; \
                      withholding the watchdog ping so systemd restarts slmd",
                     self.writer.stalled_for(now).as_secs()
-                );
+                ),
             }
             self.was_healthy = healthy;
         }
@@ -506,5 +617,166 @@ mod tests {
         let slot = BufferSlot::default();
         let mut live = Liveness::new();
         assert!(live.healthy(&hub, &[], &slot));
+    }
+
+    #[tokio::test]
+    async fn catch_panic_returns_the_panic_message() {
+        assert_eq!(catch_panic(async {}).await, Ok(()));
+        let e = catch_panic(async { panic!("boom {}", 42) }).await;
+        assert_eq!(e, Err(TaskPanic("boom 42".to_owned())));
+        let e = catch_panic(async { panic!("static") }).await;
+        assert_eq!(e, Err(TaskPanic("static".to_owned())));
+        let e = catch_panic(async { std::panic::panic_any(7u8) }).await;
+        assert_eq!(e, Err(TaskPanic("a panic without a message".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn dropping_catch_panic_stops_the_work() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiting = catch_panic(async move {
+            // Holds the sender until aborted.
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        // Started and then dropped: the spawned work must end with it.
+        let mut waiting = Box::pin(waiting);
+        assert!(futures_poll_once(waiting.as_mut()).await.is_none());
+        drop(waiting);
+        assert!(rx.await.is_err(), "the sender was dropped by the abort");
+    }
+
+    /// Polls `fut` once; `Some` when it was ready.
+    async fn futures_poll_once<F: Future + Unpin>(mut fut: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut fut).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    /// A tcp meter that accepts connections and never answers.
+    async fn silent_meter() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_device_task_that_panics_reads_failed_and_stops_the_watchdog() {
+        let address = silent_meter().await;
+        let text = format!(
+            "[[device]]\nid = \"north\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"{address}\"\n"
+        );
+        let mut config = crate::config::parse(&text, std::path::Path::new("t.toml"))
+            .expect("config")
+            .devices
+            .remove(0);
+        // What validation now refuses: the first command's deadline
+        // overflows the clock, as "200000000000000d" once did.
+        config.answer_timeout = Duration::MAX;
+        let hub = Hub::new(1);
+        let mut feed = hub.subscribe();
+        let task = crate::device::DeviceTask::new(config, hub.clone());
+        let cell = task.status.clone();
+        let slot = BufferSlot::default();
+        let mut live = Liveness::new();
+        assert!(live.healthy(&hub, std::slice::from_ref(&cell), &slot));
+
+        // Returns once the loop has died.
+        task.run(tokio_util::sync::CancellationToken::new()).await;
+
+        let json = serde_json::to_value(&*lock_status(&cell)).expect("json");
+        assert_eq!(json["state"], "failed", "{json}");
+        let error = json["last_error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("overflow"),
+            "the panic is the last error: {error}"
+        );
+        assert!(error.contains("not read until slmd restarts"), "{error}");
+        assert!(json.get("task_failed").is_none(), "{json}");
+        // `slmd status` shows it.
+        let table = crate::status::render(&serde_json::json!({"devices": [json]}));
+        assert!(table.contains("north          failed"), "{table}");
+        assert!(
+            table.contains("the device task stopped on an internal error"),
+            "{table}"
+        );
+        // Feeds see the meter down, with the reason.
+        let mut saw_down = false;
+        while let Ok(event) = feed.try_recv() {
+            if let crate::fanout::Event::DeviceState { state, error, .. } = event {
+                saw_down =
+                    state == LinkState::Down && error.is_some_and(|e| e.contains("internal error"));
+            }
+        }
+        assert!(saw_down, "the last state event says down");
+        // And systemd is no longer told all is well.
+        assert!(!live.healthy(&hub, std::slice::from_ref(&cell), &slot));
+        assert!(
+            !live.healthy(&hub, std::slice::from_ref(&cell), &slot),
+            "for good"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_uplink_that_panics_reads_failed_and_stops_the_watchdog() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = crate::config::Config::default();
+        config.gateway.state_dir = dir.path().to_owned();
+        let (buffer, _) =
+            crate::buffer::open(crate::buffer::Settings::from_config(&config)).expect("buffer");
+        let slot = BufferSlot::default();
+        assert!(slot.set(buffer).is_ok());
+        let fleet = crate::config::FleetConfig {
+            enabled: true,
+            url: Some("http://127.0.0.1:9".to_owned()),
+            tokens: vec!["token-1".to_owned()],
+            // Caught up at once (the buffer is empty); the next tick is
+            // "now + interval", which overflows: the crash of issue 12.
+            interval: Duration::MAX,
+            ..crate::config::FleetConfig::default()
+        };
+        let (uplink, handle) =
+            crate::uplink::Uplink::new(fleet, "gw".to_owned(), slot.clone()).expect("uplink");
+        let hub = Hub::new(1);
+        let mut live = Liveness::new().with_fleet(handle.status.clone());
+        assert!(live.healthy(&hub, &[], &slot));
+
+        uplink.run(tokio_util::sync::CancellationToken::new()).await;
+
+        let json = serde_json::to_value(
+            &*handle
+                .status
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .expect("json");
+        assert_eq!(json["state"], "failed", "{json}");
+        let error = json["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("overflow"), "{error}");
+        assert!(
+            error.contains("nothing is pushed until slmd restarts"),
+            "{error}"
+        );
+        let table = crate::status::render(&serde_json::json!({"fleet": json}));
+        assert!(table.contains("fleet   failed"), "{table}");
+        let counts = status_counts(&[], &slot, &handle.status);
+        assert_eq!(
+            status_line(&counts),
+            "no meters configured · backlog 0 · fleet failed"
+        );
+        assert!(!live.healthy(&hub, &[], &slot));
+        // Without the fleet's status the same check cannot see it.
+        assert!(Liveness::new().healthy(&hub, &[], &slot));
     }
 }

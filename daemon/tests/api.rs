@@ -58,6 +58,7 @@ fn status_cell(id: &str) -> StatusCell {
     Arc::new(Mutex::new(DeviceStatus {
         id: id.to_owned(),
         state: LinkState::Connecting,
+        task_failed: false,
         readings_total: 0,
         last_reading_at: None,
         last_error: None,

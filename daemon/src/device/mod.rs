@@ -17,6 +17,12 @@
 //! Logging: state changes, not tries. A meter that keeps failing is logged
 //! when it starts, summarised now and then, and when it is back
 //! ([`failures`]).
+//!
+//! A task that dies never looks healthy: the loop runs as a task of its
+//! own ([`crate::notify::catch_panic`]); if it panics (a bug), the status
+//! says `failed` with the panic as its last error, feeds see the meter
+//! `down`, one error line is logged, and the watchdog ping stops so systemd
+//! restarts slmd.
 
 pub mod failures;
 pub mod link;
@@ -28,7 +34,8 @@ use crate::config::DeviceConfig;
 use crate::fanout::{Hub, LinkState};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -37,16 +44,22 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_TIMEOUTS: u32 = 2;
 
 /// What the gateway knows about one device right now (served by status).
-#[derive(Debug, Clone, Serialize)]
+///
+/// Its JSON form has the fields below, except that `state` reads `failed`
+/// once `task_failed` is set (and `task_failed` itself is not shown).
+#[derive(Debug, Clone)]
 pub struct DeviceStatus {
     /// Device id.
     pub id: String,
     /// Link state.
     pub state: LinkState,
+    /// The device task's loop died (a bug): nothing reads the meter until
+    /// slmd restarts. `state` is then `down` for the feeds, and status shows
+    /// `failed`.
+    pub task_failed: bool,
     /// Readings produced since start.
     pub readings_total: u64,
     /// When the last reading was received.
-    #[serde(serialize_with = "crate::record::rfc3339_millis_opt")]
     pub last_reading_at: Option<DateTime<Utc>>,
     /// The last failure, kept after recovery so a field tech sees what happened.
     pub last_error: Option<String>,
@@ -68,6 +81,76 @@ pub struct DeviceStatus {
     pub battery: Option<String>,
     /// Device health: the meter's clock minus the gateway clock, seconds.
     pub clock_skew_seconds: Option<i64>,
+}
+
+impl Serialize for DeviceStatus {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// `state` as status shows it: the link state, or `failed`.
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Shown {
+            Link(LinkState),
+            Failed(&'static str),
+        }
+        /// The JSON form, field for field.
+        #[derive(Serialize)]
+        struct Json<'a> {
+            id: &'a str,
+            state: Shown,
+            readings_total: u64,
+            #[serde(serialize_with = "crate::record::rfc3339_millis_opt")]
+            last_reading_at: Option<DateTime<Utc>>,
+            last_error: &'a Option<String>,
+            connects: u64,
+            bad_answers: u64,
+            refused_commands: u64,
+            timeouts: u64,
+            skipped_lines: u64,
+            overlong_lines: u64,
+            stale_bytes: u64,
+            battery: &'a Option<String>,
+            clock_skew_seconds: Option<i64>,
+        }
+        // Every field named, so a new one cannot be forgotten here.
+        let DeviceStatus {
+            id,
+            state,
+            task_failed,
+            readings_total,
+            last_reading_at,
+            last_error,
+            connects,
+            bad_answers,
+            refused_commands,
+            timeouts,
+            skipped_lines,
+            overlong_lines,
+            stale_bytes,
+            battery,
+            clock_skew_seconds,
+        } = self;
+        Json {
+            id,
+            state: if *task_failed {
+                Shown::Failed("failed")
+            } else {
+                Shown::Link(*state)
+            },
+            readings_total: *readings_total,
+            last_reading_at: *last_reading_at,
+            last_error,
+            connects: *connects,
+            bad_answers: *bad_answers,
+            refused_commands: *refused_commands,
+            timeouts: *timeouts,
+            skipped_lines: *skipped_lines,
+            overlong_lines: *overlong_lines,
+            stale_bytes: *stale_bytes,
+            battery,
+            clock_skew_seconds: *clock_skew_seconds,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Shared handle to a device's status.
@@ -102,6 +185,7 @@ impl DeviceTask {
         let status = Arc::new(Mutex::new(DeviceStatus {
             id: config.id.clone(),
             state: LinkState::Connecting,
+            task_failed: false,
             readings_total: 0,
             last_reading_at: None,
             last_error: None,
@@ -143,7 +227,47 @@ impl DeviceTask {
     }
 
     /// Runs until `shutdown`: open, poll, and reopen with backoff, forever.
+    ///
+    /// The loop runs as a task of its own, so a bug that panics it cannot
+    /// leave the meter looking healthy: status then says `failed` with the
+    /// panic as its last error, feeds see it `down`, one error line is
+    /// logged, and [`crate::notify::Liveness`] withholds the watchdog ping.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.supervise(move |task| task.poll_forever(shutdown))
+            .await;
+    }
+
+    /// Runs `work` (the loop, given this task) and reports it failed if it
+    /// panics.
+    async fn supervise<F, Fut>(self, work: F)
+    where
+        F: FnOnce(DeviceTask) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (id, hub, status) = (self.id.clone(), self.hub.clone(), self.status.clone());
+        let Err(panic) = crate::notify::catch_panic(work(self)).await else {
+            return;
+        };
+        let error = format!(
+            "the device task stopped on an internal error ({}); this meter is not read until slmd restarts",
+            panic.0
+        );
+        tracing::error!(
+            device = %id,
+            event = "device_task_failed",
+            "meter {id}: {error}; the watchdog ping is withheld so systemd restarts slmd"
+        );
+        {
+            let mut status = lock_status(&status);
+            status.task_failed = true;
+            status.state = LinkState::Down;
+            status.last_error = Some(error.clone());
+        }
+        hub.device_state(id, LinkState::Down, Some(error));
+    }
+
+    /// Open, poll, and reopen with backoff, until `shutdown`.
+    async fn poll_forever(self, shutdown: CancellationToken) {
         let mut backoff = self.new_backoff();
         self.hub
             .device_state(self.id.clone(), LinkState::Connecting, None);

@@ -83,6 +83,9 @@ pub enum FleetState {
     AuthFailed,
     /// A damaged buffer's rows are being salvaged; pushing waits for them.
     WaitingForSalvage,
+    /// The uplink task's loop died (a bug): nothing is pushed until slmd
+    /// restarts; the watchdog ping is withheld so systemd restarts it.
+    Failed,
 }
 
 impl FleetState {
@@ -96,6 +99,7 @@ impl FleetState {
             FleetState::Retrying => "retrying",
             FleetState::AuthFailed => "auth_failed",
             FleetState::WaitingForSalvage => "waiting_for_salvage",
+            FleetState::Failed => "failed",
         }
     }
 }
@@ -377,7 +381,30 @@ impl Uplink {
     }
 
     /// Pushes until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    ///
+    /// The push loop runs as a task of its own, so a bug that panics it
+    /// cannot leave the fleet looking healthy: status then says `failed`
+    /// with the panic as its last error, one error line is logged, and
+    /// [`crate::notify::Liveness`] withholds the watchdog ping.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let status = self.status.clone();
+        if let Err(panic) = crate::notify::catch_panic(self.push_forever(shutdown)).await {
+            let error = format!(
+                "the uplink task stopped on an internal error ({}); nothing is pushed until slmd restarts, readings keep buffering",
+                panic.0
+            );
+            tracing::error!(
+                event = "uplink_task_failed",
+                "{error}; the watchdog ping is withheld so systemd restarts slmd"
+            );
+            let mut status = lock(&status);
+            status.state = FleetState::Failed;
+            status.last_error = Some(error);
+        }
+    }
+
+    /// The push loop of [`Uplink::run`].
+    async fn push_forever(mut self, shutdown: CancellationToken) {
         let buffer = tokio::select! {
             () = shutdown.cancelled() => return,
             buffer = wait_for_buffer(&self.buffer) => buffer,
