@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `GET /v1/status` | gateway, version, uptime; each device's state, counters and health; the buffer ([`crate::buffer::BufferStatus`], or `open: false`); the fleet ([`crate::uplink::FleetStatus`]); open streams |
 //! | `GET /v1/devices/{id}/live` | the device's newest record; `404 unknown device` / `404 no reading yet` |
-//! | `GET /v1/devices/{id}/history?since=RFC3339&limit=N` | `{"device", "since", "limit", "records": [...], "truncated"}`, oldest first; `limit` 1..=10000, default 1000; `503` while the buffer is not open |
+//! | `GET /v1/devices/{id}/history?since=RFC3339&after=SEQ&limit=N` | `{"device", "since", "after", "limit", "records": [...], "truncated", "next_after"}`: records received at or after `since`, above `after`, oldest first; `limit` 1..=10000, default 1000; the next page is the same query with `after` = `next_after`; cost bounded per request (see [`crate::buffer::Buffer::history_page`]); `503` while the buffer is not open |
 //! | `GET /v1/stream?device=a,b` | Server-Sent Events, below |
 //! | `GET /metrics` | Prometheus text format; names in [`metrics`] |
 //!

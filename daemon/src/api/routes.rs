@@ -177,24 +177,33 @@ pub(crate) struct History {
     since: Option<DateTime<Utc>>,
     /// The limit applied.
     limit: usize,
+    /// The `after` asked for, or null.
+    after: Option<u64>,
     /// The records, oldest first.
     records: Vec<Record>,
-    /// Whether more records follow the last one (ask again with a later `since`).
+    /// Whether more records may follow the last one.
     truncated: bool,
+    /// When `truncated`: ask again with the same `since` and `after` = this
+    /// to go on (exact whatever the clock did; the page may have stopped at
+    /// its limit or at the end of its scan window).
+    next_after: Option<u64>,
 }
 
 /// Query of `history`.
 #[derive(Debug, PartialEq)]
 struct HistoryQuery {
     since: Option<DateTime<Utc>>,
+    after: Option<u64>,
     limit: usize,
 }
 
-const HISTORY_PARAMS: &str = "since (RFC 3339) and limit (1..=10000)";
+const HISTORY_PARAMS: &str =
+    "since (RFC 3339), after (a seq, to continue a page) and limit (1..=10000)";
 
 fn history_query(pairs: &[(String, String)]) -> Result<HistoryQuery, ApiError> {
     let mut query = HistoryQuery {
         since: None,
+        after: None,
         limit: HISTORY_DEFAULT_LIMIT,
     };
     let mut seen: Vec<&str> = Vec::new();
@@ -206,6 +215,7 @@ fn history_query(pairs: &[(String, String)]) -> Result<HistoryQuery, ApiError> {
         match name.as_str() {
             "since" => query.since = Some(parse_since(value)?),
             "limit" => query.limit = parse_limit(value)?,
+            "after" => query.after = Some(parse_after(value)?),
             _ => {
                 return Err(ApiError::UnknownParameter {
                     param: name.clone(),
@@ -215,6 +225,13 @@ fn history_query(pairs: &[(String, String)]) -> Result<HistoryQuery, ApiError> {
         }
     }
     Ok(query)
+}
+
+fn parse_after(value: &str) -> Result<u64, ApiError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| ApiError::bad_parameter("after", "a record's seq (a whole number)", value))
 }
 
 /// An RFC 3339 time. A `+` of an offset that arrived unencoded in a query
@@ -271,7 +288,11 @@ pub(crate) async fn history(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<History>, ApiError> {
     let device = known_device(&state, id)?;
-    let HistoryQuery { since, limit } = history_query(&query_pairs(query)?)?;
+    let HistoryQuery {
+        since,
+        after,
+        limit,
+    } = history_query(&query_pairs(query)?)?;
     let buffer = state
         .inner
         .buffer
@@ -279,19 +300,18 @@ pub(crate) async fn history(
         .cloned()
         .ok_or(ApiError::BufferNotOpen)?;
     let name = device.clone();
-    // One more than asked, to tell whether more follow.
-    let mut records =
-        tokio::task::spawn_blocking(move || buffer.history(Some(&name), since, limit + 1))
+    let page =
+        tokio::task::spawn_blocking(move || buffer.history_page(Some(&name), since, after, limit))
             .await
             .map_err(|e| ApiError::Internal(format!("history task: {e}")))??;
-    let truncated = records.len() > limit;
-    records.truncate(limit);
     Ok(Json(History {
         device,
         since,
+        after,
+        truncated: page.more_after.is_some(),
+        next_after: page.more_after,
+        records: page.records,
         limit,
-        records,
-        truncated,
     }))
 }
 
@@ -324,6 +344,7 @@ mod tests {
             history_query(&[]).ok(),
             Some(HistoryQuery {
                 since: None,
+                after: None,
                 limit: HISTORY_DEFAULT_LIMIT
             })
         );
@@ -333,6 +354,12 @@ mod tests {
         ]))
         .expect("parses");
         assert_eq!(q.limit, 10_000);
+        assert_eq!(
+            history_query(&pairs(&[("after", "41")]))
+                .map(|q| q.after)
+                .ok(),
+            Some(Some(41))
+        );
         assert_eq!(
             q.since.map(|t| crate::record::format_millis(&t)),
             Some("2026-11-22T14:15:17.250Z".to_owned())
@@ -348,6 +375,11 @@ mod tests {
             (vec![("limit", "-3")], "limit"),
             (vec![("limit", "1"), ("limit", "2")], "limit"),
             (vec![("until", "x")], "until"),
+            (vec![("after", "-1")], "after"),
+            (
+                vec![("after", "1"), ("since", "2026-11-22T14:15:17Z")],
+                "after",
+            ),
         ] {
             match history_query(&pairs(&list)) {
                 Err(

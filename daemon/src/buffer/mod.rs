@@ -74,6 +74,7 @@ mod push;
 pub mod row;
 mod salvage;
 pub mod schema;
+pub mod timeline;
 mod writer;
 
 use crate::config::Durability;
@@ -94,6 +95,11 @@ pub(crate) use open::{declare_skip, set_clean_stop, stopped_cleanly};
 pub use push::Batch;
 pub use salvage::{OpenReport, SalvageStatus};
 pub use writer::WriterHandle;
+
+/// Most `seq` numbers one history read scans past where it starts: what
+/// bounds its cost when the device asked for has few records among many
+/// (the read stops there and says where to go on, see [`HistoryPage`]).
+pub const HISTORY_SCAN: u64 = 100_000;
 
 /// Quarantined records kept (the newest); older ones are dropped, still
 /// counted in `meta.quarantined`.
@@ -240,6 +246,8 @@ struct Shared {
     stop_salvage: Arc<AtomicBool>,
     /// The salvage thread, joined at shutdown.
     salvage_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where times start along `seq`, for `history?since=`.
+    timeline: Mutex<timeline::Timeline>,
 }
 
 /// A `records` row as read: seq, device id, received_at ms, device_time
@@ -435,31 +443,100 @@ impl Buffer {
     }
 
     /// Records of `device` (or all) received at or after `since`, oldest
-    /// first, at most `limit`.
+    /// first, at most `limit` (and within one [`HISTORY_SCAN`]); see
+    /// [`Buffer::history_page`].
     pub fn history(
         &self,
         device: Option<&str>,
         since: Option<DateTime<Utc>>,
         limit: usize,
     ) -> Result<Vec<Record>, BufferError> {
-        let since_ms = since.map_or(i64::MIN, |t| t.timestamp_millis());
+        Ok(self.history_page(device, since, None, limit)?.records)
+    }
+
+    /// One page of history: records of `device` (or all) received at or
+    /// after `since` (any time when `None`) with a `seq` above `after`, in
+    /// `seq` order (the order they were received), at most `limit`.
+    ///
+    /// Cost, whatever the buffer holds: `since` is placed by the
+    /// [`timeline`] kept in memory (no index on disk, no table scan), then
+    /// the read walks `seq` forward over at most [`HISTORY_SCAN`] numbers.
+    /// When it stops at `limit` or at the end of that window,
+    /// [`HistoryPage::more_after`] says where to go on: the same `since`
+    /// with `after` = that gives the next page, never skipping or repeating
+    /// a record whatever the clock did. After a backward clock step, records
+    /// stamped before `since` are left out even if they arrived later.
+    pub fn history_page(
+        &self,
+        device: Option<&str>,
+        since: Option<DateTime<Utc>>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BufferError> {
+        let empty = HistoryPage {
+            records: Vec::new(),
+            more_after: None,
+        };
         let device_id = match device {
             None => None,
             Some(name) => match lock(&self.shared.names).id_of(DEVICE, name) {
                 Some(id) => Some(id),
-                None => return Ok(Vec::new()),
+                None => return Ok(empty),
             },
         };
-        match device_id {
-            Some(id) => self.select(
-                "WHERE r.device = ?1 AND r.received_at >= ?2 ORDER BY r.seq LIMIT ?3",
-                &[&id, &since_ms, &(limit as i64)],
-            ),
-            None => self.select(
-                "WHERE r.received_at >= ?1 ORDER BY r.seq LIMIT ?2",
-                &[&since_ms, &(limit as i64)],
-            ),
+        let sql_err = |source| BufferError::Sqlite {
+            path: self.shared.settings.path.clone(),
+            source,
+        };
+        let range = seq_range(&lock(&self.shared.reader)).map_err(sql_err)?;
+        let Some((oldest, newest)) = range else {
+            return Ok(empty);
+        };
+        let mut start = after.map_or(oldest, |a| a.saturating_add(1).max(oldest));
+        if let Some(since) = since {
+            let salvage = self.salvage_status().map(|s| (s.rows_saved, s.running));
+            let mut timeline = lock(&self.shared.timeline);
+            timeline
+                .catch_up(&self.shared.reader, salvage)
+                .map_err(sql_err)?;
+            timeline.forget_below(oldest);
+            match timeline.start_of(since.timestamp_millis()) {
+                Some(first) => start = start.max(first),
+                None => return Ok(empty),
+            }
         }
+        if start > newest || limit == 0 {
+            return Ok(empty);
+        }
+        // Past the scan window's end: stop, and say where to go on.
+        let end = start.saturating_add(HISTORY_SCAN);
+        let sql = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let since_ms = since.map_or(i64::MIN, |t| t.timestamp_millis());
+        // One more than asked, to tell whether more follow.
+        let wanted = sql(limit as u64).saturating_add(1);
+        let mut records = match device_id {
+            Some(id) => self.select(
+                "WHERE r.seq >= ?1 AND r.seq < ?2 AND r.received_at >= ?3 AND r.device = ?4 \
+                 ORDER BY r.seq LIMIT ?5",
+                &[&sql(start), &sql(end), &since_ms, &id, &wanted],
+            )?,
+            None => self.select(
+                "WHERE r.seq >= ?1 AND r.seq < ?2 AND r.received_at >= ?3 ORDER BY r.seq LIMIT ?4",
+                &[&sql(start), &sql(end), &since_ms, &wanted],
+            )?,
+        };
+        let more_after = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| r.seq)
+        } else if end <= newest {
+            Some(end - 1)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            records,
+            more_after,
+        })
     }
 
     fn select(
@@ -571,4 +648,29 @@ impl Buffer {
         }
         Ok((records, bad))
     }
+}
+
+/// One page of history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The records, in `seq` order.
+    pub records: Vec<Record>,
+    /// When more may follow: the `seq` to continue after (`after`). The
+    /// page stopped at its limit, or at the end of its scan window (then it
+    /// may even be empty).
+    pub more_after: Option<u64>,
+}
+
+/// The oldest and newest `seq` in the ring, if any: two lookups at the
+/// ends of the primary key (one `min(), max()` query would scan the table).
+fn seq_range(conn: &Connection) -> rusqlite::Result<Option<(u64, u64)>> {
+    let end = |order: &str| -> rusqlite::Result<Option<u64>> {
+        conn.prepare_cached(&format!(
+            "SELECT seq FROM records ORDER BY seq {order} LIMIT 1"
+        ))?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|seq| seq.map(|s| u64::try_from(s).unwrap_or(0)))
+    };
+    Ok(end("ASC")?.zip(end("DESC")?))
 }

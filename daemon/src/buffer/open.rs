@@ -390,6 +390,7 @@ pub(super) fn open_with(
             salvage: Mutex::new(salvage_status),
             stop_salvage: Arc::new(AtomicBool::new(false)),
             salvage_thread: Mutex::new(None),
+            timeline: Mutex::new(super::timeline::Timeline::default()),
         }),
     };
     Ok((buffer, prepared.report))
