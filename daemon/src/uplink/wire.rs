@@ -126,8 +126,11 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8], sent: usize
                 retry_after: None,
             },
             Err(e) => Answer::Retry {
+                // serde quotes the offending value, which the fleet chose:
+                // cut it like the body.
                 error: format!(
-                    "fleet answered 200 with a body that is not {{\"accepted\": n, \"duplicates\": m}} ({e}): {}",
+                    "fleet answered 200 with a body that is not {{\"accepted\": n, \"duplicates\": m}} ({}): {}",
+                    printable(&e.to_string()),
                     snippet(body)
                 ),
                 retry_after: None,
@@ -160,15 +163,18 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(wait.min(RETRY_AFTER_MAX))
 }
 
+/// Longest piece of the fleet's answer quoted in an error, in bytes of the
+/// body or characters of a parser's message.
+const QUOTED_MAX: usize = 120;
+
 /// The start of a body, printable, for an error message.
 fn snippet(body: &[u8]) -> String {
-    const MAX: usize = 120;
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_MAX)]);
     let mut s: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if body.len() > MAX {
+    if body.len() > QUOTED_MAX {
         s.push('…');
     }
     if s.trim().is_empty() {
@@ -176,6 +182,19 @@ fn snippet(body: &[u8]) -> String {
     } else {
         s
     }
+}
+
+/// `text` cut to [`QUOTED_MAX`] characters, control characters as spaces.
+fn printable(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .take(QUOTED_MAX)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(QUOTED_MAX).is_some() {
+        s.push('…');
+    }
+    s
 }
 
 #[cfg(test)]
@@ -280,6 +299,26 @@ mod tests {
         );
         match classify(429, Some("999999"), b"", 1) {
             Answer::Retry { retry_after, .. } => assert_eq!(retry_after, Some(RETRY_AFTER_MAX)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_200_quoting_a_huge_value_gives_a_short_error() {
+        // Found by the fleet_answer fuzz target: serde's message quoted the
+        // whole string, so a fleet (or a proxy) could put a megabyte into
+        // every journal line and the status.
+        let huge = format!("\"{}\\r\"", "x".repeat(1_000_000));
+        match classify(200, None, huge.as_bytes(), 1) {
+            Answer::Retry { error, .. } => {
+                assert!(
+                    error.chars().count() < 400,
+                    "{} chars",
+                    error.chars().count()
+                );
+                assert!(!error.contains('\r'), "{error:?}");
+                assert!(error.contains("invalid type: string"), "{error}");
+            }
             other => panic!("{other:?}"),
         }
     }
