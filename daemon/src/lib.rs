@@ -19,8 +19,9 @@
 //! | [`mqtt`] | publishing records and device state to a local MQTT broker |
 //! | [`printer`] | the live feed on stdout (`text`, `jsonl`) |
 //! | [`status`] | `slmd status`: the running daemon's status as a 60-column table |
-//! | [`supervisor`] | wiring the tasks together and stopping them |
-//! | [`demo`] | the whole pipeline against simulated meters |
+//! | [`reload`] | which config keys a reload applies and which wait for a restart |
+//! | [`supervisor`] | wiring the tasks together, reloading them, stopping them |
+//! | `demo` | the whole pipeline against simulated meters (feature `demo`, on by default; not in the packages) |
 //!
 //! See `ARCHITECTURE.md` at the repository root for how a reading flows.
 
@@ -37,6 +38,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod printer;
 pub mod record;
+pub mod reload;
 pub mod status;
 pub mod supervisor;
 pub mod uplink;

@@ -195,6 +195,10 @@ pub fn render(status: &Value) -> String {
         "streams {}",
         status["subscribers"].as_u64().unwrap_or(0)
     ));
+    if let Some(keys) = status["needs_restart"].as_array().filter(|k| !k.is_empty()) {
+        let keys: Vec<String> = keys.iter().map(text).collect();
+        lines.push(format!("restart needed for {}", keys.join(", ")));
+    }
     let mut out = lines
         .iter()
         .map(|l| clip(l, WIDTH))

@@ -1,14 +1,25 @@
 //! Wiring and lifetime: opens the buffer, builds the hub, starts one task
-//! per device, the uplink (when `[fleet]` is enabled) and the chosen
-//! printer, reloads on `SIGHUP`, and stops them all on one signal.
+//! per device, the uplink (when `[fleet]` is enabled), the MQTT publisher
+//! and the chosen printer, reloads on `SIGHUP`, and stops them all on one
+//! signal.
 //!
 //! Reload (`SIGHUP`): the config file is read and validated again; a
-//! broken file is reported and changes nothing. Then the device list is
-//! applied ([`Devices::apply`]: an unchanged meter keeps its task and its
-//! one connection, a changed one reconnects with the new settings, a removed
-//! one is closed, a new one started) and the fleet tokens take effect. No
-//! buffered data is touched. Other settings (buffer, API, MQTT, fleet URL)
-//! take effect at the next start.
+//! broken file is reported and changes nothing. Otherwise every section
+//! takes effect or is reported as waiting for a restart ([`crate::reload`]
+//! says which is which):
+//! - the device list ([`Devices::apply`]): an unchanged meter keeps its task
+//!   and its one connection, a changed one reconnects with the new
+//!   settings, a removed one is closed, a new one started;
+//! - `[fleet]`: new tokens go to the running uplink; any other change
+//!   stops the uplink, waits for it to end, and starts one with the new
+//!   table (or none: `enabled = false` stops pushing at once);
+//! - `[mqtt]`: the publisher is stopped (it says goodbye) and a new one
+//!   started when the table or the meter list changed;
+//! - `api.tokens` and `api.stream_max` go to the API's state;
+//! - keys only a restart applies are logged in one line and listed in
+//!   `/v1/status` as `needs_restart`.
+//!
+//! No buffered data is touched by a reload.
 //!
 //! Shutdown: one [`CancellationToken`] fans out to every task; [`run`]
 //! waits for all of them, up to [`SHUTDOWN_GRACE`], then closes the hub's
@@ -23,10 +34,15 @@ use crate::fanout::Hub;
 use crate::mqtt::MqttPublisher;
 use crate::notify::{Liveness, Notifier, status_counts, status_line};
 use crate::printer::{self, PrintMode};
-use crate::uplink::{FleetStatus, FleetStatusCell, Uplink, UplinkError, UplinkHandle};
+use crate::reload::{FleetChange, fleet_change, restart_keys};
+use crate::uplink::{
+    FleetStatus, FleetStatusCell, UPLINK_EVENTS, Uplink, UplinkError, UplinkEvent, UplinkHandle,
+};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,16 +114,15 @@ pub struct Gateway {
     pub buffer: BufferSlot,
     /// One status cell per configured device, in config order.
     pub devices: Vec<StatusCell>,
-    /// The fleet uplink's status (`disabled` when `[fleet]` is off).
+    /// The fleet uplink's status (`disabled` while `[fleet]` is off); the
+    /// same cell across reloads that replace the uplink.
     pub fleet: FleetStatusCell,
-    /// The running uplink, when enabled.
-    pub uplink: Option<UplinkHandle>,
     /// Where the API listens (the port is chosen by the OS for `:0`).
     pub api_addr: std::net::SocketAddr,
     /// The API's state (its device list follows reloads).
     pub api: api::ApiState,
-    /// The running device tasks.
-    registry: Devices,
+    /// What a reload can change.
+    live: Live,
     /// The buffer's writer thread, joined at shutdown.
     writer: WriterHandle,
 }
@@ -162,23 +177,14 @@ pub fn start(
             (hub, writer)
         }
     };
-    let uplink = if config.fleet.enabled {
-        let (uplink, handle) = Uplink::new(
-            config.fleet.clone(),
-            config.gateway.id.clone(),
-            slot.clone(),
-        )?;
-        tracker.spawn(uplink.run(shutdown.child_token()));
-        Some(handle)
-    } else {
-        None
-    };
-    let fleet = uplink.as_ref().map_or_else(
-        || Arc::new(Mutex::new(FleetStatus::disabled())),
-        |u| u.status.clone(),
-    );
-    let uplink_events = uplink.as_ref().map(|u| u.events.subscribe());
-    if let Some(printer) = printer::start(options.print, hub.subscribe(), uplink_events) {
+    let fleet: FleetStatusCell = Arc::new(Mutex::new(FleetStatus::disabled()));
+    let (uplink_events, _) = broadcast::channel(UPLINK_EVENTS);
+    // Subscribed before anything starts, so it sees every event.
+    if let Some(printer) = printer::start(
+        options.print,
+        hub.subscribe(),
+        Some(uplink_events.subscribe()),
+    ) {
         let stop = shutdown.clone();
         tracker.spawn(async move {
             tokio::select! {
@@ -187,28 +193,35 @@ pub fn start(
             }
         });
     }
-    // Subscribed before the device tasks start, so it sees every state change.
-    if let Some(mqtt) = &config.mqtt {
-        let ids = config
-            .devices
-            .iter()
-            .map(|d| Arc::from(d.id.as_str()))
-            .collect();
-        let publisher = MqttPublisher::new(mqtt, &config.gateway.id, ids)?;
-        tracker.spawn(publisher.run(hub.subscribe(), shutdown.child_token()));
-    }
-    let mut registry = Devices {
+    let registry = Devices {
         hub: hub.clone(),
         clock: options.clock.clone(),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         running: Vec::new(),
     };
-    for device in &config.devices {
-        let running = registry.launch(device.clone());
-        registry.running.push(running);
+    let mut live = Live {
+        started: config.clone(),
+        running: config.clone(),
+        devices: registry,
+        uplink: None,
+        fleet: fleet.clone(),
+        uplink_events,
+        mqtt: None,
+        buffer: slot.clone(),
+    };
+    if config.fleet.enabled {
+        live.uplink = Some(live.start_uplink(&config.fleet)?);
     }
-    let devices = registry.cells();
+    // Started before the device tasks, so it sees every state change.
+    if let Some(mqtt) = &config.mqtt {
+        live.mqtt = Some(live.start_mqtt(mqtt, &config.devices)?);
+    }
+    for device in &config.devices {
+        let running = live.devices.launch(device.clone());
+        live.devices.running.push(running);
+    }
+    let devices = live.devices.cells();
     let (api_addr, api) = start_api(config, &hub, &slot, &devices, &fleet, tracker, shutdown)?;
     Ok(Gateway {
         id: config.gateway.id.clone(),
@@ -216,10 +229,9 @@ pub fn start(
         buffer: slot,
         devices,
         fleet,
-        uplink,
         api_addr,
         api,
-        registry,
+        live,
         writer,
     })
 }
@@ -239,9 +251,8 @@ pub async fn run(
         buffer,
         devices,
         fleet,
-        uplink,
         api,
-        mut registry,
+        mut live,
         writer,
         ..
     } = gateway;
@@ -250,7 +261,6 @@ pub async fn run(
     // replaces them.
     let current = Arc::new(Mutex::new(devices.clone()));
     if let Some(path) = options.config_path.clone() {
-        let uplink = uplink.clone();
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(StartError::Signal)?;
         let stop = shutdown.clone();
@@ -262,8 +272,8 @@ pub async fn run(
                     () = stop.cancelled() => return,
                     Some(()) = hangup.recv() => {
                         notifier.reloading();
-                        reload(&path, uplink.as_ref(), &mut registry, &api);
-                        *current.lock().unwrap_or_else(PoisonError::into_inner) = registry.cells();
+                        live.reload(&path, &api).await;
+                        *current.lock().unwrap_or_else(PoisonError::into_inner) = live.devices.cells();
                         notifier.ready();
                     }
                 }
@@ -337,8 +347,7 @@ fn start_api(
         addr: listen,
         source,
     };
-    let listener = std::net::TcpListener::bind(listen).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
+    let listener = api_listener(listen).map_err(bind_error)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let state = api::ApiState::new(
@@ -357,6 +366,26 @@ fn start_api(
         }
     });
     Ok((addr, state))
+}
+
+/// Connections the kernel may hold for the API before it accepts them: a
+/// burst of connections (a flood, or many browsers at once) waits there
+/// instead of having its SYNs dropped, which would cost a real client a
+/// one-second retransmit.
+const API_BACKLOG: i32 = 1024;
+
+/// The API's listening socket, non-blocking, with [`API_BACKLOG`].
+fn api_listener(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(API_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// The running device tasks, so a reload can keep, restart, stop or start
@@ -447,43 +476,200 @@ impl Devices {
     }
 }
 
-/// Reads the config again and applies what can change while running: the
-/// device list and the fleet tokens.
-fn reload(
-    path: &std::path::Path,
-    uplink: Option<&UplinkHandle>,
-    registry: &mut Devices,
-    api: &api::ApiState,
-) {
-    match crate::config::load(path) {
-        Ok(config) => {
-            let changes = registry.apply(&config.devices);
-            api.set_devices(registry.cells());
-            tracing::info!(
-                file = %path.display(),
-                kept = changes.kept.len(),
-                restarted = ?changes.restarted,
-                stopped = ?changes.stopped,
-                started = ?changes.started,
-                "SIGHUP: configuration reloaded; {} meters unchanged, {} restarted, {} removed, {} added",
-                changes.kept.len(),
-                changes.restarted.len(),
-                changes.stopped.len(),
-                changes.started.len()
+/// A task a reload can stop and replace.
+struct Replaceable {
+    /// Stops it.
+    stop: CancellationToken,
+    /// Ends when it has stopped.
+    done: JoinHandle<()>,
+}
+
+impl Replaceable {
+    /// Stops the task and waits for it (up to [`SHUTDOWN_GRACE`]).
+    async fn stop(self, what: &str) {
+        self.stop.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.done)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the {what} did not stop within {}s of a reload; replacing it anyway",
+                SHUTDOWN_GRACE.as_secs()
             );
-            match uplink {
-                Some(uplink) => {
-                    uplink.reload.send_replace(config.fleet);
+        }
+    }
+}
+
+/// The running uplink.
+struct RunningUplink {
+    /// Its task.
+    task: Replaceable,
+    /// Where reloaded tokens go.
+    handle: UplinkHandle,
+}
+
+/// What a reload can change, and the configs it compares against.
+struct Live {
+    /// The config at start: keys that only a restart applies are compared
+    /// with it.
+    started: Config,
+    /// The config in effect (the last one loaded).
+    running: Config,
+    /// The device tasks.
+    devices: Devices,
+    /// The uplink, while `[fleet]` is enabled.
+    uplink: Option<RunningUplink>,
+    /// The fleet status every uplink reports into (the API reads it).
+    fleet: FleetStatusCell,
+    /// Every uplink's announcements (the printer listens).
+    uplink_events: broadcast::Sender<UplinkEvent>,
+    /// The MQTT publisher, while `[mqtt]` is set.
+    mqtt: Option<Replaceable>,
+    /// Where the uplink reads from.
+    buffer: BufferSlot,
+}
+
+impl Live {
+    /// Starts an uplink for `fleet` (with the started gateway id),
+    /// reporting into the shared status cell and event channel.
+    fn start_uplink(
+        &self,
+        fleet: &crate::config::FleetConfig,
+    ) -> Result<RunningUplink, UplinkError> {
+        let (uplink, handle) = Uplink::with_shared(
+            fleet.clone(),
+            self.started.gateway.id.clone(),
+            self.buffer.clone(),
+            self.fleet.clone(),
+            self.uplink_events.clone(),
+        )?;
+        let stop = self.devices.shutdown.child_token();
+        let done = self.devices.tracker.spawn(uplink.run(stop.clone()));
+        Ok(RunningUplink {
+            task: Replaceable { stop, done },
+            handle,
+        })
+    }
+
+    /// Starts an MQTT publisher announcing `devices`.
+    fn start_mqtt(
+        &self,
+        mqtt: &crate::config::MqttConfig,
+        devices: &[crate::config::DeviceConfig],
+    ) -> Result<Replaceable, crate::mqtt::MqttError> {
+        let ids = devices.iter().map(|d| Arc::from(d.id.as_str())).collect();
+        let publisher = MqttPublisher::new(mqtt, &self.started.gateway.id, ids)?;
+        let stop = self.devices.shutdown.child_token();
+        let done = self
+            .devices
+            .tracker
+            .spawn(publisher.run(self.devices.hub.subscribe(), stop.clone()));
+        Ok(Replaceable { stop, done })
+    }
+
+    /// Reads the config again and applies it (see the module doc); a file
+    /// that does not load changes nothing.
+    async fn reload(&mut self, path: &std::path::Path, api: &api::ApiState) {
+        let config = match crate::config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(
+                    "SIGHUP: configuration not reloaded, the running one stays in effect: {e}"
+                );
+                return;
+            }
+        };
+        let changes = self.devices.apply(&config.devices);
+        api.set_devices(self.devices.cells());
+        api.apply(&config.api);
+        let fleet = self.apply_fleet(&config.fleet).await;
+        let mqtt = self.apply_mqtt(&config).await;
+        let restart = restart_keys(&self.started, &config);
+        api.set_needs_restart(restart.clone());
+        self.running = config;
+        tracing::info!(
+            file = %path.display(),
+            kept = changes.kept.len(),
+            restarted = ?changes.restarted,
+            stopped = ?changes.stopped,
+            started = ?changes.started,
+            "SIGHUP: configuration reloaded; meters: {} unchanged, {} restarted, {} removed, {} added; fleet: {fleet}; mqtt: {mqtt}",
+            changes.kept.len(),
+            changes.restarted.len(),
+            changes.stopped.len(),
+            changes.started.len()
+        );
+        if !restart.is_empty() {
+            tracing::warn!(
+                keys = ?restart,
+                "SIGHUP: changed settings wait for a restart (systemctl restart slmd): {}",
+                restart.join(", ")
+            );
+        }
+    }
+
+    /// Applies a reloaded `[fleet]`; says what it did.
+    async fn apply_fleet(&mut self, file: &crate::config::FleetConfig) -> String {
+        let keys = match fleet_change(&self.running.fleet, file) {
+            FleetChange::Same => return "unchanged".to_owned(),
+            FleetChange::Tokens => match &self.uplink {
+                Some(running) => {
+                    running.handle.reload.send_replace(file.clone());
+                    return "tokens reloaded".to_owned();
                 }
-                None if config.fleet.enabled => tracing::warn!(
-                    "SIGHUP: [fleet] is enabled in the file but was off at start; restart slmd to start pushing"
-                ),
-                None => {}
+                None if !file.enabled => return "tokens changed (pushing is off)".to_owned(),
+                // Enabled but not running (it could not start before).
+                None => "tokens".to_owned(),
+            },
+            FleetChange::Keys(keys) => keys.join(", "),
+        };
+        // The old one ends first: two uplinks never push at once.
+        if let Some(old) = self.uplink.take() {
+            old.task.stop("fleet uplink").await;
+        }
+        *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = FleetStatus::disabled();
+        if !file.enabled {
+            return format!("{keys} changed, pushing off");
+        }
+        match self.start_uplink(file) {
+            Ok(next) => {
+                self.uplink = Some(next);
+                format!("{keys} changed, uplink restarted")
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: the fleet uplink cannot start: {e}");
+                format!("{keys} changed, uplink not started: {e}")
             }
         }
-        Err(e) => tracing::error!(
-            "SIGHUP: configuration not reloaded, the running one stays in effect: {e}"
-        ),
+    }
+
+    /// Applies a reloaded `[mqtt]` (and meter list); says what it did.
+    async fn apply_mqtt(&mut self, file: &Config) -> String {
+        let ids = |c: &Config| c.devices.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+        if file.mqtt == self.running.mqtt && ids(file) == ids(&self.running) {
+            return if file.mqtt.is_some() {
+                "unchanged"
+            } else {
+                "off"
+            }
+            .to_owned();
+        }
+        if let Some(old) = self.mqtt.take() {
+            old.stop("MQTT publisher").await;
+        }
+        let Some(mqtt) = &file.mqtt else {
+            return "stopped".to_owned();
+        };
+        match self.start_mqtt(mqtt, &file.devices) {
+            Ok(publisher) => {
+                self.mqtt = Some(publisher);
+                "restarted".to_owned()
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: MQTT not started: {e}");
+                format!("not started: {e}")
+            }
+        }
     }
 }
 

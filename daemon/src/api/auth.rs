@@ -82,7 +82,7 @@ pub(crate) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let tokens = &state.inner.tokens;
+    let tokens = state.tokens();
     if tokens.required() {
         match bearer(&request) {
             None => return ApiError::MissingToken.into_response(),

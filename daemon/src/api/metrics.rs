@@ -37,6 +37,11 @@
 //! | `slmd_stream_lagged_records_total` | counter | | records skipped for streams that fell behind |
 //! | `slmd_stream_stuck_disconnects_total` | counter | | streams cut because their client stopped reading |
 //! | `slmd_live_subscribers` | gauge | | every live subscriber of the hub (API streams, MQTT, printers) |
+//! | `slmd_api_connections` | gauge | | open API connections |
+//! | `slmd_api_connections_max` | gauge | | the API's connection cap |
+//! | `slmd_api_connections_refused_total` | counter | | connections answered `503` because every slot was busy |
+//! | `slmd_api_connections_evicted_total` | counter | | idle connections closed to admit a new one at the cap |
+//! | `slmd_api_connections_timed_out_total` | counter | | connections closed for a slow or oversized request head, or idleness |
 //!
 //! Device health (battery, clock skew) is in `/v1/status` only.
 
@@ -410,6 +415,37 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
         "gauge",
         "Live subscribers of the hub: API streams, MQTT, terminal printers.",
         inner.hub.live_subscribers(),
+    );
+    let connections = state.connections();
+    page.single(
+        "slmd_api_connections",
+        "gauge",
+        "Open API connections.",
+        connections.open,
+    );
+    page.single(
+        "slmd_api_connections_max",
+        "gauge",
+        "The API's connection cap.",
+        connections.max,
+    );
+    page.single(
+        "slmd_api_connections_refused_total",
+        "counter",
+        "Connections answered 503 because every slot was busy.",
+        connections.refused_total,
+    );
+    page.single(
+        "slmd_api_connections_evicted_total",
+        "counter",
+        "Idle connections closed to admit a new one at the cap.",
+        connections.evicted_total,
+    );
+    page.single(
+        "slmd_api_connections_timed_out_total",
+        "counter",
+        "Connections closed for a slow or oversized request head, or idleness.",
+        connections.timed_out_total,
     );
 
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], page.finish()).into_response())

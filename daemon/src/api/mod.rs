@@ -106,8 +106,13 @@ pub mod metrics;
 mod routes;
 mod stream;
 
-pub use conn::STREAM_SEND_BUFFER;
+pub use conn::{
+    ConnectionStats, FD_RESERVE, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST_HEAD,
+    STREAM_SEND_BUFFER, connection_cap, open_files_limit,
+};
 pub use error::ApiError;
+#[doc(hidden)]
+pub use routes::fuzz_parse_history_query;
 pub use routes::{HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT};
 pub use stream::{KEEP_ALIVE, STREAM_QUEUE, STUCK_AFTER};
 
@@ -157,14 +162,18 @@ struct Inner {
     devices: std::sync::RwLock<Vec<(Arc<str>, StatusCell)>>,
     /// The uplink's status.
     fleet: FleetStatusCell,
-    /// Digests of `[api].tokens`.
-    tokens: auth::TokenDigests,
-    /// `[api].stream_max`.
-    stream_max: Duration,
+    /// Digests of `[api].tokens` (a reload replaces them).
+    tokens: std::sync::RwLock<auth::TokenDigests>,
+    /// `[api].stream_max` (a reload changes it for streams opened after).
+    stream_max: std::sync::RwLock<Duration>,
+    /// Changed config keys that wait for a restart, as `section.key`.
+    needs_restart: std::sync::RwLock<Vec<String>>,
     /// Stream counters.
     stats: stream::StreamStats,
     /// Cancelled by [`serve`] at shutdown: every stream sends `end` and ends.
     streams_end: CancellationToken,
+    /// Open connections (the cap and the timeouts; see `conn`).
+    connections: Arc<conn::Registry>,
 }
 
 impl ApiState {
@@ -189,10 +198,12 @@ impl ApiState {
                 buffer,
                 devices,
                 fleet,
-                tokens: auth::TokenDigests::new(&config.tokens),
-                stream_max: config.stream_max,
+                tokens: std::sync::RwLock::new(auth::TokenDigests::new(&config.tokens)),
+                stream_max: std::sync::RwLock::new(config.stream_max),
+                needs_restart: std::sync::RwLock::new(Vec::new()),
                 stats: stream::StreamStats::default(),
                 streams_end: CancellationToken::new(),
+                connections: Arc::new(conn::Registry::new(connection_cap(open_files_limit()))),
             }),
             stuck_after: STUCK_AFTER,
             keep_alive: KEEP_ALIVE,
@@ -215,20 +226,45 @@ impl ApiState {
     /// streams keep the devices they watch.
     pub fn set_devices(&self, devices: Vec<StatusCell>) {
         let devices = with_ids(devices);
-        *self
-            .inner
-            .devices
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = devices;
+        *write(&self.inner.devices) = devices;
+    }
+
+    /// Applies a reloaded `[api]` table: its tokens take effect for the next
+    /// request, `stream_max` for streams opened after. (`listen` needs a
+    /// restart; the caller reports it.)
+    pub fn apply(&self, config: &ApiConfig) {
+        *write(&self.inner.tokens) = auth::TokenDigests::new(&config.tokens);
+        *write(&self.inner.stream_max) = config.stream_max;
+    }
+
+    /// Sets the config keys shown as `needs_restart` in status.
+    pub fn set_needs_restart(&self, keys: Vec<String>) {
+        *write(&self.inner.needs_restart) = keys;
+    }
+
+    /// The tokens now.
+    fn tokens(&self) -> auth::TokenDigests {
+        read(&self.inner.tokens).clone()
+    }
+
+    /// `stream_max` now.
+    fn stream_max(&self) -> Duration {
+        *read(&self.inner.stream_max)
+    }
+
+    /// Open connections and what the limits did.
+    pub fn connections(&self) -> ConnectionStats {
+        self.inner.connections.stats()
+    }
+
+    /// Keys waiting for a restart.
+    fn needs_restart(&self) -> Vec<String> {
+        read(&self.inner.needs_restart).clone()
     }
 
     /// The configured devices now: id and status cell, in config order.
     fn devices(&self) -> Vec<(Arc<str>, StatusCell)> {
-        self.inner
-            .devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read(&self.inner.devices).clone()
     }
 
     /// The configured device `id`.
@@ -256,6 +292,15 @@ impl ApiState {
             known: self.known_devices(),
         }
     }
+}
+
+// Plain values: valid after a panic elsewhere.
+fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Each status cell with its device id.
@@ -292,6 +337,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .layer(axum::middleware::from_fn(conn::track_requests))
         .with_state(state)
 }
 
@@ -307,7 +353,20 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     // Parent of every connection's kill switch.
     let connections = CancellationToken::new();
-    let listener = conn::Conns::new(listener, connections.clone());
+    let registry = state.inner.connections.clone();
+    let listener = conn::Conns::new(listener, registry.clone(), connections.clone());
+    // The request-head and idle timeouts.
+    let sweeping = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(conn::SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = sweeping.cancelled() => return,
+                _ = tick.tick() => registry.sweep(),
+            }
+        }
+    });
     let app = router(state.clone()).into_make_service_with_connect_info::<conn::ConnKill>();
     let streams_end = state.inner.streams_end.clone();
     let stopping = shutdown.clone();

@@ -40,6 +40,12 @@ pub(crate) struct Status {
     subscribers: u64,
     /// Live-stream totals.
     streams: StreamView,
+    /// Config keys changed by a reload that take effect only at the next
+    /// start (`section.key`, e.g. `buffer.max_records`); empty when the
+    /// running config is the file's.
+    needs_restart: Vec<String>,
+    /// API connections: open, the cap, and what the limits closed.
+    connections: super::ConnectionStats,
 }
 
 /// A device in status: its [`DeviceStatus`] (state, counters, health)
@@ -132,6 +138,8 @@ pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<Status>
             stuck_disconnects_total: stats.stuck_disconnects(),
             hub_receivers: inner.hub.live_subscribers(),
         },
+        needs_restart: state.needs_restart(),
+        connections: state.connections(),
     }))
 }
 
@@ -325,6 +333,24 @@ pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::MethodNotAllowed {
         method: method.to_string(),
         path: uri.path().to_owned(),
+    }
+}
+
+/// Fuzzing entry point (`daemon/fuzz`, target `api_query`): a raw history
+/// query string (what follows `?`), decoded and read as the route reads it,
+/// the error message included. True when it is a valid query.
+#[doc(hidden)]
+pub fn fuzz_parse_history_query(query: &str) -> bool {
+    let Ok(uri) = format!("/v1/devices/x/history?{query}").parse::<Uri>() else {
+        return false;
+    };
+    match query_pairs(Query::try_from_uri(&uri)).and_then(|pairs| history_query(&pairs)) {
+        Ok(_) => true,
+        Err(e) => {
+            // The 400's message is part of the answer: render it too.
+            let _ = e.to_string();
+            false
+        }
     }
 }
 

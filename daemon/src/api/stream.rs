@@ -242,7 +242,7 @@ pub(crate) async fn stream(
         conn.streaming();
     }
     let task = StreamTask {
-        deadline: Box::pin(tokio::time::sleep(state.inner.stream_max)),
+        deadline: Box::pin(tokio::time::sleep(state.stream_max())),
         stopping: Box::pin(state.inner.streams_end.clone().cancelled_owned()),
         open: OpenStream::new(state.clone()),
         state,

@@ -29,7 +29,14 @@
 //! - **Secrets.** Tokens appear only in the `Authorization` header;
 //!   everything else names them by fingerprint.
 //! - **Off means off.** With `[fleet].enabled = false` this task is never
-//!   started, so nothing connects anywhere.
+//!   started, so nothing connects anywhere; a reload that turns it off
+//!   stops the task (see `supervisor`), and the status says `disabled`.
+//! - **Reload.** A `[fleet]` table whose only change is its tokens reaches
+//!   the running task through [`UplinkHandle::reload`] (failover state
+//!   kept); any other change (url, batch, interval, timeouts, enabled)
+//!   replaces the task: the old one is stopped and awaited first, so two
+//!   uplinks never push at once, and the new one starts from the buffer's
+//!   cursor (a batch cut short is sent again, which the fleet de-duplicates).
 
 pub mod tokens;
 pub mod wire;
@@ -64,6 +71,9 @@ pub const INGEST_PATH: &str = "/api/fleet/ingest";
 
 /// How often the uplink looks again while a salvage runs.
 pub const SALVAGE_POLL: Duration = Duration::from_millis(500);
+
+/// Uplink announcements a slow listener (the printer) may fall behind by.
+pub const UPLINK_EVENTS: usize = 256;
 
 /// What the uplink is doing, as status shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -230,7 +240,8 @@ pub struct UplinkHandle {
     pub status: FleetStatusCell,
     /// Announcements (pushes, failures, token changes).
     pub events: broadcast::Sender<UplinkEvent>,
-    /// A reloaded `[fleet]` table (only its tokens are applied live).
+    /// A reloaded `[fleet]` table whose only change is its tokens (any other
+    /// change replaces the uplink).
     pub reload: watch::Sender<FleetConfig>,
 }
 
@@ -331,6 +342,21 @@ impl Uplink {
         gateway: String,
         buffer: BufferSlot,
     ) -> Result<(Uplink, UplinkHandle), UplinkError> {
+        let status = Arc::new(Mutex::new(FleetStatus::disabled()));
+        let (events, _) = broadcast::channel(UPLINK_EVENTS);
+        Uplink::with_shared(config, gateway, buffer, status, events)
+    }
+
+    /// Like [`Uplink::new`], reporting into `status` and `events`, which
+    /// outlive it: a reload that replaces the uplink keeps the API's status
+    /// cell and the printer's subscription.
+    pub fn with_shared(
+        config: FleetConfig,
+        gateway: String,
+        buffer: BufferSlot,
+        status: FleetStatusCell,
+        events: broadcast::Sender<UplinkEvent>,
+    ) -> Result<(Uplink, UplinkHandle), UplinkError> {
         let url = config.url.clone().ok_or(UplinkError::NoUrl)?;
         let endpoint = format!("{}{INGEST_PATH}", url.trim_end_matches('/'));
         let client = http_client(config.timeout)?;
@@ -345,14 +371,13 @@ impl Uplink {
         });
         let ring = TokenRing::new(tokens, config.token_retry);
         let batch_size = config.batch_max.max(1) as usize;
-        let status = Arc::new(Mutex::new(FleetStatus {
+        *status.lock().unwrap_or_else(PoisonError::into_inner) = FleetStatus {
             enabled: true,
             state: FleetState::Starting,
             tokens: ring.fingerprints(),
             batch_size,
             ..FleetStatus::disabled()
-        }));
-        let (events, _) = broadcast::channel(256);
+        };
         let (reload_tx, reload) = watch::channel(config.clone());
         let backoff = new_backoff(&config);
         let uplink = Uplink {
