@@ -288,7 +288,8 @@ pub async fn run(
     // and systemd restarts the daemon).
     let mut tick = tokio::time::interval(notifier.tick_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut liveness = Liveness::new();
+    // The fleet cell outlives a replaced uplink: a new one resets it.
+    let mut liveness = Liveness::new().with_fleet(fleet.clone());
     loop {
         tokio::select! {
             // Stop.
