@@ -148,10 +148,16 @@ build_one() {
 	. "$cross_dir/env/$arch.sh"
 	[ "$SLMD_DEB_ARCH" = "$arch" ] || die "$cross_dir/env/$arch.sh is for $SLMD_DEB_ARCH"
 
-	echo "build-deb: cargo build --profile dist -p slmd --target $SLMD_TRIPLE $SLMD_BUILD_STD" >&2
+	# --no-default-features: without the `demo` feature, the one default
+	# feature, so the shipped binary carries none of the HIL kit's
+	# simulators (its `slmd demo` says how to run the demo from source).
+	# A default feature the package does need goes in package_features.
+	local package_features=""
+	echo "build-deb: cargo build --profile dist -p slmd --no-default-features --features '$package_features' --target $SLMD_TRIPLE $SLMD_BUILD_STD" >&2
 	local started=$SECONDS
 	# shellcheck disable=SC2086 # SLMD_BUILD_STD is one flag or none
-	cargo build --profile dist -p slmd --bin slmd --target "$SLMD_TRIPLE" $SLMD_BUILD_STD >&2 ||
+	cargo build --profile dist -p slmd --bin slmd --no-default-features --features "$package_features" \
+		--target "$SLMD_TRIPLE" $SLMD_BUILD_STD >&2 ||
 		die "cargo build for $arch failed"
 	echo "build-deb: $arch build took $((SECONDS - started)) s" >&2
 	binary="$target_dir/$SLMD_TRIPLE/dist/slmd"

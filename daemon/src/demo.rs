@@ -6,6 +6,11 @@
 //! them into a temporary folder, loads it through the same validation as a
 //! real config, and runs the daemon on it, printing readings and push
 //! progress until Ctrl-C.
+//!
+//! Built only with the `demo` feature (on by default, so `cargo run -p slmd
+//! -- demo` works from a checkout). This is the one place the daemon uses
+//! the simulators; the packages are built without the feature, and their
+//! `slmd demo` only says how to run it from source.
 
 use crate::config;
 use crate::printer::PrintMode;

@@ -30,6 +30,9 @@ pub mod buffer;
 pub mod check;
 pub mod clock;
 pub mod config;
+/// Only with the `demo` feature: it is the one module that uses the HIL
+/// kit's simulators, and the packaged binary carries none.
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod device;
 pub mod fanout;

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use slmd::printer::PrintMode;
-use slmd::{config, demo, supervisor};
+use slmd::{config, supervisor};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 78;
 /// Exit code for any other failure to start.
 const EXIT_FAILURE: u8 = 1;
-/// Exit code when a meter or the daemon does not answer (sysexits
-/// EX_UNAVAILABLE).
+/// Exit code when a meter or the daemon does not answer, or when `slmd demo`
+/// is asked of a build without the simulators (sysexits EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
@@ -63,6 +63,17 @@ enum Command {
         json: bool,
     },
     /// Run the whole pipeline against two simulated meters, no hardware needed.
+    ///
+    /// Only in a build from source: the packaged slmd carries no simulators
+    /// and exits 69 here.
+    #[cfg_attr(
+        not(feature = "demo"),
+        command(
+            about = "Not in this build: the packaged slmd carries no simulators (exits 69); \
+                     run the demo from source: cargo run --release -p slmd -- demo",
+            long_about = None
+        )
+    )]
     Demo,
     /// Print the slmd(8) man page (roff) on stdout; used by the package build.
     #[command(hide = true)]
@@ -76,10 +87,13 @@ fn main() -> ExitCode {
     }
     // The demo's simulated meters log their own connections; on a terminal
     // that only hides the readings.
+    #[cfg(feature = "demo")]
     let default_filter = match cli.command {
         Command::Demo => "info,slmd_hil=warn",
         _ => "info",
     };
+    #[cfg(not(feature = "demo"))]
+    let default_filter = "info";
     slmd::logging::init(default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -123,24 +137,47 @@ async fn async_main(command: Command) -> ExitCode {
         }
         Command::Check { config, no_probe } => check(&config, no_probe).await,
         Command::Status { config, api, json } => status(&config, api, json).await,
-        Command::Demo => {
-            let shutdown = CancellationToken::new();
-            if let Err(e) = supervisor::cancel_on_signals(shutdown.clone()) {
-                eprintln!("slmd: cannot install signal handlers: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-            match demo::run(shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("slmd demo: {e}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
-        }
+        Command::Demo => demo().await,
         // Handled before the runtime starts.
         Command::Man => print_man_page(),
     }
 }
+
+/// `slmd demo`: the pipeline on simulated meters until Ctrl-C.
+#[cfg(feature = "demo")]
+async fn demo() -> ExitCode {
+    let shutdown = CancellationToken::new();
+    if let Err(e) = supervisor::cancel_on_signals(shutdown.clone()) {
+        eprintln!("slmd: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match slmd::demo::run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slmd demo: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `slmd demo` in a build without the simulators (the packages): says so,
+/// and how to run the demo, and exits 69.
+#[cfg(not(feature = "demo"))]
+async fn demo() -> ExitCode {
+    eprintln!("{DEMO_NOT_IN_THIS_BUILD}");
+    ExitCode::from(EXIT_UNAVAILABLE)
+}
+
+/// What `slmd demo` says in a build without the simulators.
+#[cfg(not(feature = "demo"))]
+const DEMO_NOT_IN_THIS_BUILD: &str = "\
+slmd demo: not in this build. The packaged slmd carries no simulators (no
+simulated meter, no simulated fleet), only the daemon. To see the whole
+pipeline with no meter attached, run the demo from a source checkout:
+
+    cargo run --release -p slmd -- demo
+
+To check this gateway instead: slmd check, then slmd status.";
 
 /// `slmd check`: validate, then probe each meter.
 async fn check(path: &std::path::Path, no_probe: bool) -> ExitCode {
@@ -247,7 +284,7 @@ fn write_man_page(out: &mut impl std::io::Write) -> std::io::Result<()> {
     writeln!(out, ".SH \"EXIT STATUS\"")?;
     writeln!(
         out,
-        "0 success; 1 failure to start; 69 a meter or the daemon did not answer; 78 configuration error."
+        "0 success; 1 failure to start; 69 a meter or the daemon did not answer, or \\fBslmd demo\\fR in a build without the simulators; 78 configuration error."
     )?;
     writeln!(out, ".SH \"SEE ALSO\"")?;
     writeln!(
