@@ -6,6 +6,7 @@
 //! | `slmd_uptime_seconds` | gauge | | seconds since start |
 //! | `slmd_device_up` | gauge | `device` | 1 while the meter answers (`connected`), else 0 |
 //! | `slmd_device_state` | gauge | `device`, `state` | 1 for the current link state (`connecting`, `connected`, `down`), 0 for the others |
+//! | `slmd_device_task_failed` | gauge | `device` | 1 when the device's task stopped on an internal error (the watchdog then lets systemd restart slmd) |
 //! | `slmd_device_readings_total` | counter | `device` | readings produced since start |
 //! | `slmd_device_errors_total` | counter | `device`, `kind` | `bad_answers`, `timeouts`, `refused` since start |
 //! | `slmd_device_connects_total` | counter | `device` | links opened since start |
@@ -60,13 +61,15 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const LINK_STATES: [LinkState; 3] = [LinkState::Connecting, LinkState::Connected, LinkState::Down];
 
 /// Every uplink state, for the one-hot `slmd_fleet_state`.
-const FLEET_STATES: [FleetState; 6] = [
+const FLEET_STATES: [FleetState; 8] = [
     FleetState::Disabled,
     FleetState::Starting,
     FleetState::Ok,
     FleetState::CatchingUp,
     FleetState::Retrying,
     FleetState::AuthFailed,
+    FleetState::WaitingForSalvage,
+    FleetState::Failed,
 ];
 
 fn link_state_name(state: LinkState) -> &'static str {
@@ -186,6 +189,18 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
                 u8::from(d.state == s),
             );
         }
+    }
+    page.family(
+        "slmd_device_task_failed",
+        "gauge",
+        "1 when the device's task stopped on an internal error (slmd must restart).",
+    );
+    for d in &devices {
+        page.sample(
+            "slmd_device_task_failed",
+            &[("device", &d.id)],
+            u8::from(d.task_failed),
+        );
     }
     page.family(
         "slmd_device_readings_total",
