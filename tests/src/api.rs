@@ -130,8 +130,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts `mosquitto` on `port` (0: a free one) with a config in `dir`.
+    /// Starts `mosquitto` on `port` (0: a free one) with a config in `dir`;
+    /// fails the test when mosquitto or its clients are not installed.
     pub fn start(dir: &Path, port: u16) -> Broker {
+        crate::needs::require_tools(&["mosquitto", "mosquitto_sub"]);
         let port = if port == 0 { free_port() } else { port };
         let config = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(

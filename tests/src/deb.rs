@@ -2,8 +2,9 @@
 //! one architecture, taken apart with `dpkg-deb`, read with `readelf`, and
 //! judged by lintian. Shared by the packaging, ARM and install tests.
 //!
-//! Tools a test needs are looked up first: missing ones skip the test with
-//! a printed reason, or fail it when `CI` is set.
+//! The tests that use this are `#[ignore]`d in a plain `cargo test` (they
+//! need the package tools, see [`crate::needs`]); each first requires the
+//! tools it uses, and fails naming any that is missing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,43 +33,7 @@ pub fn target_tmp() -> PathBuf {
     target_dir().join("tmp")
 }
 
-/// Whether `CI` is set: then a missing tool fails a test instead of
-/// skipping it.
-pub fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
-/// Whether `tool` is an executable on PATH (or in an sbin directory).
-pub fn have(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .any(|dir| {
-            std::fs::metadata(dir.join(tool)).is_ok_and(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
-        })
-}
-
-/// `true` when every tool is there; otherwise prints why `test` is skipped
-/// and returns `false`, or panics in CI.
-pub fn tools_present(test: &str, tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "{test}: needs {} (not installed; .ci/run installs them)",
-        missing.join(", ")
-    );
-    assert!(
-        !in_ci(),
-        "{why}; CI is set, so this is a failure, not a skip"
-    );
-    eprintln!("SKIPPED {why}");
-    false
-}
+pub use crate::needs::have;
 
 /// The tools `build-deb.sh` needs on every architecture (it installs the
 /// cross compilers and qemu-user itself, as root, when missing).

@@ -3,10 +3,10 @@
 //! `target/tmp/arm-<arch>`), then proven to run under qemu-user against
 //! Debian 11's C library (the sysroot `packaging/cross-setup.sh` fetched,
 //! given to qemu with `-L`): the ELF machine, the glibc baseline and the
-//! `Depends` line, the stripped size, lintian, `slmd --version`,
-//! `slmd check --no-probe` on the packaged configuration, and a run of
-//! about 10 seconds in which the ARM daemon reads `slm-sim` over TCP and
-//! over a pty and pushes to `fleet-sim`: every record arrives, in order.
+//! `Depends` line, the stripped size, lintian, `slmd --version`, `slmd check --no-probe` on the packaged configuration,
+//! and a run of about 10 seconds in which the ARM daemon reads `slm-sim`
+//! over TCP and over a pty and pushes to `fleet-sim`: every record arrives,
+//! in order.
 //!
 //! The simulators and the fleet are this machine's own (amd64) binaries:
 //! the daemon is the only thing under emulation, as it would be the only
@@ -16,13 +16,20 @@
 //! daemon runs with `tests/qemu/termios2-shim.c` preloaded, which turns
 //! them into the plain termios ioctls qemu does translate. A gateway's
 //! kernel handles termios2 itself; the shim is never shipped.
+//!
+//! Every test here is `#[ignore]`d in a plain `cargo test`: they need the
+//! ARM cross compilers, Debian's rustc-web and Debian 11's C library
+//! (fetched with apt), qemu-user, and lintian. `.ci/run` installs them and
+//! runs these tests (`-- --include-ignored`); a missing tool fails them,
+//! naming it.
 
 use serde_json::Value;
 use slmd_e2e::deb::{
     BUILD_TOOLS, Unpacked, assert_glibc_baseline, assert_lintian_clean, build_and_unpack,
-    elf_machine, target_dir, target_tmp, tools_present, workspace,
+    elf_machine, target_dir, target_tmp, workspace,
 };
 use slmd_e2e::fleet::{FleetSim, fleet_section};
+use slmd_e2e::needs::require_tools;
 use slmd_e2e::{
     Daemon, Proc, Setup, Sim, assert_records_match_answers, poll_until, serial_device, tcp_device,
 };
@@ -66,21 +73,19 @@ const ARMHF: Arch = Arch {
 };
 
 impl Arch {
-    /// The package, built and unpacked once per test run; `None` (after
-    /// printing why) when this machine cannot build it and CI is not set.
-    fn package(&self) -> Option<&'static Unpacked> {
+    /// The package, built and unpacked once per test run (the test fails
+    /// when this machine lacks a tool the build needs).
+    fn package(&self) -> &'static Unpacked {
         static ARM64_PKG: OnceLock<Result<Unpacked, String>> = OnceLock::new();
         static ARMHF_PKG: OnceLock<Result<Unpacked, String>> = OnceLock::new();
-        if !tools_present(&format!("{} package", self.deb), &BUILD_TOOLS) {
-            return None;
-        }
+        require_tools(&BUILD_TOOLS);
         let cell = if self.deb == "arm64" {
             &ARM64_PKG
         } else {
             &ARMHF_PKG
         };
         match cell.get_or_init(|| build_and_unpack(self.deb, &format!("arm-{}", self.deb))) {
-            Ok(p) => Some(p),
+            Ok(p) => p,
             Err(e) => panic!("{e}"),
         }
     }
@@ -149,7 +154,8 @@ impl Arch {
 }
 
 fn binary_is_for_the_architecture_and_debian_11(arch: &Arch) {
-    let Some(p) = arch.package() else { return };
+    require_tools(&["lintian"]);
+    let p = arch.package();
     assert_eq!(elf_machine(&p.binary()), arch.machine);
     let fields = p.fields();
     assert_eq!(
@@ -176,16 +182,12 @@ fn binary_is_for_the_architecture_and_debian_11(arch: &Arch) {
         arch.deb,
         arch.max_binary_bytes
     );
-    if tools_present(&format!("{} lintian", arch.deb), &["lintian"]) {
-        assert_lintian_clean(&p.deb);
-    }
+    assert_lintian_clean(&p.deb);
 }
 
 fn runs_version_and_check_under_qemu(arch: &Arch) {
-    let Some(p) = arch.package() else { return };
-    if !tools_present(&format!("{} under qemu", arch.deb), &[arch.qemu]) {
-        return;
-    }
+    require_tools(&[arch.qemu]);
+    let p = arch.package();
     let out = arch
         .command(p)
         .arg("--version")
@@ -221,10 +223,8 @@ fn runs_version_and_check_under_qemu(arch: &Arch) {
 /// the fleet for about ten seconds; every record it stored reaches the
 /// fleet once, in seq order, with the values the meters sent.
 fn reads_tcp_and_pty_meters_and_pushes_everything_in_order(arch: &Arch) {
-    let Some(p) = arch.package() else { return };
-    if !tools_present(&format!("{} under qemu", arch.deb), &[arch.qemu]) {
-        return;
-    }
+    require_tools(&[arch.qemu]);
+    let p = arch.package();
     let fleet = FleetSim::start("token1", &[]);
     let tcp = Sim::tcp(&["--seed", "1101"]);
     let setup = Setup::new();
@@ -321,31 +321,37 @@ fn reads_tcp_and_pty_meters_and_pushes_everything_in_order(arch: &Arch) {
 }
 
 #[test]
+#[ignore = "needs ARM cross compilers, rustc-web, qemu-user, lintian (apt, network); .ci/run installs them"]
 fn arm64_binary_is_for_arm64_and_debian_11() {
     binary_is_for_the_architecture_and_debian_11(&ARM64);
 }
 
 #[test]
+#[ignore = "needs ARM cross compilers, rustc-web, qemu-user, lintian (apt, network); .ci/run installs them"]
 fn armhf_binary_is_for_armhf_and_debian_11() {
     binary_is_for_the_architecture_and_debian_11(&ARMHF);
 }
 
 #[test]
+#[ignore = "needs ARM cross compilers, rustc-web, qemu-user (apt, network); .ci/run installs them"]
 fn arm64_runs_version_and_check_under_qemu() {
     runs_version_and_check_under_qemu(&ARM64);
 }
 
 #[test]
+#[ignore = "needs ARM cross compilers, rustc-web, qemu-user (apt, network); .ci/run installs them"]
 fn armhf_runs_version_and_check_under_qemu() {
     runs_version_and_check_under_qemu(&ARMHF);
 }
 
 #[test]
+#[ignore = "needs ARM cross compilers, rustc-web, qemu-user (apt, network); .ci/run installs them"]
 fn arm64_reads_tcp_and_pty_meters_and_pushes_everything_in_order() {
     reads_tcp_and_pty_meters_and_pushes_everything_in_order(&ARM64);
 }
 
 #[test]
+#[ignore = "needs ARM cross compilers, rustc-web, qemu-user (apt, network); .ci/run installs them"]
 fn armhf_reads_tcp_and_pty_meters_and_pushes_everything_in_order() {
     reads_tcp_and_pty_meters_and_pushes_everything_in_order(&ARMHF);
 }

@@ -2,11 +2,14 @@
 //! memory, the failure is logged once, and writing resumes by itself when
 //! space returns, with the waiting readings committed.
 //!
-//! The state folder is a small tmpfs (the tests run as root); a filler file
-//! leaves a few hundred KiB, which the buffer's WAL uses up within seconds
-//! with eight meters. Deleting the filler frees the space again.
+//! The state folder is a small tmpfs; a filler file leaves a few hundred
+//! KiB, which the buffer's WAL uses up within seconds with eight meters.
+//! Deleting the filler frees the space again. Mounting it needs root, so
+//! the tests are `#[ignore]`d in a plain `cargo test`; `.ci/run` runs them
+//! as root (`-- --include-ignored`), and without root they fail saying so.
 
 use serde_json::Value;
+use slmd_e2e::needs::{require_root, require_tools};
 use slmd_e2e::{
     Daemon, Setup, buffer_accounting_error, buffer_file, buffer_meta, buffer_rows, open_buffer_ro,
     open_buffer_rw, poll_until, records_after, tcp_devices, tcp_sims,
@@ -28,9 +31,11 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `size` on `path` (created); `Err` with the reason
-    /// when mounting is not permitted here.
-    fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
+    /// Mounts a tmpfs of `size` on `path` (created); fails the test when
+    /// this machine cannot.
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        require_tools(&["mount", "umount"]);
+        require_root("mounting a small tmpfs to fill");
         std::fs::create_dir_all(path).expect("mount point");
         let out = Command::new("mount")
             .args([
@@ -42,23 +47,15 @@ impl Tmpfs {
             ])
             .arg(path)
             .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if out.status.success() {
-            return Ok(Tmpfs {
-                path: path.to_owned(),
-            });
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let denied = [
-            "permission denied",
-            "not permitted",
-            "must be superuser",
-            "only root",
-        ];
-        if denied.iter().any(|d| stderr.to_lowercase().contains(d)) {
-            Err(stderr)
-        } else {
-            panic!("mount -t tmpfs on {} failed: {stderr}", path.display());
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs on {} failed (needs root or CAP_SYS_ADMIN): {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs {
+            path: path.to_owned(),
         }
     }
 
@@ -77,22 +74,6 @@ impl Drop for Tmpfs {
         if !ok {
             // Still busy (a child not yet reaped): detach it instead.
             let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
-
-/// Mounts the test tmpfs on `path`, or says loudly why the test is skipped.
-fn mount_or_skip(path: &Path) -> Option<Tmpfs> {
-    match Tmpfs::mount(path, TMPFS_SIZE) {
-        Ok(t) => Some(t),
-        Err(why) => {
-            eprintln!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 SKIPPED buffer_disk_full: cannot mount a tmpfs here (needs root or \
-                 CAP_SYS_ADMIN): {why}\n\
-                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-            );
-            None
         }
     }
 }
@@ -128,11 +109,10 @@ fn seqs(records: &[Value]) -> BTreeSet<i64> {
 }
 
 #[test]
+#[ignore = "needs root (mounts a tmpfs); .ci/run runs as root"]
 fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itself() {
     let setup = Setup::new();
-    let Some(tmpfs) = mount_or_skip(&setup.path("state")) else {
-        return;
-    };
+    let tmpfs = Tmpfs::mount(&setup.path("state"), TMPFS_SIZE);
     let filler = tmpfs.path.join("filler");
     let fill = tmpfs.available().saturating_sub(LEFT_FREE);
     std::fs::write(&filler, vec![0x5a; usize::try_from(fill).expect("size")]).expect("filler");
@@ -344,11 +324,10 @@ fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itsel
 }
 
 #[test]
+#[ignore = "needs root (mounts a tmpfs); .ci/run runs as root"]
 fn starting_on_a_full_disk_keeps_the_buffer_and_the_live_feed() {
     let setup = Setup::new();
-    let Some(tmpfs) = mount_or_skip(&setup.path("state")) else {
-        return;
-    };
+    let tmpfs = Tmpfs::mount(&setup.path("state"), TMPFS_SIZE);
     let sims = tcp_sims(4, 800);
     let config = setup.config(&tcp_devices(&sims));
     let db = buffer_file(&setup);

@@ -1,6 +1,8 @@
 //! Local fan-out end to end: the real `slmd` binary, real `slm-sim` meters,
 //! the daemon's HTTP API over real sockets and a real Mosquitto broker
-//! (SPEC §6).
+//! (SPEC §6). The tests with the broker need `mosquitto` and
+//! `mosquitto_sub`, so they are `#[ignore]`d in a plain `cargo test`
+//! (`.ci/run` installs both and runs them).
 
 use serde_json::Value;
 use slmd_e2e::api::{Broker, Sse, api_address};
@@ -29,6 +31,7 @@ fn mqtt_seqs(sub: &slmd_e2e::Proc) -> BTreeSet<u64> {
 }
 
 #[test]
+#[ignore = "needs mosquitto, mosquitto_sub; .ci/run installs them"]
 fn fifty_streams_and_an_mqtt_subscriber_share_one_meter_connection() {
     let setup = Setup::new();
     let broker = Broker::start(setup.dir.path(), 0);
@@ -95,6 +98,7 @@ fn fifty_streams_and_an_mqtt_subscriber_share_one_meter_connection() {
 }
 
 #[test]
+#[ignore = "needs mosquitto, mosquitto_sub; .ci/run installs them"]
 fn mqtt_gets_retained_status_and_the_last_will_when_the_daemon_dies() {
     let setup = Setup::new();
     let broker = Broker::start(setup.dir.path(), 0);
@@ -126,6 +130,7 @@ fn mqtt_gets_retained_status_and_the_last_will_when_the_daemon_dies() {
 }
 
 #[test]
+#[ignore = "needs mosquitto, mosquitto_sub; .ci/run installs them"]
 fn a_broker_outage_stalls_neither_meters_nor_buffer_and_publishing_resumes() {
     let setup = Setup::new();
     let mut broker = Broker::start(setup.dir.path(), 0);

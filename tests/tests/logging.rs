@@ -5,6 +5,7 @@
 //! there; the test counts the daemon's log lines about that meter.
 
 use slmd_e2e::api::free_port;
+use slmd_e2e::needs::{require_root, require_tools};
 use slmd_e2e::{Proc, START_TIMEOUT, bin, tcp_device};
 use std::collections::HashMap;
 use std::path::Path;
@@ -178,19 +179,22 @@ fn a_meter_failing_for_a_minute_is_logged_at_start_in_summaries_and_at_the_end()
 // JOURNAL_STREAM naming its stderr, exactly as systemd starts it.
 // ---------------------------------------------------------------------------
 
-/// Whether this process may make a private mount namespace (root, with
-/// `unshare`); the journal tests are skipped otherwise.
-fn can_fake_the_journal() -> bool {
-    let ok = Command::new("unshare")
+/// Fails the test unless this process may make a private mount namespace
+/// (root, with `unshare`), where the daemon gets the test's journal socket.
+/// The journal tests are `#[ignore]`d in a plain `cargo test` for that.
+fn require_a_private_mount_namespace() {
+    require_tools(&["unshare"]);
+    require_root("a private mount namespace for a fake journal socket");
+    let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "true"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot make a private mount namespace (needs root and unshare)");
-    }
-    ok
+        .output()
+        .expect("run unshare");
+    assert!(
+        out.status.success(),
+        "cannot make a private mount namespace even as root ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Starts `slmd run --config <config>` as systemd would with the journal:
@@ -324,10 +328,9 @@ fn ghost_config(dir: &Path) -> std::path::PathBuf {
 }
 
 #[test]
+#[ignore = "needs root and unshare (a private mount namespace); .ci/run runs as root"]
 fn under_systemd_entries_go_to_the_journal_with_slmd_fields_and_priorities() {
-    if !can_fake_the_journal() {
-        return;
-    }
+    require_a_private_mount_namespace();
     let dir = tempfile::tempdir().expect("temp dir");
     let journal = FakeJournal::bind(&dir.path().join("journal.sock"));
     let config = ghost_config(dir.path());
@@ -394,10 +397,9 @@ fn under_systemd_entries_go_to_the_journal_with_slmd_fields_and_priorities() {
 }
 
 #[test]
+#[ignore = "needs root and unshare (a private mount namespace); .ci/run runs as root"]
 fn under_systemd_without_a_journal_socket_lines_carry_their_priority_on_stderr() {
-    if !can_fake_the_journal() {
-        return;
-    }
+    require_a_private_mount_namespace();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = ghost_config(dir.path());
     let mut daemon = start_under_journal(&config, None);
