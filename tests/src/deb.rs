@@ -241,6 +241,44 @@ pub fn assert_lintian_clean(deb: &Path) {
     }
 }
 
+/// Byte strings that only the HIL kit's simulators (the `slmd-hil` crate)
+/// put into a binary: its source paths (panic locations, log call sites,
+/// line tables), its crate name (symbols, the demo's log filter), and
+/// messages of the simulated meter (sessions, TCP and pty links) and of the
+/// simulated fleet (its admin routes, its fault injection).
+pub const SIMULATOR_MARKERS: [&str; 7] = [
+    "hil/src/",
+    "slmd_hil",
+    "partial command dropped: its bytes came more than 100 ms apart",
+    "client refused: another one is connected",
+    "pty meter ready",
+    "/admin/poison",
+    "injected fault",
+];
+
+/// Which of [`SIMULATOR_MARKERS`] occur in `binary` (`grep -a`: fast on a
+/// binary of hundreds of MB, where a byte loop in a debug test is not).
+pub fn simulator_markers_in(binary: &Path) -> std::collections::BTreeSet<String> {
+    let mut grep = Command::new("grep");
+    grep.env("LC_ALL", "C").args(["-a", "-o", "-F"]);
+    for marker in SIMULATOR_MARKERS {
+        grep.arg("-e").arg(marker);
+    }
+    let out = run(grep.arg(binary));
+    // 0: found some; 1: found none; anything else: grep failed.
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "grep on {} failed ({}): {}",
+        binary.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// glibc of Debian 11, the oldest system the packages promise to run on.
 pub const GLIBC_BASELINE: &str = "2.31";
 

@@ -3,7 +3,8 @@
 //! `target/tmp/arm-<arch>`), then proven to run under qemu-user against
 //! Debian 11's C library (the sysroot `packaging/cross-setup.sh` fetched,
 //! given to qemu with `-L`): the ELF machine, the glibc baseline and the
-//! `Depends` line, the stripped size, lintian, `slmd --version`, `slmd check --no-probe` on the packaged configuration,
+//! `Depends` line, the stripped size, lintian, no simulator inside,
+//! `slmd --version`, `slmd check --no-probe` on the packaged configuration,
 //! and a run of about 10 seconds in which the ARM daemon reads `slm-sim`
 //! over TCP and over a pty and pushes to `fleet-sim`: every record arrives,
 //! in order.
@@ -26,7 +27,7 @@
 use serde_json::Value;
 use slmd_e2e::deb::{
     BUILD_TOOLS, Unpacked, assert_glibc_baseline, assert_lintian_clean, build_and_unpack,
-    elf_machine, target_dir, target_tmp, workspace,
+    elf_machine, simulator_markers_in, target_dir, target_tmp, workspace,
 };
 use slmd_e2e::fleet::{FleetSim, fleet_section};
 use slmd_e2e::needs::require_tools;
@@ -183,6 +184,14 @@ fn binary_is_for_the_architecture_and_debian_11(arch: &Arch) {
         arch.max_binary_bytes
     );
     assert_lintian_clean(&p.deb);
+    // Built without the demo, as for amd64 (tests/tests/packaging.rs shows
+    // the markers are in a build with it).
+    let simulators = simulator_markers_in(&p.binary());
+    assert!(
+        simulators.is_empty(),
+        "the {} package's binary carries simulator code: {simulators:?}",
+        arch.deb
+    );
 }
 
 fn runs_version_and_check_under_qemu(arch: &Arch) {

@@ -2,16 +2,19 @@
 //! (into `target/tmp/packaging`, left there for a look after a failure),
 //! then taken apart with `dpkg-deb`: the file list and modes, conffiles,
 //! control fields, maintainer scripts, the shipped configuration run
-//! through the packaged `slmd check`, and lintian.
+//! through the packaged `slmd check`, that the packaged binary carries no
+//! simulator, and lintian.
 //!
 //! Every test here is `#[ignore]`d in a plain `cargo test`: building the
 //! package needs the Debian package tools and Debian 11's C library
 //! (`packaging/cross-setup.sh` fetches it with apt). `.ci/run` runs them
 //! (`-- --include-ignored`); a missing tool fails them, naming it.
 
+use slmd_e2e::bin;
 use slmd_e2e::deb::{
-    BUILD_TOOLS, Unpacked, assert_glibc_baseline, assert_lintian_clean, build_and_unpack,
-    control_fields as fields, run, stdout, workspace,
+    BUILD_TOOLS, SIMULATOR_MARKERS, Unpacked, assert_glibc_baseline, assert_lintian_clean,
+    build_and_unpack, control_fields as fields, run, simulator_markers_in, stdout, target_dir,
+    workspace,
 };
 use slmd_e2e::needs::require_tools;
 use std::collections::BTreeMap;
@@ -425,4 +428,83 @@ fn compressed_files_are_gzip_n_and_the_man_page_is_slmd_8() {
 fn lintian_reports_no_errors_and_only_explained_warnings() {
     require_tools(&["lintian"]);
     assert_lintian_clean(&built().deb);
+}
+
+/// The package ships the daemon only: no simulated meter, no simulated
+/// fleet. Its `slmd demo` exits 69 saying so and how to run the demo from
+/// source, and `--help` and slmd(8) say the same.
+#[test]
+#[ignore = "needs dpkg-deb and Debian 11's C library (apt, network); .ci/run installs them"]
+fn the_packaged_binary_carries_no_simulator_and_its_demo_says_so() {
+    // The markers do identify the simulators: a build with the demo (the
+    // default features) holds every one of them.
+    let with_demo = bin("slmd");
+    let found = simulator_markers_in(&with_demo);
+    let absent: Vec<&str> = SIMULATOR_MARKERS
+        .into_iter()
+        .filter(|m| !found.contains(*m))
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "{} (built with the demo) lacks the simulator markers {absent:?}: \
+         they no longer identify the simulators; pick strings slmd-hil has",
+        with_demo.display()
+    );
+
+    let b = built();
+    let shipped = simulator_markers_in(&b.binary());
+    assert!(
+        shipped.is_empty(),
+        "the packaged usr/bin/slmd carries simulator code: {shipped:?}"
+    );
+    // The same binary before stripping (its symbols and line tables name
+    // every function and source file linked in).
+    let unstripped = target_dir().join("x86_64-unknown-linux-gnu/dist/slmd");
+    let linked = simulator_markers_in(&unstripped);
+    assert!(
+        linked.is_empty(),
+        "{} links simulator code: {linked:?}",
+        unstripped.display()
+    );
+
+    // `slmd demo` from the package: a clear message, exit 69, and nothing
+    // started (it answers at once, with nothing on stdout).
+    let out = run(Command::new(b.binary()).arg("demo"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "slmd demo: {stderr}");
+    assert!(out.stdout.is_empty(), "slmd demo printed on stdout");
+    for needle in [
+        "not in this build",
+        "carries no simulators",
+        "cargo run --release -p slmd -- demo",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "slmd demo says {needle:?}: {stderr}"
+        );
+    }
+
+    // --help and the man page tell the same story.
+    let help = stdout(Command::new(b.binary()).arg("--help"));
+    let demo_line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("demo "))
+        .unwrap_or_else(|| panic!("slmd --help lists demo:\n{help}"));
+    assert!(
+        demo_line.contains("Not in this build"),
+        "slmd --help on demo: {demo_line}"
+    );
+    let page = stdout(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(b.root.join("usr/share/man/man8/slmd.8.gz")),
+    );
+    let demo_section = page
+        .split(".SH ")
+        .find(|s| s.starts_with("\"SLMD DEMO\""))
+        .unwrap_or_else(|| panic!("slmd(8) has a DEMO section:\n{page}"));
+    assert!(
+        demo_section.contains("Not in this build"),
+        "slmd(8) on demo: {demo_section}"
+    );
 }
