@@ -176,7 +176,7 @@ fn sighup_adds_and_removes_meters_changes_tokens_and_leaves_the_rest_alone() {
     );
     let stderr = daemon.proc.stderr.lines().join("\n");
     assert!(
-        stderr.contains("1 meters unchanged, 0 restarted, 1 removed, 1 added"),
+        stderr.contains("meters: 1 unchanged, 0 restarted, 1 removed, 1 added"),
         "{stderr}"
     );
     daemon.proc.terminate(TIMEOUT);
