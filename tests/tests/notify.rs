@@ -144,6 +144,8 @@ fn systemd_sees_ready_after_the_api_answers_then_watchdog_status_reload_and_stop
     let before = notes.lines().len();
     daemon.signal(Signal::SIGHUP);
     let reloading = wait_line(&notes, before, START_TIMEOUT, "RELOADING=1", &daemon);
+    // The message's next line may reach the feed a moment after this one.
+    let _ = notes.wait_from(reloading + 1, START_TIMEOUT, |_| true);
     let lines = notes.lines();
     let usec = lines
         .get(reloading + 1)
