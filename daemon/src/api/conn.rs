@@ -35,7 +35,10 @@
 //!   nothing, or a keep-alive connection between requests), so a real
 //!   client that sends its request gets an answer even while idle
 //!   connections pour in; when every connection is busy with a request or
-//!   a stream, the new one gets `503` and is closed.
+//!   a stream, the new one gets `503` and is closed. A connection closed to
+//!   make room lets go of its descriptor when its task next runs, so a
+//!   flood can hold briefly more than the cap (about 400 descriptors with
+//!   256 in tests), still far from the reserve.
 //! - **A request head must arrive within [`HEADER_TIMEOUT`]** of the
 //!   connection opening (or of its previous answer), and be at most
 //!   [`MAX_REQUEST_HEAD`] bytes; otherwise the connection is closed. This is
