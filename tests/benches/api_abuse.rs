@@ -12,9 +12,10 @@
 use slmd_e2e::api::{api_address, status};
 use slmd_e2e::fixture::Fixture;
 use slmd_e2e::fleet::http;
-use slmd_e2e::{Daemon, Proc, Setup, bin, buffer_file, poll_until, tcp_device};
+use slmd_e2e::{
+    Daemon, Setup, buffer_file, open_fds, poll_until, raise_fd_limit, rss_kib, tcp_device,
+};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -42,16 +43,7 @@ fn main() {
         .map(|id| tcp_device(id, "127.0.0.1:9", ""))
         .collect();
     let config = setup.config(&devices);
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ulimit -n 4096 && exec \"$0\" \"$@\"")
-        .arg(bin("slmd"))
-        .args(["run", "--print", "none", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "slmd=warn,slmd::api=info");
-    let daemon = Daemon {
-        proc: Proc::spawn(cmd),
-    };
+    let daemon = Daemon::start_with_fd_limit(&config, 4096, "none");
     let api = api_address(&daemon.proc);
     poll_until(Duration::from_secs(60), || status(&api)).expect("status answers");
 
@@ -146,7 +138,7 @@ fn main() {
     }
     let held = flood.join().expect("flood");
     flooded.sort();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let fds = open_fds(pid);
     let rss_peak = rss_kib(pid);
     row(
         &format!("{HOSTILE} silent connections opened and held"),
@@ -192,24 +184,4 @@ fn row(case: &str, sorted: &[Duration], other: String) {
         ms(percentile(sorted, 99)),
         ms(sorted.last().copied().unwrap_or_default())
     );
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn raise_fd_limit(wanted: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < wanted {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard);
-        }
-    }
 }

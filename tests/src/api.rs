@@ -29,6 +29,12 @@ pub fn status(api: &str) -> Option<Value> {
     (response.status == 200).then(|| serde_json::from_str(&response.body).ok())?
 }
 
+/// `GET /v1/status` of the daemon whose API is at `api`, waiting up to
+/// `timeout` for a `200` (fails the test otherwise).
+pub fn wait_status(api: &str, timeout: Duration) -> Value {
+    crate::poll_until(timeout, || status(api)).unwrap_or_else(|| panic!("no status from {api}"))
+}
+
 /// An open SSE stream: every line the server sent, followed live.
 pub struct Sse {
     /// Lines of the response (status line and headers first).

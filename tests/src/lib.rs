@@ -359,6 +359,31 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon on `config` allowed at most `fd_limit` open files
+    /// (as systemd's `LimitNOFILE` would), printing `print`.
+    pub fn start_with_fd_limit(config: &Path, fd_limit: u64, print: &str) -> Daemon {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\""))
+            .arg(bin("slmd"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args(["--print", print])
+            .env("RUST_LOG", "slmd=info");
+        Daemon {
+            proc: Proc::spawn(cmd),
+        }
+    }
+
+    /// The `seq` of every record it printed so far.
+    pub fn printed_seqs(&self) -> std::collections::BTreeSet<u64> {
+        self.printed_records()
+            .iter()
+            .filter_map(|r| r["seq"].as_u64())
+            .collect()
+    }
+
     /// Every record it printed so far.
     pub fn printed_records(&self) -> Vec<Value> {
         self.proc
@@ -677,6 +702,36 @@ pub fn records_after(proc: &Proc, from: usize, n: usize, timeout: Duration) -> (
         }
     }
     (found, next)
+}
+
+/// Resident memory of process `pid`, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Descriptors process `pid` holds open.
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Raises this process's open-file soft limit towards `wanted` (up to the
+/// hard limit); returns the soft limit now.
+pub fn raise_fd_limit(wanted: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    if soft < wanted {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard);
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft)
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or the deadline passes.

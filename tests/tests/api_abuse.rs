@@ -9,13 +9,12 @@
 //! head that never ends, are closed.
 
 use serde_json::Value;
-use slmd_e2e::api::{Sse, api_address, status};
+use slmd_e2e::api::{Sse, api_address, status, wait_status};
 use slmd_e2e::fleet::http;
-use slmd_e2e::{Daemon, Proc, Setup, Sim, bin, poll_until, tcp_devices};
+use slmd_e2e::{Daemon, Setup, Sim, open_fds, poll_until, raise_fd_limit, rss_kib, tcp_devices};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,56 +22,22 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// The unit's `LimitNOFILE` (systemd/slmd.service).
 const UNIT_FD_LIMIT: u64 = 4096;
 
-/// `slmd run` on `config` with at most `fd_limit` open files, as systemd
-/// would start it.
+/// The daemon on `config` under `fd_limit` open files, printing nothing.
 fn daemon_with_fd_limit(config: &Path, fd_limit: u64) -> Daemon {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\""))
-        .arg(bin("slmd"))
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .args(["--print", "none"])
-        .env("RUST_LOG", "slmd=info");
-    Daemon {
-        proc: Proc::spawn(cmd),
-    }
+    Daemon::start_with_fd_limit(config, fd_limit, "none")
 }
 
 /// Lets this test process hold thousands of sockets.
 fn raise_own_fd_limit(wanted: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft < wanted {
-        setrlimit(Resource::RLIMIT_NOFILE, wanted.min(hard), hard).expect("setrlimit");
-    }
-    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let soft = raise_fd_limit(wanted);
     assert!(
         soft >= wanted,
         "this test needs {wanted} open files; the hard limit allows {soft}"
     );
 }
 
-/// Resident memory of `pid`, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Descriptors `pid` holds open.
-fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 fn api_status(api: &str) -> Value {
-    poll_until(TIMEOUT, || status(api)).unwrap_or_else(|| panic!("no status from {api}"))
+    wait_status(api, TIMEOUT)
 }
 
 #[test]

@@ -60,15 +60,6 @@ fn wait_pushes(daemon: &Daemon, from: usize, n: usize, token: &str) -> usize {
     at
 }
 
-/// Seqs the daemon printed as records.
-fn printed_seqs(daemon: &Daemon) -> BTreeSet<u64> {
-    daemon
-        .printed_records()
-        .iter()
-        .filter_map(|r| r["seq"].as_u64())
-        .collect()
-}
-
 /// The highest seq the fleet accepted so far, by the daemon's push events.
 fn last_pushed(daemon: &Daemon) -> u64 {
     events(daemon, "push")
@@ -270,7 +261,7 @@ fn an_outage_a_non_json_200_and_a_hang_lose_and_double_nothing() {
         .map(|(i, _)| i)
         .unwrap_or_else(|| panic!("the faults were not all met\n{}", daemon.proc.transcript()));
     wait_pushes(&daemon, at, 3, "token1");
-    let seen_before_stop = printed_seqs(&daemon);
+    let seen_before_stop = daemon.printed_seqs();
     daemon.proc.terminate(TIMEOUT);
     let transcript = daemon.proc.transcript();
 

@@ -4,9 +4,9 @@
 //! for a restart; nothing is silently ignored.
 
 use serde_json::Value;
-use slmd_e2e::api::{api_address, status};
+use slmd_e2e::api::{api_address, wait_status};
 use slmd_e2e::fleet::{FleetSim, fleet_section, http};
-use slmd_e2e::{Daemon, Setup, poll_until, tcp_devices, tcp_sims};
+use slmd_e2e::{Daemon, Setup, poll_until, records_after, tcp_devices, tcp_sims};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -39,37 +39,21 @@ fn pushes_from(daemon: &Daemon, from: usize) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until the daemon has printed `n` more records of `device` after
-/// stdout line `from`; returns the new line count.
+/// Waits until the daemon has printed `n` more records after stdout line
+/// `from`; returns the line index after the last one.
 fn more_records(daemon: &Daemon, from: usize, n: usize) -> usize {
-    let mut at = from;
-    for i in 0..n {
-        match daemon
-            .proc
-            .stdout
-            .wait_json(at, TIMEOUT, |v| v["type"] == "record")
-        {
-            Some((index, _)) => at = index + 1,
-            None => panic!(
-                "record {} of {n} did not come\n{}",
-                i + 1,
-                daemon.proc.transcript()
-            ),
-        }
-    }
-    at
-}
-
-fn printed_seqs(daemon: &Daemon) -> BTreeSet<u64> {
-    daemon
-        .printed_records()
-        .iter()
-        .filter_map(|r| r["seq"].as_u64())
-        .collect()
+    let (records, next) = records_after(&daemon.proc, from, n, TIMEOUT);
+    assert_eq!(
+        records.len(),
+        n,
+        "records did not come\n{}",
+        daemon.proc.transcript()
+    );
+    next
 }
 
 fn api_status(api: &str) -> Value {
-    poll_until(TIMEOUT, || status(api)).unwrap_or_else(|| panic!("no status from {api}"))
+    wait_status(api, TIMEOUT)
 }
 
 #[test]
@@ -106,7 +90,7 @@ fn fleet_enabled_false_by_reload_stops_pushing_at_once_and_true_resumes_it() {
     // Back on: what waited in the buffer goes out, nothing lost, in order.
     let line = reload(&setup, &daemon, &on);
     assert!(line.contains("uplink restarted"), "{line}");
-    let wanted = printed_seqs(&daemon);
+    let wanted = daemon.printed_seqs();
     let last = *wanted.iter().max().expect("records");
     poll_until(TIMEOUT, || {
         (fleet.seqs(GATEWAY).iter().copied().max().unwrap_or(0) >= last).then_some(())
@@ -149,7 +133,7 @@ fn a_changed_fleet_url_takes_effect_on_reload() {
     let held_by_old = old.seqs(GATEWAY).len();
     let after_reload = daemon.proc.stdout.lines().len();
     more_records(&daemon, after_reload, 5);
-    let last = *printed_seqs(&daemon).iter().max().expect("records");
+    let last = *daemon.printed_seqs().iter().max().expect("records");
     poll_until(TIMEOUT, || {
         (new.seqs(GATEWAY).iter().copied().max().unwrap_or(0) >= last).then_some(())
     })

@@ -133,6 +133,8 @@ pub(crate) struct Registry {
     timed_out: AtomicU64,
     /// Whether the cap is being hit, to log once per episode.
     full: AtomicBool,
+    /// Connections being answered `503` now (see [`refuse`]).
+    refusing: AtomicUsize,
 }
 
 /// What the registry knows of one connection.
@@ -148,6 +150,8 @@ pub(crate) struct ConnShared {
     head_bytes: AtomicUsize,
     /// Whether it has answered a request.
     served: AtomicBool,
+    /// Set by a stream handler: use [`STREAM_SEND_BUFFER`] from now on.
+    streaming: AtomicBool,
 }
 
 /// Open-connection counters, for status and metrics.
@@ -177,6 +181,14 @@ impl Registry {
             evicted: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             full: AtomicBool::new(false),
+            refusing: AtomicUsize::new(0),
+        }
+    }
+
+    /// Logs `what` once per episode of hitting the cap.
+    fn note_full(&self, what: &str) {
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(cap = self.cap, "API: {} connections {what}", self.cap);
         }
     }
 
@@ -212,26 +224,14 @@ impl Registry {
                 .map(|(id, _)| *id);
             let Some(id) = idlest else {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                if !self.full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        cap = self.cap,
-                        "API: all {} connections busy; new ones get 503 until one ends",
-                        self.cap
-                    );
-                }
+                self.note_full("busy; new ones get 503 until one ends");
                 return None;
             };
             if let Some(idle) = open.remove(&id) {
                 idle.kill.cancel();
             }
             self.evicted.fetch_add(1, Ordering::Relaxed);
-            if !self.full.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    cap = self.cap,
-                    "API: {} connections open; closing the longest idle ones to admit new ones",
-                    self.cap
-                );
-            }
+            self.note_full("open; closing the longest idle ones to admit new ones");
         } else if open.len() + 1 < self.cap / 2 && self.full.swap(false, Ordering::Relaxed) {
             tracing::info!("API: connections back under half the cap");
         }
@@ -242,6 +242,7 @@ impl Registry {
             idle_since_ms: AtomicU64::new(self.now_ms()),
             head_bytes: AtomicUsize::new(0),
             served: AtomicBool::new(false),
+            streaming: AtomicBool::new(false),
         });
         open.insert(id, shared.clone());
         Some((id, shared))
@@ -406,12 +407,12 @@ impl axum::serve::Listener for Conns {
                     }
                     let kill = self.all.child_token();
                     let Some((id, shared)) = self.registry.admit(kill.clone()) else {
-                        refuse(stream);
+                        refuse(stream, self.registry.clone());
                         continue;
                     };
                     // Events are small and must go out at once.
                     let _ = stream.set_nodelay(true);
-                    let io = ConnIo::new(stream, peer, kill, id, shared, self.registry.clone());
+                    let io = ConnIo::new(stream, peer, id, shared, self.registry.clone());
                     return (io, peer);
                 }
                 // The peer gave up before we accepted: nothing to do.
@@ -442,15 +443,12 @@ const MAX_REFUSING: usize = 32;
 /// How long a refused connection may take to be told.
 const REFUSE_WITHIN: Duration = Duration::from_secs(2);
 
-/// Refusals in progress.
-static REFUSING: AtomicUsize = AtomicUsize::new(0);
-
 /// Answers `503` to a connection over the cap and closes it. The request
 /// is read and dropped first (up to [`MAX_REQUEST_HEAD`]): closing a socket
 /// with unread input sends a reset, which would discard the answer.
-fn refuse(stream: TcpStream) {
-    if REFUSING.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
-        REFUSING.fetch_sub(1, Ordering::Relaxed);
+fn refuse(stream: TcpStream, registry: Arc<Registry>) {
+    if registry.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        registry.refusing.fetch_sub(1, Ordering::Relaxed);
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         return;
     }
@@ -475,7 +473,7 @@ fn refuse(stream: TcpStream) {
             io::Result::Ok(())
         })
         .await;
-        REFUSING.fetch_sub(1, Ordering::Relaxed);
+        registry.refusing.fetch_sub(1, Ordering::Relaxed);
     });
 }
 
@@ -494,20 +492,17 @@ pub(crate) struct ConnIo {
     stream: TcpStream,
     /// Who is on the other end, for log lines.
     peer: SocketAddr,
-    /// This connection's switch (handed to handlers through [`ConnKill`]).
-    kill: CancellationToken,
-    /// Waits on `kill`, polled with every I/O call so a cancellation wakes
+    /// Waits on the connection's switch (`shared.kill`), polled with every I/O call so a cancellation wakes
     /// a connection that is blocked on a full socket.
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Whether the socket was already set to reset on close.
     reset: bool,
-    /// Set by a stream handler: use [`STREAM_SEND_BUFFER`] from now on.
-    streaming: Arc<AtomicBool>,
-    /// Whether `streaming` was applied.
+    /// Whether `shared.streaming` was applied.
     small_buffer: bool,
     /// Its id in the registry.
     id: u64,
-    /// What the registry knows of it.
+    /// What the registry knows of it, its switch and stream flag included
+    /// (handed to handlers through [`ConnKill`]).
     shared: Arc<ConnShared>,
     /// Where it is registered (it leaves when dropped).
     registry: Arc<Registry>,
@@ -523,7 +518,6 @@ impl ConnIo {
     fn new(
         stream: TcpStream,
         peer: SocketAddr,
-        kill: CancellationToken,
         id: u64,
         shared: Arc<ConnShared>,
         registry: Arc<Registry>,
@@ -531,10 +525,8 @@ impl ConnIo {
         ConnIo {
             stream,
             peer,
-            killed: Box::pin(kill.clone().cancelled_owned()),
-            kill,
+            killed: Box::pin(shared.kill.clone().cancelled_owned()),
             reset: false,
-            streaming: Arc::new(AtomicBool::new(false)),
             small_buffer: false,
             id,
             shared,
@@ -551,14 +543,14 @@ impl ConnIo {
         let total = self.shared.head_bytes.fetch_add(read, Ordering::Relaxed) + read;
         if total > MAX_REQUEST_HEAD {
             self.registry.timed_out.fetch_add(1, Ordering::Relaxed);
-            self.kill.cancel();
+            self.shared.kill.cancel();
         }
     }
 
     /// Applies a stream's small send buffer before the first write after
     /// the request for it.
     fn before_write(&mut self) {
-        if !self.small_buffer && self.streaming.load(Ordering::Relaxed) {
+        if !self.small_buffer && self.shared.streaming.load(Ordering::Relaxed) {
             self.small_buffer = true;
             let _ = socket2::SockRef::from(&self.stream).set_send_buffer_size(STREAM_SEND_BUFFER);
         }
@@ -567,7 +559,7 @@ impl ConnIo {
     /// `Some(error)` once the switch is cancelled (registering the waker
     /// otherwise).
     fn cut(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        if !self.kill.is_cancelled() && self.killed.as_mut().poll(cx).is_pending() {
+        if !self.shared.kill.is_cancelled() && self.killed.as_mut().poll(cx).is_pending() {
             return None;
         }
         if !std::mem::replace(&mut self.reset, true) {
@@ -650,32 +642,32 @@ impl AsyncWrite for ConnIo {
 /// A connection's kill switch and peer, as a request extension.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnKill {
-    /// Cancel to cut the connection.
-    pub(crate) switch: CancellationToken,
     /// The peer's address, for log lines.
     pub(crate) peer: SocketAddr,
-    /// Shared with the [`ConnIo`]: set to shrink its send buffer.
-    streaming: Arc<AtomicBool>,
-    /// What the registry knows of the connection.
+    /// Shared with the [`ConnIo`]: its switch, its stream flag, whether it
+    /// is busy.
     shared: Arc<ConnShared>,
     /// The registry.
     registry: Arc<Registry>,
 }
 
 impl ConnKill {
+    /// Cuts the connection.
+    pub(crate) fn cut(&self) {
+        self.shared.kill.cancel();
+    }
+
     /// Marks the connection as carrying a live stream: its kernel send
     /// buffer becomes [`STREAM_SEND_BUFFER`] before the next write.
     pub(crate) fn streaming(&self) {
-        self.streaming.store(true, Ordering::Relaxed);
+        self.shared.streaming.store(true, Ordering::Relaxed);
     }
 }
 
 impl Connected<IncomingStream<'_, Conns>> for ConnKill {
     fn connect_info(stream: IncomingStream<'_, Conns>) -> ConnKill {
         ConnKill {
-            switch: stream.io().kill.clone(),
             peer: stream.io().peer,
-            streaming: stream.io().streaming.clone(),
             shared: stream.io().shared.clone(),
             registry: stream.io().registry.clone(),
         }

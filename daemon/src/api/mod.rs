@@ -163,7 +163,7 @@ struct Inner {
     /// The uplink's status.
     fleet: FleetStatusCell,
     /// Digests of `[api].tokens` (a reload replaces them).
-    tokens: std::sync::RwLock<auth::TokenDigests>,
+    tokens: std::sync::RwLock<Arc<auth::TokenDigests>>,
     /// `[api].stream_max` (a reload changes it for streams opened after).
     stream_max: std::sync::RwLock<Duration>,
     /// Changed config keys that wait for a restart, as `section.key`.
@@ -198,7 +198,7 @@ impl ApiState {
                 buffer,
                 devices,
                 fleet,
-                tokens: std::sync::RwLock::new(auth::TokenDigests::new(&config.tokens)),
+                tokens: std::sync::RwLock::new(Arc::new(auth::TokenDigests::new(&config.tokens))),
                 stream_max: std::sync::RwLock::new(config.stream_max),
                 needs_restart: std::sync::RwLock::new(Vec::new()),
                 stats: stream::StreamStats::default(),
@@ -233,7 +233,7 @@ impl ApiState {
     /// request, `stream_max` for streams opened after. (`listen` needs a
     /// restart; the caller reports it.)
     pub fn apply(&self, config: &ApiConfig) {
-        *write(&self.inner.tokens) = auth::TokenDigests::new(&config.tokens);
+        *write(&self.inner.tokens) = Arc::new(auth::TokenDigests::new(&config.tokens));
         *write(&self.inner.stream_max) = config.stream_max;
     }
 
@@ -242,8 +242,8 @@ impl ApiState {
         *write(&self.inner.needs_restart) = keys;
     }
 
-    /// The tokens now.
-    fn tokens(&self) -> auth::TokenDigests {
+    /// The tokens now (a reference count, not a copy, per request).
+    fn tokens(&self) -> Arc<auth::TokenDigests> {
         read(&self.inner.tokens).clone()
     }
 

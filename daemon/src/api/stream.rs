@@ -313,7 +313,7 @@ impl StreamTask {
                 self.state.stuck_after.as_secs_f64()
             );
             if let Some(conn) = &self.conn {
-                conn.switch.cancel();
+                conn.cut();
             }
         } else {
             tracing::debug!(?ended, "live stream ended");

@@ -435,32 +435,16 @@ fn fleet(config: &Config, out: &mut Vec<Problem>) {
             ),
         ));
     }
-    period(key(&["fleet", "interval"]), fleet.interval, MAX_PERIOD, out);
-    period(
-        key(&["fleet", "token_retry"]),
-        fleet.token_retry,
-        MAX_PERIOD,
-        out,
-    );
-    period(key(&["fleet", "timeout"]), fleet.timeout, MAX_TIMEOUT, out);
-    period(
-        key(&["fleet", "retry_min"]),
-        fleet.retry_min,
-        MAX_PERIOD,
-        out,
-    );
-    period(
-        key(&["fleet", "retry_max"]),
-        fleet.retry_max,
-        MAX_PERIOD,
-        out,
-    );
-    period(
-        key(&["fleet", "auth_retry"]),
-        fleet.auth_retry,
-        MAX_PERIOD,
-        out,
-    );
+    for (name, value, max) in [
+        ("interval", fleet.interval, MAX_PERIOD),
+        ("token_retry", fleet.token_retry, MAX_PERIOD),
+        ("timeout", fleet.timeout, MAX_TIMEOUT),
+        ("retry_min", fleet.retry_min, MAX_PERIOD),
+        ("retry_max", fleet.retry_max, MAX_PERIOD),
+        ("auth_retry", fleet.auth_retry, MAX_PERIOD),
+    ] {
+        period(key(&["fleet", name]), value, max, out);
+    }
     if fleet.retry_min > fleet.retry_max {
         out.push(Problem::value(
             key(&["fleet", "retry_min"]),
