@@ -72,6 +72,11 @@ pub const INGEST_PATH: &str = "/api/fleet/ingest";
 /// How often the uplink looks again while a salvage runs.
 pub const SALVAGE_POLL: Duration = Duration::from_millis(500);
 
+/// How long a batch in flight when slmd stops may take to finish (its
+/// acknowledgement then moves the cursor); past it the batch is sent again
+/// at the next start, which the fleet de-duplicates.
+pub const FINISH_ON_STOP: Duration = Duration::from_secs(2);
+
 /// Uplink announcements a slow listener (the printer) may fall behind by.
 pub const UPLINK_EVENTS: usize = 256;
 
@@ -439,7 +444,7 @@ impl Uplink {
         token_file_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                // Stop; an unfinished request is simply sent again next run.
+                // Stop.
                 () = shutdown.cancelled() => return,
                 // SIGHUP brought a new [fleet] table.
                 Ok(()) = self.reload.changed() => {
@@ -459,10 +464,25 @@ impl Uplink {
                 // Time for the next push round.
                 () = tokio::time::sleep_until(next_round) => {}
             }
-            let round = tokio::select! {
-                () = shutdown.cancelled() => return,
-                round = self.push_round(&buffer) => round,
+            let round = {
+                let round = self.push_round(&buffer, &shutdown);
+                tokio::pin!(round);
+                tokio::select! {
+                    round = &mut round => round,
+                    // The fleet may already have taken the batch in flight:
+                    // let it finish (bounded) so the cursor says so, rather
+                    // than send it again at the next start.
+                    () = shutdown.cancelled() => {
+                        match tokio::time::timeout(FINISH_ON_STOP, round).await {
+                            Ok(round) => round,
+                            Err(_) => return,
+                        }
+                    }
+                }
             };
+            if shutdown.is_cancelled() {
+                return;
+            }
             let wait = match round {
                 Round::CaughtUp => {
                     self.set_state(FleetState::Ok);
@@ -476,8 +496,12 @@ impl Uplink {
     }
 
     /// Pushes batches back to back until caught up or something fails.
-    async fn push_round(&mut self, buffer: &Buffer) -> Round {
+    async fn push_round(&mut self, buffer: &Buffer, shutdown: &CancellationToken) -> Round {
         loop {
+            // Stopping: no new batch (the one in flight has finished).
+            if shutdown.is_cancelled() {
+                return Round::CaughtUp;
+            }
             if buffer.salvage_pending() {
                 // Salvaged rows have lower seqs than new ones: the cursor
                 // must not pass them before they are in.
