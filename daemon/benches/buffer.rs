@@ -174,6 +174,8 @@ fn settings(path: PathBuf) -> Settings {
         durability: Durability::Normal,
         memory_queue: MEMORY_QUEUE,
         batch_max: BATCH,
+        commit_interval: std::time::Duration::ZERO,
+        exclusive: true,
     }
 }
 

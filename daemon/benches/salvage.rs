@@ -37,6 +37,8 @@ fn settings(path: &Path) -> Settings {
         durability: Durability::Normal,
         memory_queue: 100_000,
         batch_max: 1000,
+        commit_interval: std::time::Duration::ZERO,
+        exclusive: true,
     }
 }
 

@@ -43,6 +43,8 @@ fn settings(path: PathBuf) -> Settings {
         durability: Durability::Normal,
         memory_queue: 100_000,
         batch_max: 1000,
+        commit_interval: std::time::Duration::ZERO,
+        exclusive: true,
     }
 }
 

@@ -7,7 +7,7 @@
 //! | takes effect on reload | waits for a restart |
 //! |---|---|
 //! | `[[device]]`: each meter kept, reconnected, stopped or started | `gateway.id`, `gateway.state_dir` |
-//! | `[fleet]`: tokens live; any other key replaces the uplink | `buffer.max_records`, `buffer.max_bytes`, `buffer.durability` |
+//! | `[fleet]`: tokens live; any other key replaces the uplink | `buffer.max_records`, `buffer.max_bytes`, `buffer.durability`, `buffer.commit_interval`, `buffer.exclusive` |
 //! | `[mqtt]`: the publisher is replaced (also when the meter list changes) | `api.listen` |
 //! | `api.tokens`, `api.stream_max` (streams opened after) | |
 //!
@@ -45,6 +45,8 @@ pub fn restart_keys(started: &Config, file: &Config) -> Vec<String> {
         max_records,
         max_bytes,
         durability,
+        commit_interval,
+        exclusive,
     } = buffer;
     differs(
         "buffer.max_records",
@@ -55,6 +57,11 @@ pub fn restart_keys(started: &Config, file: &Config) -> Vec<String> {
         "buffer.durability",
         *durability != started.buffer.durability,
     );
+    differs(
+        "buffer.commit_interval",
+        *commit_interval != started.buffer.commit_interval,
+    );
+    differs("buffer.exclusive", *exclusive != started.buffer.exclusive);
     let ApiConfig {
         listen,
         // Applied on reload.

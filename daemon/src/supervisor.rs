@@ -571,6 +571,12 @@ impl Live {
     /// Reads the config again and applies it (see the module doc); a file
     /// that does not load changes nothing.
     async fn reload(&mut self, path: &std::path::Path, api: &api::ApiState) {
+        // A reload is a moment an operator expects the disk to be up to
+        // date (it often comes before a planned power-off): the readings
+        // held for the commit interval are committed now.
+        if let Some(buffer) = self.buffer.get() {
+            buffer.commit_soon();
+        }
         let config = match crate::config::load(path) {
             Ok(config) => config,
             Err(e) => {

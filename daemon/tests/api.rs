@@ -123,6 +123,8 @@ impl Api {
                 durability: Durability::Normal,
                 memory_queue: 10_000,
                 batch_max: 1000,
+                commit_interval: std::time::Duration::ZERO,
+                exclusive: true,
             })
             .expect("buffer opens");
             let hub = Hub::new(buffer.next_seq());

@@ -21,6 +21,8 @@ fn settings(path: &Path, max_records: u64) -> Settings {
         durability: Durability::Normal,
         memory_queue: 10_000,
         batch_max: 1000,
+        commit_interval: std::time::Duration::ZERO,
+        exclusive: true,
     }
 }
 
@@ -364,7 +366,7 @@ fn a_damaged_file_is_moved_aside_and_its_readable_rows_salvaged() {
             .expect("checkpoint");
     }
     let mut bytes = std::fs::read(&path).expect("read");
-    let page = 4096;
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
     let middle = (bytes.len() / page / 2) * page;
     bytes[middle..middle + 2 * page].fill(0xAB);
     std::fs::write(&path, &bytes).expect("write");
@@ -525,7 +527,9 @@ fn losing_the_anchor_and_the_buffer_starts_a_new_epoch() {
             .expect("checkpoint");
     }
     let mut bytes = std::fs::read(&path).expect("read");
-    bytes[..4096].fill(0);
+    // The header's page size (big-endian u16 at offset 16).
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    bytes[..page].fill(0);
     std::fs::write(&path, &bytes).expect("zero the first page");
 
     let (open, report) = Open::new(settings(&path, 100_000));
@@ -786,4 +790,96 @@ fn a_lost_root_page_is_salvaged_whatever_the_seq_numbers() {
     assert_eq!(back.len(), 5000);
     assert!(back.iter().all(|r| *r == record(r.seq)));
     open.close();
+}
+
+/// The push cursor as the file holds it, read by a connection of its own.
+fn cursor_on_disk(path: &Path) -> i64 {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open");
+    conn.query_row("SELECT value FROM meta WHERE key = 'cursor'", [], |r| {
+        r.get(0)
+    })
+    .expect("cursor")
+}
+
+#[test]
+fn readings_wait_for_their_commit_window_unless_asked_or_many() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut held = settings(&dir.path().join("b.sqlite"), 100_000);
+    held.commit_interval = Duration::from_secs(600);
+    let (open, _) = Open::new(held);
+    for seq in 1..=5 {
+        open.sender
+            .blocking_send(Arc::new(record(seq)))
+            .expect("writer alive");
+    }
+    // Ten minutes from the first of them: nothing is committed yet, and
+    // the writer has made no commit at all.
+    assert_eq!(open.buffer.counters().written, 0);
+    assert_eq!(open.buffer.commit_stats().total, 0);
+    // A reload asks for a commit: all five go in one.
+    open.buffer.commit_soon();
+    open.wait_written(5);
+    assert_eq!(open.buffer.commit_stats().total, 1);
+    // 500 waiting make a commit due at once.
+    for seq in 6..=505 {
+        open.sender
+            .blocking_send(Arc::new(record(seq)))
+            .expect("writer alive");
+    }
+    open.wait_written(505);
+    assert_eq!(
+        open.buffer.commit_stats().total,
+        2,
+        "one commit for the 500"
+    );
+    // What is still inside the window when the writer closes is committed.
+    for seq in 506..=510 {
+        open.sender
+            .blocking_send(Arc::new(record(seq)))
+            .expect("writer alive");
+    }
+    let buffer = open.close();
+    assert_eq!(buffer.counters().written, 510);
+    assert_eq!(buffer.commit_stats().total, 3);
+}
+
+#[test]
+fn a_moved_cursor_rides_with_the_next_commit_or_gets_its_own_on_a_quiet_gateway() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let mut short = settings(&path, 100_000);
+    short.commit_interval = Duration::from_millis(200);
+    let (open, _) = Open::new(short);
+    let seqs = open.write(10);
+    let commits = open.buffer.commit_stats().total;
+    // The fleet acknowledges; no reading follows (every meter is down).
+    open.buffer.mark_pushed(seqs[4]).expect("cursor");
+    assert_eq!(
+        open.buffer.counters().cursor,
+        seqs[4],
+        "moved in memory at once"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cursor_on_disk(&path) != seqs[4] as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the cursor never reached the file"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        open.buffer.commit_stats().total,
+        commits + 1,
+        "a commit of its own"
+    );
+    // With readings flowing, the cursor goes into their commit.
+    open.buffer.mark_pushed(seqs[9]).expect("cursor");
+    let more = open.write(3);
+    let before_close = open.buffer.commit_stats().total;
+    assert!(before_close <= commits + 2, "{before_close} commits");
+    let buffer = open.close();
+    assert_eq!(cursor_on_disk(&path), seqs[9] as i64);
+    assert_eq!(buffer.counters().unsent, more.len() as u64);
 }

@@ -50,6 +50,8 @@ state_dir = "/srv/slmd"
 max_records = 5_000_000
 max_bytes = "2GiB"
 durability = "full"
+commit_interval = "2500ms"
+exclusive = false
 
 [[device]]
 id = "nl43-north"
@@ -102,6 +104,8 @@ fn a_full_config_gives_every_value_written() {
     assert_eq!(c.buffer.max_records, 5_000_000);
     assert_eq!(c.buffer.max_bytes, Some(ByteSize(2 * 1024 * 1024 * 1024)));
     assert_eq!(c.buffer.durability, Durability::Full);
+    assert_eq!(c.buffer.commit_interval, Duration::from_millis(2500));
+    assert!(!c.buffer.exclusive);
 
     assert_eq!(c.devices.len(), 2);
     let north = &c.devices[0];
@@ -167,6 +171,8 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(c.buffer.max_records, 10_000_000);
     assert_eq!(c.buffer.max_bytes, None);
     assert_eq!(c.buffer.durability, Durability::Normal);
+    assert_eq!(c.buffer.commit_interval, Duration::from_secs(10));
+    assert!(c.buffer.exclusive);
     assert!(c.devices.is_empty());
     assert_eq!(
         c.api.listen,

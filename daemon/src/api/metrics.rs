@@ -19,6 +19,9 @@
 //! | `slmd_buffer_evicted_unsent_total` | counter | | records evicted before the fleet had them, ever |
 //! | `slmd_buffer_lost_total` | counter | | records that never reached the disk, ever |
 //! | `slmd_buffer_queued_in_memory` | gauge | | records waiting for the disk |
+//! | `slmd_buffer_commits_total` | counter | | write transactions committed since start (card wear: each writes at least two pages) |
+//! | `slmd_buffer_commits_last_minute` | gauge | | of those, in the last 60 s (commits per minute) |
+//! | `slmd_buffer_disk_write_bytes_total` | counter | | bytes slmd caused to be written to storage since start (`/proc/self/io` `write_bytes`; the buffer, its WAL and the anchor are its only files); absent where the kernel does not say |
 //! | `slmd_buffer_skipped_numbers_total` | counter | | `seq` numbers declared skipped (unclean stops), ever |
 //! | `slmd_buffer_epoch` | gauge | | the numbering epoch of new records (0 unless numbering restarted without its anchor) |
 //! | `slmd_buffer_salvage_running` | gauge | | 1 while a damaged buffer's rows are salvaged (the fleet push waits) |
@@ -299,9 +302,29 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
         page.single(
             "slmd_buffer_queued_in_memory",
             "gauge",
-            "Records waiting in memory because the disk refused them.",
+            "Records waiting in memory because the disk refused them (as of the last commit attempt).",
             b.queued_in_memory,
         );
+        page.single(
+            "slmd_buffer_commits_total",
+            "counter",
+            "Write transactions the buffer committed since start (each writes at least two pages to the disk).",
+            b.commits.total,
+        );
+        page.single(
+            "slmd_buffer_commits_last_minute",
+            "gauge",
+            "Write transactions the buffer committed in the last 60 s (commits per minute).",
+            b.commits.last_minute,
+        );
+        if let Some(bytes) = b.disk_write_bytes {
+            page.single(
+                "slmd_buffer_disk_write_bytes_total",
+                "counter",
+                "Bytes slmd caused to be written to storage since start (/proc/self/io write_bytes; the buffer, its write-ahead log and the anchor are the only files it writes).",
+                bytes,
+            );
+        }
         page.single(
             "slmd_buffer_skipped_numbers_total",
             "counter",

@@ -6,7 +6,7 @@
 //!   out is below the limit (numbers are reserved in blocks and the limit
 //!   is on disk before a number of a block is used), or, after a clean stop,
 //!   the exact next `seq`;
-//! - a recent copy of the **push cursor** (written at most once a minute and
+//! - a recent copy of the **push cursor** (written at most every ten minutes and
 //!   at a clean stop), so a buffer whose counters are lost does not send the
 //!   whole backlog again;
 //! - the **names** (device and metric ids of the buffer's rows), written

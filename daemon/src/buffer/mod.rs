@@ -2,7 +2,10 @@
 //! fleet has it and space is needed.
 //!
 //! # On disk
-//! One SQLite file, `{state_dir}/buffer.sqlite`, in WAL mode. Tables:
+//! One SQLite file, `{state_dir}/buffer.sqlite`, in WAL mode, 1 KiB pages
+//! ([`PAGE_SIZE`]; a file created by an older slmd keeps its 4 KiB), held
+//! by the daemon alone while it runs ([`Settings::exclusive`]: the
+//! write-ahead log's index in memory, no `-shm` file). Tables:
 //! - `records`: one row per record, keyed by `seq`, with a checksum (see
 //!   [`row`] for the compact row form);
 //! - `names`: small integer ids for device ids (kind 0) and metric names
@@ -41,8 +44,9 @@
 //!   counted with their `received_at` range; one log line per episode.
 //! - **Delivered means acknowledged.** The push cursor (`meta.cursor`: every
 //!   `seq` ≤ cursor was accepted by the fleet, or quarantined) only moves
-//!   forward, in [`Buffer::mark_pushed`] and [`Buffer::quarantine`], each in
-//!   its own transaction.
+//!   forward, in [`Buffer::mark_pushed`] (in memory, committed with the
+//!   writer's next commit) and [`Buffer::quarantine`] (its own
+//!   transaction). A cursor lost to a crash only sends records again.
 //! - **A poison record is kept.** A record the fleet rejects as malformed
 //!   is copied to `quarantine` (outside the ring, the newest
 //!   [`QUARANTINE_KEEP`] kept), flagged `quarantined` in `records`, and
@@ -50,9 +54,19 @@
 //!   blocks the records behind it.
 //! - **Crash safety.** A commit is atomic (WAL). `durability = "normal"`
 //!   (`synchronous=NORMAL`): a killed process loses nothing committed; a
-//!   power cut may lose the last commits. `"full"` (`synchronous=FULL`): a
-//!   power cut loses nothing committed either, at the cost of an fsync per
-//!   commit.
+//!   power cut may lose the commits the kernel had not yet written back.
+//!   `"full"` (`synchronous=FULL`): a power cut loses nothing committed
+//!   either, at the cost of an fsync per commit. What is not yet committed
+//!   is at most `commit_interval` of readings ([`writer`]); a clean stop
+//!   and a reload commit it.
+//! - **Gentle on flash.** Every setting that decides how many bytes reach
+//!   the disk per record is here, with its reason: commits grouped by the
+//!   writer, the cursor riding along with them ([`Buffer::mark_pushed`]),
+//!   [`PAGE_SIZE`], [`CHECKPOINT_BYTES`], [`JOURNAL_SIZE_LIMIT`], the
+//!   exclusive VFS, and the anchor's cursor copy at most every
+//!   [`numbering::CURSOR_COPY_EVERY`]. `synchronous` is the user's choice
+//!   (`durability`): `FULL` adds no bytes of slmd's own, but each fsync
+//!   makes the file system commit its journal.
 //! - **A damaged file never stops the daemon, and loses only what is
 //!   unreadable.** [`open`] checks the file (bounded `quick_check`); a file
 //!   whose *content* fails is moved aside and a fresh buffer started at once;
@@ -108,6 +122,16 @@ pub const QUARANTINE_KEEP: i64 = 10_000;
 /// File name of the buffer inside the state folder.
 pub const FILE_NAME: &str = "buffer.sqlite";
 
+/// Default `[buffer].commit_interval`: what a `kill -9` may cost, and what
+/// buys the low write volume (README, "Flash wear").
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Readings waiting that make a commit due before its interval is up: a
+/// busy gateway commits many full pages at a time instead of holding an
+/// unbounded group in memory (about 27 KiB of rows; below `batch_max`, so
+/// one transaction takes them all).
+pub const COMMIT_AT_RECORDS: usize = 500;
+
 /// How long a connection waits for another one's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -126,6 +150,11 @@ pub struct Settings {
     pub memory_queue: usize,
     /// Most records per insert transaction.
     pub batch_max: usize,
+    /// Longest a record waits in memory before its commit (`0`: at once).
+    pub commit_interval: Duration,
+    /// Hold the file for this process alone (see [`EXCLUSIVE_VFS`]);
+    /// `false` lets other programs read it while the daemon runs.
+    pub exclusive: bool,
 }
 
 impl Settings {
@@ -138,6 +167,8 @@ impl Settings {
             durability: config.buffer.durability,
             memory_queue: 100_000,
             batch_max: 1000,
+            commit_interval: config.buffer.commit_interval,
+            exclusive: config.buffer.exclusive,
         }
     }
 }
@@ -207,7 +238,9 @@ pub struct BufferStatus {
     /// Records that never reached the disk (memory queue overflow), or that
     /// a damaged file lost.
     pub lost: u64,
-    /// Records waiting in memory because the disk refused them.
+    /// Records waiting in memory for their commit, as of the writer's last
+    /// commit attempt: none while writes succeed; while the disk refuses
+    /// them, the records waiting for it.
     pub queued_in_memory: u64,
     /// The last write error, while writes fail.
     pub write_error: Option<String>,
@@ -220,6 +253,22 @@ pub struct BufferStatus {
     pub epoch: u64,
     /// The salvage of a damaged file, while one runs or after one ran.
     pub salvage: Option<SalvageStatus>,
+    /// Write transactions, since start and in the last minute.
+    pub commits: CommitStats,
+    /// Bytes this process has caused to be written to storage since it
+    /// started (`write_bytes` of `/proc/self/io`; the buffer, its
+    /// write-ahead log and the anchor are the only files slmd writes), when
+    /// the kernel reports it.
+    pub disk_write_bytes: Option<u64>,
+}
+
+/// `write_bytes` of `/proc/self/io`: bytes this process caused to be sent
+/// to storage (page-cache pages it dirtied), the figure that wears a card.
+pub fn process_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// State shared by the writer and the readers.
@@ -248,6 +297,57 @@ struct Shared {
     salvage_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Where times start along `seq`, for `history?since=`.
     timeline: Mutex<timeline::Timeline>,
+    /// Wakes the writer: the cursor moved, or a commit is asked for now.
+    wake: tokio::sync::Notify,
+    /// Commit what is waiting now instead of at the end of the interval.
+    commit_now: AtomicBool,
+    /// The writer's commits, for `/metrics`.
+    commits: Mutex<CommitLog>,
+}
+
+/// Commits made by the writer: the total, and their times over the last
+/// minute (at most [`CommitLog::WINDOW_MAX`] kept).
+#[derive(Debug, Default)]
+pub(crate) struct CommitLog {
+    total: u64,
+    recent: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl CommitLog {
+    /// Most commit times kept for the per-minute figure (more than any
+    /// setting makes: 64 meters committing each reading at 10 a second
+    /// make 38 400 a minute).
+    const WINDOW_MAX: usize = 65_536;
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn note(&mut self, now: std::time::Instant) {
+        self.total += 1;
+        self.forget_before(now);
+        if self.recent.len() == Self::WINDOW_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+    }
+
+    fn forget_before(&mut self, now: std::time::Instant) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Self::MINUTE)
+        {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// The writer's commits, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CommitStats {
+    /// Write transactions committed since the daemon started (records,
+    /// the cursor riding along, evictions, quarantines).
+    pub total: u64,
+    /// Of those, in the last 60 s.
+    pub last_minute: u64,
 }
 
 /// A `records` row as read: seq, device id, received_at ms, device_time
@@ -261,8 +361,40 @@ pub struct Buffer {
     shared: Arc<Shared>,
 }
 
+/// Page size of a buffer file created by this build (an existing file
+/// keeps its own: SQLite cannot change it in WAL mode). Each commit writes
+/// whole pages: the last leaf of `records` (rewritten with the rows added),
+/// a new leaf or two, their parent and the counters' page. At 1 KiB those
+/// cost about a third of what they cost at the default 4 KiB (measured,
+/// README "Flash wear"); rows are small (about 60 bytes), so leaves stay
+/// full and the tree stays shallow (four levels at ten million records).
+pub const PAGE_SIZE: u32 = 1024;
+
+/// Write-ahead log size at which a commit checkpoints it into the file.
+/// A checkpoint writes each page the log holds once more, however many
+/// commits changed it; the pages that every commit repeats (the counters,
+/// the last leaf, their parents) are a few KiB, so checkpointing often
+/// costs little. A small log keeps the file's copy near the log's
+/// (start-up recovery reads the whole log) and makes `synchronous=NORMAL`
+/// sync it often: the checkpoint is when the log is synced.
+pub const CHECKPOINT_BYTES: i64 = 128 * 1024;
+
+/// Largest write-ahead log kept after a checkpoint: a burst (catching up
+/// after an outage, a salvage) that grew it gives the space back; below
+/// it the log is reused in place, which costs the file system nothing.
+pub const JOURNAL_SIZE_LIMIT: i64 = 1024 * 1024;
+
+/// The SQLite VFS of an exclusive buffer: it holds a lock on the file for
+/// the daemon's lifetime and keeps the write-ahead log's index in the
+/// daemon's memory, shared by its connections, instead of in a `-shm` file
+/// beside the buffer. That file's pages are rewritten by every commit and
+/// written back by the kernel every half minute: about 40 KiB a minute,
+/// more than the records themselves at four meters.
+const EXCLUSIVE_VFS: &str = "unix-excl";
+
 /// A connection with the buffer's pragmas; creates the schema if needed.
-pub(crate) fn connect(path: &Path, durability: Durability) -> Result<Connection, BufferError> {
+pub(crate) fn connect(settings: &Settings) -> Result<Connection, BufferError> {
+    let path = &settings.path;
     let sql = |source| BufferError::Sqlite {
         path: path.to_owned(),
         source,
@@ -273,15 +405,35 @@ pub(crate) fn connect(path: &Path, durability: Durability) -> Result<Connection,
             source,
         })?;
     }
-    let conn = Connection::open(path).map_err(sql)?;
+    let vfs = if settings.exclusive {
+        EXCLUSIVE_VFS
+    } else {
+        "unix"
+    };
+    let conn = Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs)
+        .map_err(sql)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+    // Only a file without pages takes it; an existing one keeps its own.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+        .map_err(sql)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(sql)?;
-    let synchronous = match durability {
+    let synchronous = match settings.durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(sql)?;
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(sql)?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        (CHECKPOINT_BYTES / page_size.max(512)).max(1),
+    )
+    .map_err(sql)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
         .map_err(sql)?;
     schema::migrate(&conn, path)?;
     Ok(conn)
@@ -301,6 +453,29 @@ impl Buffer {
     /// The counters as of the last commit.
     pub fn counters(&self) -> Counters {
         *lock(&self.shared.counters)
+    }
+
+    /// Asks the writer to commit what it holds now rather than at the end
+    /// of its interval (a reload does). Returns at once.
+    pub fn commit_soon(&self) {
+        self.shared
+            .commit_now
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+
+    /// Commits made since start, and in the last minute.
+    pub fn commit_stats(&self) -> CommitStats {
+        let mut log = lock(&self.shared.commits);
+        log.forget_before(std::time::Instant::now());
+        CommitStats {
+            total: log.total,
+            last_minute: log.recent.len() as u64,
+        }
+    }
+
+    fn note_commit(&self) {
+        lock(&self.shared.commits).note(std::time::Instant::now());
     }
 
     /// The database file.
@@ -364,6 +539,8 @@ impl Buffer {
             skipped: counters.skipped,
             epoch: self.shared.numbering.epoch(),
             salvage: lock(&self.shared.salvage).clone(),
+            commits: self.commit_stats(),
+            disk_write_bytes: process_write_bytes(),
         }
     }
 

@@ -47,8 +47,11 @@ pub const RESERVE_AHEAD: u64 = 500;
 /// Most numbers one unclean stop may skip while the disk takes writes
 /// (SPEC §7).
 pub const SKIP_BOUND: u64 = 10_000;
-/// How often, at most, the cursor's copy in the anchor is refreshed.
-pub const CURSOR_COPY_EVERY: Duration = Duration::from_secs(60);
+/// How often, at most, the cursor's copy in the anchor is refreshed: each
+/// copy is a page written and synced (flash wear), and losing up to ten
+/// minutes of it only makes the fleet see those records twice after the
+/// buffer's own counters are lost.
+pub const CURSOR_COPY_EVERY: Duration = Duration::from_secs(600);
 
 /// Largest epoch: epochs stay exact in a JSON number read as a double.
 const EPOCH_MAX: u64 = (1 << 53) - 1;

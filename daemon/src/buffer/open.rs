@@ -178,7 +178,7 @@ pub(super) fn open_with(
         None => numbering::found(anchor::load(&anchor_path)),
     };
     let prepared = salvage::check_and_move_aside(&settings)?;
-    let mut conn = connect(&settings.path, settings.durability)?;
+    let mut conn = connect(&settings)?;
     let mut counters = Counters::load(&conn).map_err(sql)?;
     let max_seq: Option<i64> = conn
         .query_row("SELECT max(seq) FROM records", [], |r| r.get(0))
@@ -391,6 +391,9 @@ pub(super) fn open_with(
             stop_salvage: Arc::new(AtomicBool::new(false)),
             salvage_thread: Mutex::new(None),
             timeline: Mutex::new(super::timeline::Timeline::default()),
+            wake: tokio::sync::Notify::new(),
+            commit_now: AtomicBool::new(false),
+            commits: Mutex::new(super::CommitLog::default()),
         }),
     };
     Ok((buffer, prepared.report))

@@ -155,6 +155,9 @@ impl Buffer {
         counters.save(&tx).map_err(sql_err)?;
         tx.commit().map_err(sql_err)?;
         *shared = counters;
+        drop(conn);
+        drop(shared);
+        self.note_commit();
         Ok(true)
     }
 
@@ -185,24 +188,25 @@ impl Buffer {
 
     /// Records that every `seq` ≤ `up_to` was accepted by the fleet. The
     /// cursor never moves back.
+    ///
+    /// The cursor moves in memory at once (the next batch starts after it)
+    /// and reaches the file with the writer's next commit, riding along
+    /// with records or, on a quiet gateway, in a commit of its own at most
+    /// `commit_interval` later: a push costs the SD card no write of its
+    /// own. A `kill -9` in between sends those records again (at least
+    /// once; the fleet de-duplicates by `seq`).
     pub fn mark_pushed(&self, up_to: u64) -> Result<(), BufferError> {
         let sql_err = |source| BufferError::Sqlite {
             path: self.shared.settings.path.clone(),
             source,
         };
-        // The counters lock is the write lock: taken before the transaction,
-        // in the same order as the writer thread, so neither waits on the other
-        // inside SQLite and the in-memory counters always match the file.
-        let mut shared = lock(&self.shared.counters);
-        if up_to <= shared.cursor {
+        // The counters lock is the write lock: while it is held no commit
+        // changes which rows exist, so the count matches the counters.
+        let mut counters = lock(&self.shared.counters);
+        if up_to <= counters.cursor {
             return Ok(());
         }
-        let mut counters = *shared;
-        let mut conn = lock(&self.shared.reader);
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql_err)?;
-        let newly: i64 = tx
+        let newly: i64 = lock(&self.shared.reader)
             .query_row(
                 "SELECT count(*) FROM records WHERE seq > ?1 AND seq <= ?2",
                 params![
@@ -216,12 +220,8 @@ impl Buffer {
         counters.unsent = counters
             .unsent
             .saturating_sub(u64::try_from(newly).unwrap_or(0));
-        counters.save(&tx).map_err(sql_err)?;
-        tx.commit().map_err(sql_err)?;
-        *shared = counters;
-        drop(conn);
-        drop(shared);
-        self.shared.numbering.cursor_moved(up_to, false);
+        drop(counters);
+        self.shared.wake.notify_one();
         Ok(())
     }
 }

@@ -1,12 +1,23 @@
 //! The one writer: a thread that takes records from the hub and commits them
-//! in batches, evicting as the caps require.
+//! in groups, evicting as the caps require.
 //!
-//! Batching is group commit: the thread blocks for the first record, then
-//! takes every record already waiting (up to `batch_max`) into the same
-//! transaction. A quiet gateway commits each reading at once; a busy one
-//! amortises each commit over many records.
+//! # When it commits
+//! A commit is what wears an SD card: each one appends at least the
+//! changed b-tree leaf and the counters' page to the write-ahead log (and a
+//! checkpoint writes them again), however few rows it carries. So the
+//! writer holds records in memory and commits when the oldest has waited
+//! `commit_interval`, or as soon as [`super::COMMIT_AT_RECORDS`] are
+//! waiting, or when asked ([`super::Buffer::commit_soon`]: a reload), or
+//! when the hub closes the channel (a clean stop commits everything). A
+//! moved push cursor rides along with the next commit of records; on a
+//! quiet gateway it gets a commit of its own `commit_interval` after it
+//! moved. `commit_interval = 0` commits each record as it comes (group
+//! commit: everything already queued goes into the same transaction).
 //!
-//! When a commit fails (disk full, I/O error) the batch stays in a bounded
+//! The live feed never waits on any of this: the hub hands records to the
+//! writer through a bounded queue and never awaits it.
+//!
+//! When a commit fails (disk full, I/O error) the records stay in a bounded
 //! in-memory queue and the thread retries every [`RETRY`]; records beyond
 //! the queue are counted as lost. The error is logged when it starts and
 //! when writing resumes, not per record.
@@ -18,7 +29,9 @@ use crate::record::Record;
 use rusqlite::{Connection, TransactionBehavior, params};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{Receiver, error::TryRecvError};
 
 /// How often a failing write is retried.
@@ -56,13 +69,17 @@ pub(super) fn start(
     records: Receiver<Arc<Record>>,
 ) -> Result<WriterHandle, BufferError> {
     let settings = &buffer.shared.settings;
-    let conn = connect(&settings.path, settings.durability)?;
+    let conn = connect(settings)?;
+    let runtime = waiting_runtime()?;
     let slot = BufferSlot::default();
     let _ = slot.set(buffer.clone());
     buffer.spawn_salvage();
+    // Made here, not in the thread: it takes the cursor as committed
+    // before anyone can move it.
+    let writer = Writer::new(buffer, conn);
     let thread = std::thread::Builder::new()
         .name("slmd-buffer".into())
-        .spawn(move || Writer::new(buffer, conn).run(records))
+        .spawn(move || writer.run(&runtime, records))
         .map_err(|source| BufferError::Io {
             path: "buffer writer thread".into(),
             source,
@@ -77,6 +94,7 @@ pub(super) fn start_deferred(
     numbering: Adopted,
 ) -> Result<WriterHandle, BufferError> {
     let handle_slot = slot.clone();
+    let runtime = waiting_runtime()?;
     let thread = std::thread::Builder::new()
         .name("slmd-buffer".into())
         .spawn(move || {
@@ -86,7 +104,7 @@ pub(super) fn start_deferred(
             let cap = settings.memory_queue.max(settings.batch_max);
             loop {
                 let opened = super::open::open_with(settings.clone(), Some(numbering.clone())).and_then(|(buffer, report)| {
-                    let conn = connect(&settings.path, settings.durability)?;
+                    let conn = connect(&settings)?;
                     Ok((buffer, report, conn))
                 });
                 match opened {
@@ -96,12 +114,14 @@ pub(super) fn start_deferred(
                             held = held.len(),
                             "buffer opened; writing the readings held in memory"
                         );
+                        // Made before the buffer is published: it takes the
+                        // cursor as committed before anyone can move it.
+                        let mut writer = Writer::new(buffer.clone(), conn);
                         let _ = slot.set(buffer.clone());
                         buffer.spawn_salvage();
-                        let mut writer = Writer::new(buffer, conn);
                         writer.pending = held;
                         writer.lost_unsaved = lost;
-                        writer.run(records);
+                        writer.run(&runtime, records);
                         return;
                     }
                     Err(e) => {
@@ -144,6 +164,18 @@ pub(super) fn start_deferred(
     })
 }
 
+/// The writer thread's own clock for its waits: it waits for a record, a
+/// wake-up or the commit deadline, whichever comes first.
+fn waiting_runtime() -> Result<Runtime, BufferError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|source| BufferError::Io {
+            path: "buffer writer clock".into(),
+            source,
+        })
+}
+
 /// An eviction episode in progress: unsent records are being evicted.
 #[derive(Debug, Default)]
 pub(super) struct Episode {
@@ -163,10 +195,17 @@ struct Writer {
     failing: Option<String>,
     /// The unsent-eviction episode in progress.
     episode: Option<Episode>,
+    /// Since when something uncommitted waits (records, or a moved cursor).
+    waiting_since: Option<Instant>,
+    /// The push cursor as last committed by this writer.
+    saved_cursor: u64,
+    /// When to try again after a failed commit.
+    retry_at: Option<Instant>,
 }
 
 impl Writer {
     fn new(buffer: Buffer, conn: Connection) -> Writer {
+        let saved_cursor = buffer.counters().cursor;
         Writer {
             buffer,
             conn,
@@ -174,6 +213,9 @@ impl Writer {
             lost_unsaved: 0,
             failing: None,
             episode: None,
+            waiting_since: None,
+            saved_cursor,
+            retry_at: None,
         }
     }
 
@@ -181,41 +223,38 @@ impl Writer {
         &self.buffer.shared
     }
 
-    fn run(mut self, mut records: Receiver<Arc<Record>>) {
+    fn run(mut self, runtime: &Runtime, mut records: Receiver<Arc<Record>>) {
         let mut closed = false;
         loop {
-            if self.pending.is_empty() && !closed {
-                match records.blocking_recv() {
-                    Some(r) => self.pending.push_back(r),
-                    None => closed = true,
-                }
+            if !closed {
+                self.take_queued(&mut records, &mut closed);
             }
-            // Take what is already waiting, without waiting for more: one
-            // batch while writes succeed (the rest stays in the channel, which
-            // is backpressure, not loss), everything while they fail (the
-            // channel must keep room for the hub; the memory queue is bounded).
-            let batch_max = self.shared().settings.batch_max.max(1);
-            while !closed && (self.failing.is_some() || self.pending.len() < batch_max) {
-                match records.try_recv() {
-                    Ok(r) => self.enqueue(r),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => closed = true,
-                }
-            }
-            if self.pending.is_empty() {
+            let asked = self.shared().commit_now.swap(false, Ordering::AcqRel);
+            if !self.has_work() {
                 if closed {
                     break;
                 }
+                self.wait(runtime, &mut records, &mut closed, None);
                 continue;
             }
-            let ok = self.commit_some();
+            let waiting_since = *self.waiting_since.get_or_insert_with(Instant::now);
+            let due = match self.retry_at {
+                Some(at) if self.failing.is_some() => at,
+                _ => waiting_since + self.shared().settings.commit_interval,
+            };
+            let full = self.failing.is_none() && self.pending.len() >= super::COMMIT_AT_RECORDS;
+            if !(closed || asked || full || Instant::now() >= due) {
+                self.wait(runtime, &mut records, &mut closed, Some(due));
+                continue;
+            }
+            let ok = self.commit_waiting();
             self.publish_pending();
             if !ok {
                 if closed {
                     self.give_up();
                     break;
                 }
-                std::thread::sleep(RETRY);
+                self.retry_at = Some(Instant::now() + RETRY);
             }
         }
         self.end_episode();
@@ -236,6 +275,76 @@ impl Writer {
         }
     }
 
+    /// Takes what the hub has queued, without waiting for more: up to one
+    /// batch while writes succeed (the rest stays in the channel, which is
+    /// backpressure, not loss), everything while they fail (the channel
+    /// must keep room for the hub; the memory queue is bounded).
+    fn take_queued(&mut self, records: &mut Receiver<Arc<Record>>, closed: &mut bool) {
+        let batch_max = self.shared().settings.batch_max.max(1);
+        while self.failing.is_some() || self.pending.len() < batch_max {
+            match records.try_recv() {
+                Ok(r) => self.enqueue(r),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    *closed = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits for a record, a wake-up (cursor moved, commit asked for) or
+    /// `until`, whichever comes first.
+    fn wait(
+        &mut self,
+        runtime: &Runtime,
+        records: &mut Receiver<Arc<Record>>,
+        closed: &mut bool,
+        until: Option<Instant>,
+    ) {
+        let shared = Arc::clone(&self.buffer.shared);
+        let received = runtime.block_on(async {
+            let deadline = async {
+                match until {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                record = records.recv() => Some(record),
+                () = shared.wake.notified() => None,
+                () = deadline => None,
+            }
+        });
+        match received {
+            Some(Some(record)) => self.enqueue(record),
+            Some(None) => *closed = true,
+            None => {}
+        }
+    }
+
+    /// Whether anything waits to be committed: records, a moved cursor, or
+    /// a count of records lost to a full memory queue.
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty()
+            || self.lost_unsaved > 0
+            || lock(&self.shared().counters).cursor != self.saved_cursor
+    }
+
+    /// Commits everything waiting, batch by batch. `false` on failure.
+    fn commit_waiting(&mut self) -> bool {
+        loop {
+            if !self.commit_some() {
+                return false;
+            }
+            if self.pending.is_empty() {
+                self.waiting_since = None;
+                self.retry_at = None;
+                return true;
+            }
+        }
+    }
+
     /// Queues a record, counting it as lost when the memory queue is full.
     fn enqueue(&mut self, record: Arc<Record>) {
         let settings = &self.shared().settings;
@@ -245,6 +354,7 @@ impl Writer {
         } else {
             self.pending.push_back(record);
         }
+        self.waiting_since.get_or_insert_with(Instant::now);
     }
 
     /// Commits up to one batch from the front of the queue. `false` on failure.
@@ -349,6 +459,12 @@ impl Writer {
         self.lost_unsaved = 0;
         *guard = c;
         drop(guard);
+        self.buffer.note_commit();
+        if c.cursor != self.saved_cursor {
+            self.saved_cursor = c.cursor;
+            // The anchor's copy is never ahead of the file's cursor.
+            shared.numbering.cursor_moved(c.cursor, false);
+        }
         self.note_eviction(unsent_evicted, max_records, chunk, &c);
         Ok(())
     }
@@ -381,6 +497,11 @@ impl Writer {
         tx.commit()?;
         *guard = c;
         drop(guard);
+        self.buffer.note_commit();
+        if c.cursor != self.saved_cursor {
+            self.saved_cursor = c.cursor;
+            shared.numbering.cursor_moved(c.cursor, false);
+        }
         self.note_eviction(unsent_evicted, max_records, chunk, &c);
         Ok(())
     }

@@ -373,6 +373,8 @@ pub(crate) const KEYS: &[&str] = &[
     "max_records",
     "max_bytes",
     "durability",
+    "commit_interval",
+    "exclusive",
     // [[device]]
     "protocol",
     "transport",

@@ -298,6 +298,18 @@ pub struct BufferConfig {
     /// How hard each write is pushed to disk: trades SD-card wear and
     /// throughput against losing the last readings on power loss.
     pub durability: Durability,
+    /// Longest a reading waits in memory before its commit: readings are
+    /// grouped into one commit per interval (sooner when
+    /// [`crate::buffer::COMMIT_AT_RECORDS`] are waiting), which is what
+    /// keeps the bytes written to an SD card low. What a `kill -9` may
+    /// cost. `0s`: every reading is committed at once.
+    #[serde(deserialize_with = "units::duration")]
+    pub commit_interval: Duration,
+    /// The daemon holds the buffer file for itself while it runs (SQLite's
+    /// write-ahead log index in memory: no `-shm` file to wear the card).
+    /// `false` lets other programs (a `sqlite3` shell, a sidecar) read it
+    /// meanwhile, at the cost of that file's writes.
+    pub exclusive: bool,
 }
 
 impl Default for BufferConfig {
@@ -306,6 +318,8 @@ impl Default for BufferConfig {
             max_records: 10_000_000,
             max_bytes: None,
             durability: Durability::Normal,
+            commit_interval: crate::buffer::DEFAULT_COMMIT_INTERVAL,
+            exclusive: true,
         }
     }
 }
@@ -1006,7 +1020,8 @@ mod tests {
     }
 
     /// Every duration key, with the table it lives in.
-    const DURATION_KEYS: [(&str, &str); 14] = [
+    const DURATION_KEYS: [(&str, &str); 15] = [
+        ("buffer", "commit_interval"),
         ("device", "poll_interval"),
         ("device", "live_poll_interval"),
         ("device", "answer_timeout"),

@@ -33,6 +33,11 @@ pub const MAX_DEVICES: usize = 64;
 /// overflowing (`"200000000000000d"` used to pass and then panic a task).
 pub const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
+/// Longest `buffer.commit_interval`: what a `kill -9` may cost stays a
+/// matter of seconds, and the watchdog's stall limit
+/// ([`crate::notify::WRITER_STALL`], 60s) stays well above it.
+pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Longest `fleet.timeout` (one push request, connect to last byte): 1 hour.
 /// A push of the largest batch over a slow cellular link takes seconds to
 /// minutes; a request still running after an hour is hung.
@@ -174,6 +179,12 @@ fn buffer(config: &Config, out: &mut Vec<Problem>) {
             "must be at least 1 byte; leave max_bytes out for no size cap",
         ));
     }
+    at_most(
+        key(&["buffer", "commit_interval"]),
+        config.buffer.commit_interval,
+        MAX_COMMIT_INTERVAL,
+        out,
+    );
 }
 
 fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem>) {

@@ -164,7 +164,7 @@ pub struct SalvageStatus {
 /// when `stop` is set.
 pub(super) fn run(buffer: Buffer, jobs: Vec<(PathBuf, Job)>, stop: Arc<AtomicBool>) {
     let settings = buffer.shared.settings.clone();
-    let mut conn = match super::connect(&settings.path, settings.durability) {
+    let mut conn = match super::connect(&settings) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "salvage cannot open the buffer; it resumes at the next start");
