@@ -35,6 +35,33 @@ pub fn wait_status(api: &str, timeout: Duration) -> Value {
     crate::poll_until(timeout, || status(api)).unwrap_or_else(|| panic!("no status from {api}"))
 }
 
+/// Every record of `device` the buffer holds, by `seq` (its
+/// `received_at` as Unix ms), paged through `history` as a client would:
+/// the committed records, read while the daemon holds the file. `None`
+/// when a page does not answer `200`.
+pub fn committed(api: &str, device: &str) -> Option<std::collections::BTreeMap<u64, i64>> {
+    let mut records = std::collections::BTreeMap::new();
+    let mut after = None;
+    loop {
+        let path = match after {
+            None => format!("/v1/devices/{device}/history?limit=10000"),
+            Some(a) => format!("/v1/devices/{device}/history?limit=10000&after={a}"),
+        };
+        let response = crate::fleet::http(api, "GET", &path, &[], b"").ok()?;
+        if response.status != 200 {
+            return None;
+        }
+        let page: Value = serde_json::from_str(&response.body).ok()?;
+        for record in page["records"].as_array()? {
+            records.insert(record["seq"].as_u64()?, crate::received_at_ms(record)?);
+        }
+        match page["next_after"].as_u64() {
+            Some(next) => after = Some(next),
+            None => return Some(records),
+        }
+    }
+}
+
 /// An open SSE stream: every line the server sent, followed live.
 pub struct Sse {
     /// Lines of the response (status line and headers first).

@@ -35,6 +35,8 @@ impl Fixture {
             durability: Durability::Normal,
             memory_queue: 100_000,
             batch_max: 1000,
+            commit_interval: std::time::Duration::ZERO,
+            exclusive: true,
         };
         let (buffer, _) = buffer::open(settings).expect("fixture buffer opens");
         assert_eq!(buffer.next_seq(), 1, "a fixture starts a new buffer");
@@ -90,16 +92,18 @@ impl Fixture {
                 .blocking_send(Arc::new(record.clone()))
                 .expect("writer alive");
         }
-        drop(sender);
-        writer.join();
-        assert_eq!(
-            buffer.counters().stored,
-            n,
-            "every fixture record committed"
-        );
+        // The cursor reaches the file with a commit of the writer's, so it
+        // moves while the writer runs (once the records are committed).
+        let committed = crate::poll_until(std::time::Duration::from_secs(120), || {
+            (buffer.counters().stored == n).then_some(())
+        });
+        assert!(committed.is_some(), "every fixture record committed");
         if pushed > 0 {
             buffer.mark_pushed(pushed).expect("cursor");
         }
+        drop(sender);
+        writer.join();
+        assert_eq!(buffer.counters().cursor, pushed, "the cursor moved");
         drop(buffer);
         // Everything in the main file, as after a long quiet run.
         let conn = rusqlite::Connection::open(db).expect("reopen");

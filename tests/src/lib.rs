@@ -402,6 +402,16 @@ impl Daemon {
     }
 }
 
+/// `[buffer].commit_interval` of the configs [`Setup`] writes: short, so
+/// a test that waits for a commit (fleet push, history, the file) waits a
+/// moment rather than the default 10 s, yet every test runs the grouped
+/// commit path. The tests about the commit window set their own.
+pub const TEST_COMMIT_INTERVAL: &str = "250ms";
+
+/// `[buffer]` line for tests that read the buffer file while the daemon
+/// runs, as a sidecar would: by default the daemon holds it for itself.
+pub const SHARED_BUFFER: &str = "exclusive = false";
+
 /// A temporary folder with a config file for one or more devices.
 pub struct Setup {
     /// The folder (removed on drop).
@@ -425,9 +435,25 @@ impl Setup {
 
     /// Like [`Setup::config`], with `api` lines added to `[api]`.
     pub fn config_with_api(&self, devices: &str, api: &str) -> PathBuf {
+        self.write_config(devices, api, "")
+    }
+
+    /// Like [`Setup::config`], with `buffer` lines added to `[buffer]`
+    /// (a `commit_interval` there replaces [`TEST_COMMIT_INTERVAL`]).
+    pub fn config_with_buffer(&self, devices: &str, buffer: &str) -> PathBuf {
+        self.write_config(devices, "", buffer)
+    }
+
+    fn write_config(&self, devices: &str, api: &str, buffer: &str) -> PathBuf {
         let path = self.dir.path().join("slmd.toml");
+        let interval = if buffer.contains("commit_interval") {
+            String::new()
+        } else {
+            format!("commit_interval = \"{TEST_COMMIT_INTERVAL}\"\n")
+        };
         let text = format!(
-            "[gateway]\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n{api}\n\n{devices}",
+            "[gateway]\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n{api}\n\n\
+             [buffer]\n{interval}{buffer}\n\n{devices}",
             self.dir.path().join("state").display()
         );
         std::fs::write(&path, text).expect("write config");

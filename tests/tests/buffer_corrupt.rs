@@ -113,7 +113,7 @@ fn build_buffer(db: &Path) -> BTreeMap<i64, BufferRow> {
 fn a_damaged_buffer_is_moved_aside_and_its_readable_rows_salvaged() {
     let sims = tcp_sims(8, 500);
     let setup = Setup::new();
-    let config = setup.config(&tcp_devices(&sims));
+    let config = setup.config_with_buffer(&tcp_devices(&sims), slmd_e2e::SHARED_BUFFER);
     let db = buffer_file(&setup);
     let original = build_buffer(&db);
     let original_max = *original.keys().last().expect("rows");
@@ -309,7 +309,7 @@ fn a_damaged_buffer_is_moved_aside_and_its_readable_rows_salvaged() {
 fn a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_buffer_started() {
     let sims = tcp_sims(2, 600);
     let setup = Setup::new();
-    let config = setup.config(&tcp_devices(&sims));
+    let config = setup.config_with_buffer(&tcp_devices(&sims), slmd_e2e::SHARED_BUFFER);
     let db = buffer_file(&setup);
     std::fs::create_dir_all(db.parent().expect("state dir")).expect("state dir");
     let mut rng = fastrand::Rng::with_seed(0xbad_f11e);
@@ -360,7 +360,7 @@ fn a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_buffer_started() {
 fn moving_a_damaged_buffer_aside_never_overwrites_an_earlier_one() {
     let sims = tcp_sims(2, 650);
     let setup = Setup::new();
-    let config = setup.config(&tcp_devices(&sims));
+    let config = setup.config_with_buffer(&tcp_devices(&sims), slmd_e2e::SHARED_BUFFER);
     let db = buffer_file(&setup);
     let state = db.parent().expect("state dir").to_owned();
     std::fs::create_dir_all(&state).expect("state dir");

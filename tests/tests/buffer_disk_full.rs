@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// tmpfs size: room for the WAL to reach its auto-checkpoint size (~4 MiB)
-/// once the filler is gone.
+/// tmpfs size: room for the buffer to grow once the filler is gone.
 const TMPFS_SIZE: &str = "8m";
-/// Free space the filler leaves.
-const LEFT_FREE: u64 = 320 * 1024;
+/// Free space the filler leaves: about what the daemon takes to run (the
+/// 32 KiB anchor, the file, the write-ahead log up to its 128 KiB
+/// checkpoint), so the rows of the first seconds fill the disk.
+const LEFT_FREE: u64 = 200 * 1024;
 
 /// A mounted tmpfs, unmounted on drop.
 struct Tmpfs {
@@ -123,7 +124,7 @@ fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itsel
     );
 
     let sims = tcp_sims(8, 700);
-    let config = setup.config(&tcp_devices(&sims));
+    let config = setup.config_with_buffer(&tcp_devices(&sims), slmd_e2e::SHARED_BUFFER);
     let db = buffer_file(&setup);
     let mut daemon = Daemon::start(&config);
 
@@ -329,7 +330,7 @@ fn starting_on_a_full_disk_keeps_the_buffer_and_the_live_feed() {
     let setup = Setup::new();
     let tmpfs = Tmpfs::mount(&setup.path("state"), TMPFS_SIZE);
     let sims = tcp_sims(4, 800);
-    let config = setup.config(&tcp_devices(&sims));
+    let config = setup.config_with_buffer(&tcp_devices(&sims), slmd_e2e::SHARED_BUFFER);
     let db = buffer_file(&setup);
 
     // A buffer with records in it, cleanly stopped.

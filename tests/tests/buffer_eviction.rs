@@ -15,7 +15,7 @@ fn a_full_buffer_evicts_the_oldest_and_says_so_once() {
         .enumerate()
         .map(|(i, s)| tcp_device(&format!("m{i}"), s.address.as_deref().expect("addr"), ""))
         .collect();
-    let config = setup.config(&format!("[buffer]\nmax_records = 10\n\n{devices}"));
+    let config = setup.config_with_buffer(&devices, "max_records = 10");
     let mut daemon = Daemon::start(&config);
 
     // 40 records through a buffer of 10: at least 30 evicted.

@@ -164,7 +164,7 @@ fn keys_that_need_a_restart_are_named_and_api_tokens_apply_at_once() {
 
     let secret = "api-secret-7f3a";
     // A new buffer size, another API address, and API tokens.
-    let path = setup.config(&format!("{devices}\n[buffer]\nmax_records = 1234\n"));
+    let path = setup.config_with_buffer(&devices, "max_records = 1234");
     let text = std::fs::read_to_string(&path).expect("config").replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:1\"\ntokens = [\"{secret}\"]"),
