@@ -154,10 +154,8 @@ impl Buffer {
         counters.quarantined += 1;
         counters.save(&tx).map_err(sql_err)?;
         tx.commit().map_err(sql_err)?;
-        *shared = counters;
-        drop(conn);
-        drop(shared);
         self.note_commit();
+        *shared = counters;
         Ok(true)
     }
 

@@ -456,10 +456,12 @@ impl Writer {
         self.buffer.mirror_names_since(mark);
         c.save(&tx)?;
         tx.commit()?;
+        // Counted before the counters show the rows: whoever sees them sees
+        // the commit too.
+        self.buffer.note_commit();
         self.lost_unsaved = 0;
         *guard = c;
         drop(guard);
-        self.buffer.note_commit();
         if c.cursor != self.saved_cursor {
             self.saved_cursor = c.cursor;
             // The anchor's copy is never ahead of the file's cursor.
@@ -495,9 +497,9 @@ impl Writer {
         let unsent_evicted = evict(&tx, &mut c, n)?;
         c.save(&tx)?;
         tx.commit()?;
+        self.buffer.note_commit();
         *guard = c;
         drop(guard);
-        self.buffer.note_commit();
         if c.cursor != self.saved_cursor {
             self.saved_cursor = c.cursor;
             shared.numbering.cursor_moved(c.cursor, false);
