@@ -171,7 +171,7 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(c.buffer.max_records, 10_000_000);
     assert_eq!(c.buffer.max_bytes, None);
     assert_eq!(c.buffer.durability, Durability::Normal);
-    assert_eq!(c.buffer.commit_interval, Duration::from_secs(10));
+    assert_eq!(c.buffer.commit_interval, Duration::from_secs(15));
     assert!(c.buffer.exclusive);
     assert!(c.devices.is_empty());
     assert_eq!(

@@ -35,7 +35,7 @@ struct Run {
 
 const RUNS: [Run; 3] = [
     Run {
-        name: "default (normal, commit_interval 10s)",
+        name: "default (normal, commit_interval 15s)",
         buffer: "",
     },
     Run {

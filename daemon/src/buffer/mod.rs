@@ -124,7 +124,7 @@ pub const FILE_NAME: &str = "buffer.sqlite";
 
 /// Default `[buffer].commit_interval`: what a `kill -9` may cost, and what
 /// buys the low write volume (README, "Flash wear").
-pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Readings waiting that make a commit due before its interval is up: a
 /// busy gateway commits many full pages at a time instead of holding an
