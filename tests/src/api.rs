@@ -62,6 +62,15 @@ pub fn committed(api: &str, device: &str) -> Option<std::collections::BTreeMap<u
     }
 }
 
+/// [`committed`] for each of `devices`, together.
+pub fn committed_all(api: &str, devices: &[&str]) -> Option<std::collections::BTreeMap<u64, i64>> {
+    let mut all = std::collections::BTreeMap::new();
+    for device in devices {
+        all.extend(committed(api, device)?);
+    }
+    Some(all)
+}
+
 /// An open SSE stream: every line the server sent, followed live.
 pub struct Sse {
     /// Lines of the response (status line and headers first).

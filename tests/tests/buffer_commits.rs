@@ -3,7 +3,7 @@
 //! them at once, and `/metrics` shows commits and bytes written.
 
 use nix::sys::signal::Signal;
-use slmd_e2e::api::{api_address, committed};
+use slmd_e2e::api::{api_address, committed, committed_all};
 use slmd_e2e::fleet::http;
 use slmd_e2e::{
     Daemon, Setup, buffer_file, buffer_rows, open_buffer_ro, poll_until, tcp_devices, tcp_sims,
@@ -37,11 +37,7 @@ fn a_reload_and_a_clean_stop_commit_what_waits_for_its_window() {
 
     // Held in memory: the live feed has them, the buffer not yet.
     let stored = |api: &str| -> Option<BTreeSet<u64>> {
-        let mut all = BTreeSet::new();
-        for device in ["m0", "m1"] {
-            all.extend(committed(api, device)?.into_keys());
-        }
-        Some(all)
+        Some(committed_all(api, &["m0", "m1"])?.into_keys().collect())
     };
     assert_eq!(metric(&api, "slmd_buffer_commits_total"), Some(0.0));
     assert!(

@@ -10,7 +10,7 @@
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use slmd_e2e::api::{api_address, committed};
+use slmd_e2e::api::{api_address, committed_all};
 use slmd_e2e::{
     BufferRow, Daemon, Setup, buffer_accounting_error, buffer_file, buffer_rows, open_buffer_ro,
     poll_until, quick_check, received_at_ms, records_after, tcp_devices, tcp_sims,
@@ -44,13 +44,25 @@ fn printed(records: &[Value]) -> BTreeMap<i64, (i64, String)> {
 
 /// Every committed seq, through the API, with its received_at.
 fn committed_now(api: &str) -> Option<BTreeMap<i64, i64>> {
-    let mut all = BTreeMap::new();
-    for device in DEVICES {
-        for (seq, at) in committed(api, device)? {
-            all.insert(i64::try_from(seq).ok()?, at);
-        }
+    committed_all(api, &DEVICES)?
+        .into_iter()
+        .map(|(seq, at)| Some((i64::try_from(seq).ok()?, at)))
+        .collect()
+}
+
+/// Records that a run streamed `seqs` live: SPEC §3, a seq is never used
+/// twice, also not after a crash, and also not one only streamed live.
+fn claim_streamed<'a>(
+    streamed: &mut BTreeSet<i64>,
+    seqs: impl IntoIterator<Item = &'a i64>,
+    transcript: &str,
+) {
+    for seq in seqs {
+        assert!(
+            streamed.insert(*seq),
+            "seq {seq} was streamed live in two runs\n{transcript}"
+        );
     }
-    Some(all)
 }
 
 #[test]
@@ -137,15 +149,7 @@ fn sigkill_at_random_moments_loses_only_the_commit_window_and_never_reuses_a_seq
             daemon.proc.transcript()
         );
         let run_printed = printed(&daemon.printed_records());
-        // SPEC §3: a seq is never used twice, also not after a crash, and
-        // also not one that was only streamed live before the kill.
-        for seq in run_printed.keys() {
-            assert!(
-                streamed.insert(*seq),
-                "seq {seq} was streamed live in two runs\n{}",
-                transcript(&daemon)
-            );
-        }
+        claim_streamed(&mut streamed, run_printed.keys(), &transcript(&daemon));
 
         // The file, as the dead daemon left it.
         let conn = open_buffer_ro(&db);
@@ -255,12 +259,7 @@ fn sigkill_at_random_moments_loses_only_the_commit_window_and_never_reuses_a_seq
         daemon.proc.transcript()
     );
     let last_run = printed(&daemon.printed_records());
-    for seq in last_run.keys() {
-        assert!(
-            streamed.insert(*seq),
-            "seq {seq} was streamed live in two runs"
-        );
-    }
+    claim_streamed(&mut streamed, last_run.keys(), &daemon.proc.transcript());
     let conn = slmd_e2e::open_buffer_rw(&db);
     let rows = buffer_rows(&conn).expect("rows after clean stop");
     for (seq, (at, _)) in &last_run {

@@ -169,10 +169,9 @@ fn a_broker_outage_stalls_neither_meters_nor_buffer_and_publishing_resumes() {
     // Committed, as the API serves it (the daemon holds the file).
     let api = slmd_e2e::api::api_address(&daemon.proc);
     let stored = slmd_e2e::poll_until(Duration::from_secs(10), || {
-        let mut stored = BTreeSet::new();
-        for device in ["m0", "m1"] {
-            stored.extend(slmd_e2e::api::committed(&api, device)?.into_keys());
-        }
+        let stored: BTreeSet<u64> = slmd_e2e::api::committed_all(&api, &["m0", "m1"])?
+            .into_keys()
+            .collect();
         seqs(&during).is_subset(&stored).then_some(stored)
     });
     assert!(

@@ -238,10 +238,10 @@ impl Writer {
                 continue;
             }
             let waiting_since = *self.waiting_since.get_or_insert_with(Instant::now);
-            let due = match self.retry_at {
-                Some(at) if self.failing.is_some() => at,
-                _ => waiting_since + self.shared().settings.commit_interval,
-            };
+            // Set only while commits fail (cleared by the next success).
+            let due = self
+                .retry_at
+                .unwrap_or(waiting_since + self.shared().settings.commit_interval);
             let full = self.failing.is_none() && self.pending.len() >= super::COMMIT_AT_RECORDS;
             if !(closed || asked || full || Instant::now() >= due) {
                 self.wait(runtime, &mut records, &mut closed, Some(due));
@@ -462,13 +462,18 @@ impl Writer {
         self.lost_unsaved = 0;
         *guard = c;
         drop(guard);
-        if c.cursor != self.saved_cursor {
-            self.saved_cursor = c.cursor;
-            // The anchor's copy is never ahead of the file's cursor.
-            shared.numbering.cursor_moved(c.cursor, false);
-        }
+        self.cursor_committed(c.cursor);
         self.note_eviction(unsent_evicted, max_records, chunk, &c);
         Ok(())
+    }
+
+    /// Notes the cursor a commit carried; the anchor's copy follows it,
+    /// never ahead of the file's.
+    fn cursor_committed(&mut self, cursor: u64) {
+        if cursor != self.saved_cursor {
+            self.saved_cursor = cursor;
+            self.buffer.shared.numbering.cursor_moved(cursor, false);
+        }
     }
 
     /// Evicts a chunk after a commit that left the records over `max_bytes`.
@@ -500,10 +505,7 @@ impl Writer {
         self.buffer.note_commit();
         *guard = c;
         drop(guard);
-        if c.cursor != self.saved_cursor {
-            self.saved_cursor = c.cursor;
-            shared.numbering.cursor_moved(c.cursor, false);
-        }
+        self.cursor_committed(c.cursor);
         self.note_eviction(unsent_evicted, max_records, chunk, &c);
         Ok(())
     }
