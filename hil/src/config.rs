@@ -8,9 +8,69 @@
 
 use std::time::Duration;
 
+/// Which meter family the simulator plays (its personality).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Rion NL-43 / NL-53 / NL-63 (`protocols/nl43.md`), polled.
+    #[default]
+    Nl43,
+    /// NTi Audio XL2 with the Remote Measurement option (`protocols/xl2.md`), polled.
+    Xl2,
+    /// Svantek SVAN 97x / SV 200A (`protocols/svantek.md`), polled.
+    Svantek,
+    /// Casella CEL-63x in online mode (`protocols/casella.md`): it pushes.
+    Casella,
+}
+
+impl Family {
+    /// Every family, in the order the CLI lists them.
+    pub const ALL: [Family; 4] = [Family::Nl43, Family::Xl2, Family::Svantek, Family::Casella];
+
+    /// The name used on the command line, in events and in `slmd.toml`'s
+    /// `protocol` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Nl43 => "nl43",
+            Family::Xl2 => "xl2",
+            Family::Svantek => "svantek",
+            Family::Casella => "casella",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Family {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Family, ParseError> {
+        Family::ALL
+            .into_iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(text.trim()))
+            .ok_or_else(|| ParseError::Family(text.to_owned()))
+    }
+}
+
 /// How the simulated meter starts, and the faults it injects.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// The meter family simulated (default NL-43). The fault menu is the
+    /// same for every family; the NL-43-only ones (`prompts`, `echo`,
+    /// `replay`) are ignored by the others.
+    pub family: Family,
+    /// XL2: answer `MEAS:SLM:123?` with all parameters on one line
+    /// (`53.8 dB, OK, 61.2 dB, OK`) instead of one line per parameter.
+    pub xl2_one_line: bool,
+    /// XL2: write levels with a decimal comma (`53,8 dB, OK`).
+    pub decimal_comma: bool,
+    /// Casella: the logging period, one group of lines each (default 1 s;
+    /// the lines' time advances by at least one second per period).
+    pub log_period: Duration,
     /// Seeds the level generator and the fault dice: the same seed gives the
     /// same sequence of random choices (the values a poll sees still depend
     /// on when it arrives, since the meter samples at 10 Hz in real time).
@@ -29,6 +89,10 @@ pub struct SimConfig {
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
+            family: Family::Nl43,
+            xl2_one_line: false,
+            decimal_comma: false,
+            log_period: Duration::from_secs(1),
             seed: 0x5eed,
             faults: Faults::default(),
             start_measuring: true,
@@ -49,12 +113,14 @@ pub struct Faults {
     /// Probability per answer of junk before the result line: either random
     /// bytes with no CR/LF (they prefix the result line, as leftovers do) or a
     /// whole junk line ending in CR LF. Junk never contains `R+` and never
-    /// goes inside a data line. Event kind `junk`.
+    /// goes inside a data line. Other families: XL2 the same with LF,
+    /// Svantek bytes without `#` or `;` before the frame, Casella a junk
+    /// line before a pushed group (probability per group). Event kind `junk`.
     pub junk: f64,
-    /// Send a `$` prompt after each answer, so the next line the host reads
+    /// NL-43 only. Send a `$` prompt after each answer, so the next line the host reads
     /// starts with it.
     pub prompts: bool,
-    /// Start with echo on: each received command line is echoed (with CR LF)
+    /// NL-43 only. Start with echo on: each received command line is echoed (with CR LF)
     /// before its result line. `Echo,On|Off` changes it, as on the meter.
     pub echo: bool,
     /// Write answers in random pieces of 1..=7 bytes with 0..=15 ms pauses
@@ -69,7 +135,7 @@ pub struct Faults {
     pub silent_after: Option<Duration>,
     /// How long the silence of [`Faults::silent_after`] lasts.
     pub silent_for: Duration,
-    /// The meter has stored records with old times: the first N `DOD?`
+    /// NL-43 only. The meter has stored records with old times: the first N `DOD?`
     /// answers of every connection come from them (values of about an hour
     /// ago, one second apart, advancing: no record is served twice), and
     /// while they are being served `Clock?` answers the record's old time.
@@ -88,6 +154,9 @@ pub enum ParseError {
     /// A probability outside 0..=1.
     #[error("`{0}` is not a probability: expected a number from 0 to 1, e.g. 0.3")]
     Probability(String),
+    /// Not a meter family.
+    #[error("`{0}` is not a meter family: expected nl43, xl2, svantek or casella")]
+    Family(String),
 }
 
 /// Parses `500ms`, `5s`, `1.5s`, `2m`, `1h`.
@@ -143,6 +212,15 @@ mod tests {
         for bad in ["", "5", "s", "5x", "-5s", "5 s", "1e3s", "5sec"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn families() {
+        for family in Family::ALL {
+            assert_eq!(family.as_str().parse::<Family>(), Ok(family));
+        }
+        assert_eq!("XL2".parse::<Family>(), Ok(Family::Xl2));
+        assert!("nl52".parse::<Family>().is_err());
     }
 
     #[test]

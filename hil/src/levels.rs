@@ -164,6 +164,24 @@ impl Integrator {
         self.count
     }
 
+    /// What has been integrated, whatever its length (`None` before the
+    /// first sample): for the personalities that write their own forms.
+    pub fn summary(&self) -> Option<Summary> {
+        if self.count == 0 {
+            return None;
+        }
+        let leq_db = 10.0 * (self.energy / self.count as f64).log10();
+        Some(Summary {
+            count: self.count,
+            leq_db,
+            max: self.max,
+            min: self.min,
+            peak: self.peak,
+            overload: self.overload,
+            under_range: self.under_range,
+        })
+    }
+
     /// The main channel's values with `lp` as the instantaneous level;
     /// integrated values are dashes before one second of integration.
     pub fn values(&self, lp: Option<Deci>) -> ChannelValues {
@@ -196,7 +214,7 @@ impl Integrator {
     /// The level exceeded `percent` % of the time: walking down from the
     /// top, the first tenth at which that share of the samples is reached.
     /// Monotone in `percent`, so L5 ≥ L10 ≥ … ≥ L95.
-    fn exceeded(&self, percent: u8) -> Option<i16> {
+    pub fn exceeded(&self, percent: u8) -> Option<i16> {
         let needed = (self.count * u64::from(percent)).div_ceil(100).max(1);
         let mut seen = 0u64;
         for (bin, &n) in self.hist.iter().enumerate().rev() {
@@ -206,6 +224,38 @@ impl Integrator {
             }
         }
         None
+    }
+}
+
+/// A measurement's integrated values in raw form (tenths, and Leq in dB as
+/// computed), for families whose wire forms differ from the NL-43's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// Samples integrated (10 a second).
+    pub count: u64,
+    /// Leq in dB, unrounded (within `min..=max` up to float rounding).
+    pub leq_db: f64,
+    /// Highest sample Lp (tenths).
+    pub max: i16,
+    /// Lowest sample Lp (tenths).
+    pub min: i16,
+    /// Highest sample peak (tenths), above `max`.
+    pub peak: i16,
+    /// A sample was above the range.
+    pub overload: bool,
+    /// A sample was below the range.
+    pub under_range: bool,
+}
+
+impl Summary {
+    /// Integrated seconds.
+    pub fn seconds(&self) -> f64 {
+        self.count as f64 / SAMPLES_PER_SECOND as f64
+    }
+
+    /// Leq in tenths, kept within Lmin..=Lmax.
+    pub fn leq_tenths(&self) -> i16 {
+        to_tenths(self.leq_db).clamp(self.min, self.max)
     }
 }
 

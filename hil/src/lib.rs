@@ -1,9 +1,13 @@
-//! Hardware-in-the-loop kit for slmd: a simulated Rion NL-43 with fault
-//! injection, served over TCP or a pseudo-terminal.
+//! Hardware-in-the-loop kit for slmd: simulated sound level meters (Rion
+//! NL-43, NTi XL2, Svantek SVAN 97x, Casella CEL-63x) with fault injection,
+//! served over TCP or a pseudo-terminal.
 //!
-//! The simulator is built on the same protocol facts as the daemon: command
-//! parsing, result codes, the `DOD?` line, the clock form and the framing all
-//! come from `firmware-bridge`, and the rules from `protocols/nl43.md`.
+//! The NL-43 simulator is built on the same protocol facts as the daemon:
+//! command parsing, result codes, the `DOD?` line, the clock form and the
+//! framing all come from `firmware-bridge`, and the rules from
+//! `protocols/nl43.md`. The other families ([`Family`]) are deliberately
+//! *not* built on the daemon's codecs: they are written from their protocol
+//! notes alone, so the codecs are checked against an independent reading.
 //!
 //! Layout (one module per role):
 //! - [`config`]: [`SimConfig`] and [`Faults`], and the text forms the CLI
@@ -13,9 +17,12 @@
 //!   invariants.
 //! - `meter`: the meter's state and its answer to one command line,
 //!   including the pacing rules; no I/O.
-//! - `session`: one link's conversation: framing, writing answers, `DRD?`
-//!   streaming, and the per-answer faults (echo, junk, prompts, split, stall,
-//!   silence).
+//! - `session`: one NL-43 link's conversation: framing, writing answers,
+//!   `DRD?` streaming, and the per-answer faults (echo, junk, prompts, split,
+//!   stall, silence).
+//! - `family`: the other families' personalities (XL2, Svantek, Casella),
+//!   written from their protocol notes independently of the daemon's codecs,
+//!   and the one generic session loop that serves them with the same faults.
 //! - [`report`]: [`SimStats`] and [`SimEvent`], and the one place both are
 //!   updated.
 //! - `tcp`: the TCP listener (one client at a time).
@@ -33,6 +40,7 @@
 
 pub mod cli;
 pub mod config;
+mod family;
 pub mod fleet;
 mod levels;
 mod meter;
@@ -41,10 +49,12 @@ pub mod report;
 mod session;
 mod tcp;
 
-pub use config::{Faults, ParseError, SimConfig, parse_duration, parse_probability, parse_stall};
+pub use config::{
+    Family, Faults, ParseError, SimConfig, parse_duration, parse_probability, parse_stall,
+};
 pub use meter::Recording;
 pub use pty::PtyMeter;
-pub use report::{SimEvent, SimStats};
+pub use report::{Metrics, SimEvent, SimStats};
 
 use meter::Meter;
 use report::Recorder;
@@ -55,7 +65,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// A simulated NL-43; clones share the same meter.
+/// A simulated meter of the configured family; clones share the same meter.
 #[derive(Clone)]
 pub struct Simulator {
     /// Everything the handles share.
@@ -76,8 +86,11 @@ pub(crate) struct Shared {
     pub(crate) config: SimConfig,
     /// When the simulator was created: the silence window counts from here.
     started: Instant,
-    /// The meter; locked only for synchronous work, never across `.await`.
+    /// The NL-43 meter; locked only for synchronous work, never across
+    /// `.await`. (Unused, but cheap, when another family is simulated.)
     meter: Mutex<Meter>,
+    /// The meter of another family (`None` for the NL-43): same locking rule.
+    personality: Option<Mutex<Box<dyn family::Personality>>>,
     /// Counters and events.
     pub(crate) recorder: Recorder,
     /// The task that announces the silence window has been started (once).
@@ -121,11 +134,13 @@ impl Simulator {
     pub fn new(config: SimConfig) -> Simulator {
         let now = Instant::now();
         let meter = Meter::new(&config, now);
+        let personality = family::personality(&config, now).map(Mutex::new);
         Simulator {
             shared: Arc::new(Shared {
                 config,
                 started: now,
                 meter: Mutex::new(meter),
+                personality,
                 recorder: Recorder::new(),
                 silence_clock: AtomicBool::new(false),
             }),
@@ -227,7 +242,17 @@ impl Simulator {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let mut session = Session::new(&self.shared, io, number);
+        let shared = &*self.shared;
+        let session = async move {
+            match &shared.personality {
+                None => Session::new(shared, io, number).run().await,
+                Some(meter) => {
+                    family::FamilySession::new(shared, meter, io, number)
+                        .run()
+                        .await
+                }
+            }
+        };
         let drop_at = self
             .shared
             .config
@@ -242,7 +267,7 @@ impl Simulator {
         };
         tokio::select! {
             // The peer closed the link, or it failed.
-            result = session.run() => LinkEnd::Closed(result),
+            result = session => LinkEnd::Closed(result),
             // The drop fault: the session (and with it the link) is dropped mid-whatever.
             () = dropped => LinkEnd::Dropped,
             // Shutdown wins over anything in progress.

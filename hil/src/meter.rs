@@ -247,6 +247,11 @@ impl Meter {
         meter
     }
 
+    /// The meter's clock minus UTC, seconds (changed by `Clock,...`).
+    pub fn clock_offset(&self) -> i64 {
+        self.clock_offset
+    }
+
     /// Whether echo is on.
     pub fn echo(&self) -> bool {
         self.echo

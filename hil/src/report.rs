@@ -8,7 +8,9 @@
 //! both, so a counter and its event always agree (an event's `total` is the
 //! counter right after it was incremented).
 
+use crate::config::Family;
 use serde::Serialize;
+use serde::ser::SerializeMap;
 use std::sync::{Mutex, PoisonError};
 use tokio::sync::broadcast;
 
@@ -30,6 +32,64 @@ pub struct SimStats {
     pub busy_answers: u64,
     /// Links closed by the `drop_every` fault.
     pub links_dropped: u64,
+    /// [`SimEvent::Reading`]s sent, every family (for the NL-43: `DOD?`
+    /// data lines and `DRD?` lines).
+    pub readings: u64,
+    /// Bytes a push-only meter (Casella) received and ignored.
+    pub ignored_bytes: u64,
+}
+
+/// A reading's metrics, in the order they were on the wire; serialised as a
+/// JSON object, a value as the number written (`null` for dashes or `?`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics(Vec<(String, Option<serde_json::Number>)>);
+
+impl Metrics {
+    /// No metrics.
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// Adds `name` with the value written on the wire as `text` (a decimal
+    /// comma is read as a point); anything that is not a number (dashes,
+    /// `?`) is `null`.
+    pub fn push_text(&mut self, name: &str, text: Option<&str>) {
+        let value = text.and_then(|t| t.trim().replace(',', ".").parse().ok());
+        self.0.push((name.to_owned(), value));
+    }
+
+    /// The value of `name`: `None` if absent, `Some(None)` for `null`.
+    pub fn get(&self, name: &str) -> Option<Option<f64>> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref().and_then(serde_json::Number::as_f64))
+    }
+
+    /// The metric names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Number of metrics.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Metrics {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// One thing that happened, as `slm-sim` prints it (one JSON object a line).
@@ -54,6 +114,25 @@ pub enum SimEvent {
         n: u64,
         /// Exactly the data line sent, without CR LF.
         line: String,
+        /// Whether it came from the meter's stored records.
+        replayed: bool,
+    },
+    /// A reading went out on the wire, whatever the family: for the NL-43
+    /// each `DOD?` data line and each `DRD?` line, for the XL2 each
+    /// `MEAS:SLM:123?` answer, for the Svantek each `#2` answer with
+    /// results, for the Casella each logging period. Emitted once the bytes
+    /// were written.
+    Reading {
+        /// The family that sent it.
+        family: Family,
+        /// Readings so far, this one included.
+        n: u64,
+        /// The values as written (names of SPEC §3: `lp`, `leq`, `le`,
+        /// `lmax`, `lmin`, `lpeak`, `l<N>`).
+        metrics: Metrics,
+        /// The meter's own time carried by the reading, in UTC
+        /// (`2026-12-02T15:23:45Z`), or `null` when the wire form has none.
+        device_time: Option<String>,
         /// Whether it came from the meter's stored records.
         replayed: bool,
     },
@@ -112,6 +191,26 @@ impl Recorder {
         self.record(|_| Some(event));
     }
 
+    /// Counts and announces a reading.
+    pub(crate) fn reading(
+        &self,
+        family: Family,
+        metrics: Metrics,
+        device_time: Option<String>,
+        replayed: bool,
+    ) {
+        self.record(|s| {
+            s.readings += 1;
+            Some(SimEvent::Reading {
+                family,
+                n: s.readings,
+                metrics,
+                device_time,
+                replayed,
+            })
+        });
+    }
+
     /// Reports a fault of `kind`.
     pub(crate) fn fault(&self, kind: &str) {
         tracing::debug!(kind, "fault injected");
@@ -124,6 +223,11 @@ impl Recorder {
         // Plain counters: a panic elsewhere cannot leave them inconsistent.
         self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// `2026-12-02T15:23:45Z` for Unix seconds `secs` (`None` out of chrono's range).
+pub(crate) fn utc_text(secs: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp(secs, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 #[cfg(test)]
@@ -140,6 +244,23 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&dod).ok().as_deref(),
             Some(r#"{"event":"dod","n":3,"line":" 58.3","replayed":false}"#)
+        );
+        let mut metrics = Metrics::new();
+        metrics.push_text("lp", Some("53,8"));
+        metrics.push_text("leq", Some("-.-"));
+        metrics.push_text("lpeak", Some("76.92"));
+        let reading = SimEvent::Reading {
+            family: Family::Xl2,
+            n: 1,
+            metrics,
+            device_time: None,
+            replayed: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&reading).ok().as_deref(),
+            Some(
+                r#"{"event":"reading","family":"xl2","n":1,"metrics":{"lp":53.8,"leq":null,"lpeak":76.92},"device_time":null,"replayed":false}"#
+            )
         );
         assert_eq!(
             serde_json::to_string(&SimEvent::Disconnected)

@@ -23,13 +23,19 @@
 //! (fault), the result line, the data line, the `$` prompt (fault); the
 //! 200 ms rule counts from the moment its last byte was written. For `DRD?`
 //! the prompt follows the end of the output, and the 200 ms count from the SUB.
-//! Events go out once the answer is written: `Result`, then `Dod`.
+//! Events go out once the answer is written: `Result`, then `Dod`, then
+//! `Reading` (read back from the line as written: the main channel's `lp
+//! leq le lmax lmin l5 l10 l50 l90 l95 lpeak`, no device time). Each `DRD?`
+//! line gives a `Reading` of `lp leq lmax lmin lpeak`, with the line's own
+//! clock (in UTC) as device time for `DRD?status`.
 
 use crate::Shared;
+use crate::config::Family;
 use crate::meter::{LinkState, Reply};
-use crate::report::SimEvent;
+use crate::report::{Metrics, SimEvent, utc_text};
+use firmware_bridge::Deci;
 use firmware_bridge::nl43::answer::encode_result;
-use firmware_bridge::nl43::{DRD_STOP, MAX_LINE, ResultCode};
+use firmware_bridge::nl43::{DRD_STOP, DodReading, DrdLine, MAX_LINE, MeterClock, ResultCode};
 use firmware_bridge::{Feed, LineFramer};
 use std::io;
 use std::time::Duration;
@@ -212,14 +218,20 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             })
         });
         match reply {
-            Reply::Dod { line, replayed } => self.shared.recorder.record(|s| {
-                s.dod_answers += 1;
-                Some(SimEvent::Dod {
-                    n: s.dod_answers,
-                    line,
-                    replayed,
-                })
-            }),
+            Reply::Dod { line, replayed } => {
+                let metrics = dod_metrics(&line);
+                self.shared.recorder.record(|s| {
+                    s.dod_answers += 1;
+                    Some(SimEvent::Dod {
+                        n: s.dod_answers,
+                        line,
+                        replayed,
+                    })
+                });
+                self.shared
+                    .recorder
+                    .reading(Family::Nl43, metrics, None, replayed);
+            }
             Reply::Drd { status } => self.drd(status).await?,
             Reply::Result(_) | Reply::Data(_) => {}
         }
@@ -266,8 +278,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                         continue;
                     }
                     counter = counter % DRD_COUNTER_MAX + 1;
-                    let line = self.shared.meter().drd_line(now, counter, status);
+                    let (line, offset) = {
+                        let mut meter = self.shared.meter();
+                        (meter.drd_line(now, counter, status), meter.clock_offset())
+                    };
                     self.send(line.as_bytes()).await?;
+                    let (metrics, device_time) = drd_metrics(line.trim_end(), offset);
+                    self.shared
+                        .recorder
+                        .reading(Family::Nl43, metrics, device_time, false);
                 }
             }
         }
@@ -320,4 +339,59 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             out.extend_from_slice(b"\r\n");
         }
     }
+}
+
+/// Adds a level as written (`None`: dashes).
+fn push_level(metrics: &mut Metrics, name: &str, level: Option<Deci>) {
+    let text = level.map(|d| d.to_string());
+    metrics.push_text(name, text.as_deref());
+}
+
+/// The main channel of a `DOD?` data line as written.
+fn dod_metrics(line: &str) -> Metrics {
+    let mut metrics = Metrics::new();
+    let Ok(reading) = DodReading::parse(line.as_bytes()) else {
+        return metrics;
+    };
+    let m = reading.main();
+    for (name, level) in [
+        ("lp", m.lp),
+        ("leq", m.leq),
+        ("le", m.le),
+        ("lmax", m.lmax),
+        ("lmin", m.lmin),
+    ] {
+        push_level(&mut metrics, name, level);
+    }
+    for (name, level) in ["l5", "l10", "l50", "l90", "l95"].into_iter().zip(m.ln) {
+        push_level(&mut metrics, name, level);
+    }
+    push_level(&mut metrics, "lpeak", m.lpeak);
+    metrics
+}
+
+/// A `DRD?` line's levels as written, and the UTC time of a `DRD?status`
+/// line's clock (the meter's clock is UTC + `offset` seconds).
+fn drd_metrics(line: &str, offset: i64) -> (Metrics, Option<String>) {
+    let mut metrics = Metrics::new();
+    let Ok(drd) = DrdLine::parse(line.as_bytes()) else {
+        return (metrics, None);
+    };
+    for (name, level) in [
+        ("lp", drd.lp),
+        ("leq", drd.leq),
+        ("lmax", drd.lmax),
+        ("lmin", drd.lmin),
+        ("lpeak", drd.lpeak),
+    ] {
+        push_level(&mut metrics, name, level);
+    }
+    // After the sixth field: three sub-channel levels, two flags, then the clock.
+    let time = drd
+        .rest
+        .split(|&b| b == b',')
+        .nth(5)
+        .and_then(|clock| MeterClock::parse(clock).ok())
+        .and_then(|clock| utc_text(clock.local_epoch_seconds().saturating_sub(offset)));
+    (metrics, time)
 }

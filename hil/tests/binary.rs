@@ -40,6 +40,14 @@ async fn rest(lines: &mut Lines<BufReader<ChildStdout>>) -> Vec<Value> {
     all
 }
 
+/// The main channel's Lp of a `DOD?` line, as written.
+fn reading_lp(line: &str) -> Option<f64> {
+    firmware_bridge::nl43::DodReading::parse(line.as_bytes())
+        .ok()
+        .and_then(|r| r.main().lp)
+        .map(|lp| lp.db())
+}
+
 fn spawn(command: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>) {
     let mut child = command.spawn().expect("spawn slm-sim");
     let stdout = child.stdout.take().expect("stdout piped");
@@ -79,6 +87,37 @@ async fn slm_sim_serves_tcp_and_stops_on_sigterm() {
         dod,
         serde_json::json!({"event": "dod", "n": 1, "line": line, "replayed": false})
     );
+    // Then the family-neutral reading of the same line.
+    let reading = next_json(&mut lines).await.expect("event");
+    assert_eq!(reading["event"], "reading", "{reading}");
+    assert_eq!(
+        (
+            &reading["family"],
+            &reading["n"],
+            &reading["replayed"],
+            &reading["device_time"]
+        ),
+        (
+            &"nl43".into(),
+            &1.into(),
+            &false.into(),
+            &serde_json::Value::Null
+        ),
+        "{reading}"
+    );
+    let names: Vec<&str> = reading["metrics"]
+        .as_object()
+        .expect("metrics")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = vec![
+        "lp", "leq", "le", "lmax", "lmin", "l5", "l10", "l50", "l90", "l95", "lpeak",
+    ];
+    expected.sort_unstable();
+    assert_eq!(names, expected, "{reading}");
+    let lp = reading["metrics"]["lp"].as_f64().expect("lp");
+    assert_eq!(Some(lp), reading_lp(&line), "{reading} vs {line}");
     let error = next_json(&mut lines).await.expect("event");
     assert_eq!(error["code"], "R+0001", "{error}");
 
@@ -163,6 +202,69 @@ async fn slm_sim_on_a_pty_prints_its_path_and_stops_on_sigint() {
         std::fs::symlink_metadata(&link).is_err(),
         "link removed on exit"
     );
+}
+
+#[tokio::test]
+async fn slm_sim_family_svantek_prints_reading_events() {
+    let (mut child, mut lines) = spawn(slm_sim().args([
+        "--listen",
+        "127.0.0.1:0",
+        "--family",
+        "svantek",
+        "--seed",
+        "7",
+    ]));
+    let listening = next_json(&mut lines).await.expect("listening line");
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad addr: {listening}"));
+    let mut wire =
+        common::family::Wire::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    wire.send(b"#1,N?;#2,s;").await;
+    assert_eq!(wire.frame().await, "#1,N00007;");
+    let frame = wire.frame().await;
+    assert!(frame.starts_with("#2,1,T"), "{frame}");
+    let reading = loop {
+        let event = next_json(&mut lines).await.expect("event");
+        if event["event"] == "reading" {
+            break event;
+        }
+    };
+    assert_eq!(reading["family"], "svantek", "{reading}");
+    assert_eq!(reading["n"], 1, "{reading}");
+    let lp = frame
+        .split(',')
+        .find_map(|f| f.strip_prefix('S'))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(
+        reading["metrics"]["lp"].as_f64(),
+        lp,
+        "{reading} vs {frame}"
+    );
+
+    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    let tail = rest(&mut lines).await;
+    let stats = tail.last().expect("a stats line");
+    assert_eq!(stats["readings"], 1, "{stats}");
+    assert_eq!(stats["commands"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn slm_sim_refuses_options_of_another_family() {
+    let status = slm_sim()
+        .args(["--listen", "127.0.0.1:0", "--family", "casella", "--echo"])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .expect("run slm-sim");
+    assert_eq!(status.code(), Some(2), "clap usage error");
 }
 
 #[tokio::test]

@@ -230,6 +230,94 @@ async fn drd_streams_lines_until_sub() {
 }
 
 #[tokio::test]
+async fn every_dod_and_drd_line_is_a_reading_event() {
+    let offset = -30;
+    let sim = TcpSim::start(SimConfig {
+        clock_offset_secs: offset,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut events = sim.sim.events();
+    let mut client = sim.client().await;
+
+    let (line, reading) = client.dod().await;
+    let event = wait_event(&mut events, "reading", |e| {
+        matches!(e, SimEvent::Reading { .. })
+    })
+    .await;
+    let SimEvent::Reading {
+        family,
+        n,
+        metrics,
+        device_time,
+        replayed,
+    } = event
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (family, n, device_time, replayed),
+        (slmd_hil::Family::Nl43, 1, None, false)
+    );
+    let names: Vec<&str> = metrics.names().collect();
+    assert_eq!(
+        names,
+        [
+            "lp", "leq", "le", "lmax", "lmin", "l5", "l10", "l50", "l90", "l95", "lpeak"
+        ]
+    );
+    let m = reading.main();
+    assert_eq!(metrics.get("lp"), Some(m.lp.map(|d| d.db())), "{line}");
+    assert_eq!(metrics.get("leq"), Some(m.leq.map(|d| d.db())), "{line}");
+    assert_eq!(metrics.get("l95"), Some(m.ln[4].map(|d| d.db())), "{line}");
+
+    client.pace().await;
+    client.send_raw(b"DRD?status\r\n").await;
+    assert_eq!(client.result().await.0, ResultCode::Ok);
+    for _ in 0..3 {
+        let line = client.line().await;
+        let drd = DrdLine::parse(line.as_bytes()).expect("DRD line");
+        let event = wait_event(&mut events, "reading", |e| {
+            matches!(e, SimEvent::Reading { .. })
+        })
+        .await;
+        let SimEvent::Reading {
+            metrics,
+            device_time,
+            ..
+        } = event
+        else {
+            unreachable!()
+        };
+        let names: Vec<&str> = metrics.names().collect();
+        assert_eq!(names, ["lp", "leq", "lmax", "lmin", "lpeak"]);
+        assert_eq!(metrics.get("lp"), Some(drd.lp.map(|d| d.db())), "{line}");
+        assert_eq!(
+            metrics.get("lpeak"),
+            Some(drd.lpeak.map(|d| d.db())),
+            "{line}"
+        );
+        // The line's clock is meter-local; the event's time is UTC.
+        let clock = String::from_utf8_lossy(drd.rest)
+            .split(',')
+            .nth(5)
+            .map(str::to_owned)
+            .expect("clock field");
+        let local = MeterClock::parse(clock.as_bytes())
+            .expect("clock")
+            .local_epoch_seconds();
+        let utc = chrono::DateTime::from_timestamp(local - offset, 0).expect("time");
+        assert_eq!(
+            device_time,
+            Some(utc.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+            "{line}"
+        );
+    }
+    client.send_raw(&[0x1a]).await;
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn a_second_client_is_refused() {
     let sim = TcpSim::start(SimConfig::default()).await;
     let mut events = sim.sim.events();

@@ -1,4 +1,6 @@
-//! `slm-sim`: a simulated Rion NL-43 over TCP or a pseudo-terminal.
+//! `slm-sim`: a simulated sound level meter (Rion NL-43 by default; NTi XL2,
+//! Svantek SVAN 97x or Casella CEL-63x with `--family`) over TCP or a
+//! pseudo-terminal.
 //!
 //! Parses the command line, binds, prints the machine-readable event stream
 //! on stdout (one JSON object a line, flushed per line) and stops cleanly on
@@ -7,19 +9,32 @@
 //! `{"event":"pty","path":...,"link":...}`, then every simulator event, and
 //! last `{"event":"stats",...}`. Diagnostics go to stderr.
 
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, CommandFactory, Parser};
 use serde::Serialize;
 use slmd_hil::cli::{emit, emit_listening, init_logging, print_until_stopped, watch_signals};
-use slmd_hil::{Faults, SimConfig, SimStats, Simulator};
+use slmd_hil::{Family, Faults, SimConfig, SimStats, Simulator};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Simulated Rion NL-43 sound level meter with fault injection.
+/// Simulated sound level meter with fault injection: a Rion NL-43 (default),
+/// NTi XL2, Svantek SVAN 97x or Casella CEL-63x, each speaking its protocol
+/// over TCP or a pseudo-terminal. Prints one JSON event a line on stdout.
 #[derive(Debug, Parser)]
 #[command(name = "slm-sim", version)]
+#[command(after_help = "\
+Families (see hil/README.md and shared/protocols/):
+  nl43     Rion NL-43: `DOD?`, `DRD?`, ... with R+ result codes (CR LF)
+  xl2      NTi XL2: `*IDN?`, `INIT START`, `MEAS:INIT`, `MEAS:SLM:123? LAEQ ...`,
+           `SYST:ERRO?` (LF lines)
+  svantek  Svantek: `#1,U?;`, `#2,s;` frames, no line terminator
+  casella  Casella CEL-63x: pushes `<LAeq>, date, time, value` lines every
+           --period; input is ignored
+Faults work the same for every family; --prompts, --echo and --replay are
+NL-43 only. Every reading sent is announced as
+  {\"event\":\"reading\",\"family\":...,\"n\":...,\"metrics\":{...},\"device_time\":...,\"replayed\":...}")]
 #[command(group(ArgGroup::new("transport").required(true).args(["listen", "pty"])))]
 struct Cli {
     /// Serve TCP on this address (e.g. 127.0.0.1:0 for any free port).
@@ -31,6 +46,19 @@ struct Cli {
     /// With --pty: keep a symlink to the pty here (re-pointed after drops).
     #[arg(long, value_name = "PATH", conflicts_with = "listen")]
     link: Option<PathBuf>,
+    /// The meter family to simulate.
+    #[arg(long, value_name = "FAMILY", default_value = "nl43", value_parser = parse_family)]
+    family: Family,
+    /// XL2: answer `MEAS:SLM:123?` on one line (`53.8 dB, OK, 61.2 dB, OK`)
+    /// instead of one line per parameter.
+    #[arg(long)]
+    xl2_one_line: bool,
+    /// XL2: write levels with a decimal comma (`53,8 dB, OK`).
+    #[arg(long)]
+    decimal_comma: bool,
+    /// Casella: the logging period (one group of lines each).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = slmd_hil::parse_duration)]
+    period: Duration,
     /// Seed of the level walk and fault dice (default: random, logged).
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
@@ -48,13 +76,13 @@ struct Cli {
     /// Close the link every DURATION (e.g. 5s).
     #[arg(long, value_name = "DURATION", value_parser = slmd_hil::parse_duration)]
     drop_every: Option<Duration>,
-    /// Probability per answer of junk before the result line (0..=1).
+    /// Probability per answer (Casella: per logging period) of junk before it (0..=1).
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = slmd_hil::parse_probability)]
     junk: f64,
-    /// Send a `$` prompt after each answer.
+    /// NL-43: send a `$` prompt after each answer.
     #[arg(long)]
     prompts: bool,
-    /// Start with echo on (commands echoed before the result line).
+    /// NL-43: start with echo on (commands echoed before the result line).
     #[arg(long)]
     echo: bool,
     /// Write answers in random small pieces with short pauses.
@@ -69,7 +97,7 @@ struct Cli {
     /// ...for this long.
     #[arg(long, value_name = "DURATION", value_parser = slmd_hil::parse_duration, requires = "silent_after")]
     silent_for: Option<Duration>,
-    /// The first N DOD? answers of every connection come from stored old records.
+    /// NL-43: the first N DOD? answers of every connection come from stored old records.
     #[arg(long, value_name = "N", default_value_t = 0)]
     replay: u32,
     /// Exit (cleanly, with the stats line) when standard input reaches end of file.
@@ -77,9 +105,58 @@ struct Cli {
     exit_on_stdin_eof: bool,
 }
 
+/// `--family`.
+fn parse_family(text: &str) -> Result<Family, slmd_hil::ParseError> {
+    text.parse()
+}
+
 impl Cli {
+    /// Options that do not fit the chosen family.
+    fn check(&self) -> Result<(), String> {
+        let family = self.family;
+        let mut misfits = Vec::new();
+        if family != Family::Nl43 {
+            for (set, flag) in [
+                (self.prompts, "--prompts"),
+                (self.echo, "--echo"),
+                (self.replay > 0, "--replay"),
+            ] {
+                if set {
+                    misfits.push(flag);
+                }
+            }
+        }
+        if family != Family::Xl2 {
+            for (set, flag) in [
+                (self.xl2_one_line, "--xl2-one-line"),
+                (self.decimal_comma, "--decimal-comma"),
+            ] {
+                if set {
+                    misfits.push(flag);
+                }
+            }
+        }
+        if family != Family::Casella && self.period != Duration::from_secs(1) {
+            misfits.push("--period");
+        }
+        if family == Family::Casella && self.period < Duration::from_secs(1) {
+            return Err("--period must be at least 1s (the lines carry whole seconds)".into());
+        }
+        match misfits.as_slice() {
+            [] => Ok(()),
+            flags => Err(format!(
+                "{} cannot be used with --family {family}",
+                flags.join(", ")
+            )),
+        }
+    }
+
     fn config(&self, seed: u64) -> SimConfig {
         SimConfig {
+            family: self.family,
+            xl2_one_line: self.xl2_one_line,
+            decimal_comma: self.decimal_comma,
+            log_period: self.period,
             seed,
             faults: Faults {
                 drop_every: self.drop_every,
@@ -117,9 +194,14 @@ struct Stats<'a> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = cli.check() {
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     init_logging();
     let seed = cli.seed.unwrap_or_else(|| fastrand::u64(..));
-    tracing::info!(seed, "slm-sim starting");
+    tracing::info!(seed, family = %cli.family, "slm-sim starting");
     let sim = Simulator::new(cli.config(seed));
     let events = sim.events();
     let shutdown = CancellationToken::new();
@@ -254,6 +336,50 @@ mod tests {
             (f.silent_after, f.silent_for),
             (Some(Duration::from_secs(3)), Duration::from_secs(6))
         );
+    }
+
+    #[test]
+    fn family_options_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "slm-sim",
+            "--pty",
+            "--family",
+            "xl2",
+            "--xl2-one-line",
+            "--decimal-comma",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.check(), Ok(()));
+        let config = cli.config(1);
+        assert_eq!(
+            (config.family, config.xl2_one_line, config.decimal_comma),
+            (Family::Xl2, true, true)
+        );
+        let cli =
+            Cli::try_parse_from(["slm-sim", "--pty", "--family", "casella", "--period", "5s"])
+                .expect("valid command line");
+        assert_eq!(cli.check(), Ok(()));
+        assert_eq!(cli.config(1).log_period, Duration::from_secs(5));
+        let cli = Cli::try_parse_from(["slm-sim", "--pty"]).expect("valid command line");
+        assert_eq!(cli.config(1).family, Family::Nl43);
+    }
+
+    #[test]
+    fn options_of_another_family_are_refused() {
+        for args in [
+            &["slm-sim", "--pty", "--family", "svantek", "--echo"][..],
+            &["slm-sim", "--pty", "--family", "casella", "--replay", "2"],
+            &["slm-sim", "--pty", "--decimal-comma"],
+            &["slm-sim", "--pty", "--family", "svantek", "--xl2-one-line"],
+            &["slm-sim", "--pty", "--family", "xl2", "--period", "5s"],
+            &[
+                "slm-sim", "--pty", "--family", "casella", "--period", "500ms",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            assert!(cli.check().is_err(), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["slm-sim", "--pty", "--family", "b&k"]).is_err());
     }
 
     #[test]

@@ -319,3 +319,5 @@ impl TcpSim {
             .expect("server result");
     }
 }
+
+pub mod family;
