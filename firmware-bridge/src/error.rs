@@ -42,6 +42,31 @@ pub enum Error {
     BadParameter,
     /// The output buffer is too small for the encoded form.
     BufferFull,
+    /// An XL2 reply that is text where a value was expected (e.g.
+    /// `OPTION_REQUIRED` when a licence is missing).
+    NotAValue,
+    /// An XL2 `*IDN?` answer that is not `manufacturer,model,serial,firmware`.
+    BadIdentity,
+    /// An XL2 `SYST:ERRO?` answer that does not start with an integer code.
+    BadErrorQueue,
+    /// A Svantek frame that does not start with `#<function>` as expected
+    /// (e.g. a `#1` frame where `#2` results were awaited).
+    BadFrame,
+    /// A Svantek value for a known tag that is neither `?` nor the tag's
+    /// form (a level, a count, a `0`/`1` flag, `L(nn)`).
+    BadTag {
+        /// The tag letter (`R`, `V`, `L`, …).
+        tag: u8,
+    },
+    /// A Svantek `#1` reply that does not carry the setting asked for.
+    MissingSetting {
+        /// The setting letter asked for.
+        letter: u8,
+    },
+    /// A Casella line that does not start with a `<tag>`.
+    NoLineTag,
+    /// A date or time that is not `YYYY-MM-DD` / `HH:MM:SS` or not a real one.
+    BadTimestamp,
 }
 
 impl fmt::Display for Error {
@@ -63,6 +88,28 @@ impl fmt::Display for Error {
             Error::Designation => f.write_str("setting/request designation does not fit"),
             Error::BadParameter => f.write_str("bad command parameter"),
             Error::BufferFull => f.write_str("output buffer too small"),
+            Error::NotAValue => {
+                f.write_str("the meter answered text where a value was expected (missing option?)")
+            }
+            Error::BadIdentity => f.write_str(
+                "identity answer is not manufacturer,model,serial,firmware (four fields)",
+            ),
+            Error::BadErrorQueue => {
+                f.write_str("error queue answer does not start with an integer code")
+            }
+            Error::BadFrame => {
+                f.write_str("frame does not start with the expected #<function> header")
+            }
+            Error::BadTag { tag } => write!(
+                f,
+                "value of tag {:?} is neither ? nor the form the tag takes",
+                char::from(*tag)
+            ),
+            Error::MissingSetting { letter } => {
+                write!(f, "reply does not carry setting {:?}", char::from(*letter))
+            }
+            Error::NoLineTag => f.write_str("line does not start with a <tag>"),
+            Error::BadTimestamp => f.write_str("date or time is not a valid YYYY-MM-DD / HH:MM:SS"),
         }
     }
 }
