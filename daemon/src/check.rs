@@ -3,15 +3,14 @@
 //! meter is wired, powered and answering.
 //!
 //! A probe opens the meter's link exactly as the daemon would (TCP with
-//! keepalive, or the serial port exclusively), asks `Serial Number?` and
-//! `Measure?`, and closes it. Everything has a short deadline. A meter whose
+//! keepalive, or the serial port exclusively), lets the meter's family ask
+//! who it is and what it is doing ([`crate::device::Family::probe`]), and
+//! closes it. Everything has a short deadline. A meter whose
 //! only TCP slot or serial port is held by a running slmd fails the probe:
 //! the table says so, because that is what the installer needs to know.
 
-use crate::config::{Config, DeviceConfig, Transport};
+use crate::config::{Config, DeviceConfig};
 use crate::device::link;
-use crate::device::session::{Answer, Session};
-use firmware_bridge::nl43::{Command, Item, MeasureState};
 use std::time::Duration;
 
 /// Longest a single probe may take, link and both questions included.
@@ -42,7 +41,7 @@ pub async fn probe_all(config: &Config, timeout: Duration) -> Vec<Probe> {
                     Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
                 };
                 Probe {
-                    target: target(&device),
+                    target: device.target(),
                     device: device.id,
                     outcome,
                 }
@@ -58,19 +57,7 @@ pub async fn probe_all(config: &Config, timeout: Duration) -> Vec<Probe> {
     probes
 }
 
-fn target(device: &DeviceConfig) -> String {
-    match device.transport {
-        Transport::Tcp => format!("tcp {}", device.address.as_deref().unwrap_or("?")),
-        Transport::Serial => format!(
-            "serial {}",
-            device
-                .path
-                .as_deref()
-                .map_or_else(|| "?".into(), |p| p.display().to_string())
-        ),
-    }
-}
-
+/// Opens the link as the daemon would and hands it to the family's probe.
 async fn probe(device: &DeviceConfig) -> Result<String, String> {
     let link = link::open(device).await.map_err(|e| {
         let text = e.to_string();
@@ -80,34 +67,7 @@ async fn probe(device: &DeviceConfig) -> Result<String, String> {
             text
         }
     })?;
-    let mut session = Session::new(link, device.answer_timeout, device.command_gap);
-    let serial = match session
-        .exchange(Command::Request(Item::SerialNumber), true)
-        .await
-        .map_err(|e| format!("link open, but {e}"))?
-    {
-        Answer::Ok(Some(line)) => String::from_utf8_lossy(&line).trim().to_owned(),
-        Answer::Ok(None) => String::new(),
-        Answer::Refused(code) => return Err(format!("the meter refused Serial Number? ({code})")),
-    };
-    let state = match session
-        .exchange(Command::Request(Item::Measure), true)
-        .await
-        .map_err(|e| format!("answered once, then {e}"))?
-    {
-        Answer::Ok(Some(line)) => match MeasureState::parse(&line) {
-            Ok(MeasureState::Measuring) => "measuring",
-            Ok(MeasureState::Stopped) => "stopped",
-            Err(_) => "state unreadable",
-        },
-        Answer::Ok(None) => "state unknown",
-        Answer::Refused(code) => return Err(format!("the meter refused Measure? ({code})")),
-    };
-    Ok(if serial.is_empty() {
-        format!("answers, {state}")
-    } else {
-        format!("answers, serial {serial}, {state}")
-    })
+    device.family().probe(link, device).await
 }
 
 /// The probes as a table that fits a phone screen, one meter per line.

@@ -132,6 +132,17 @@ pub fn render(status: &Value) -> String {
             device["readings_total"].as_u64().unwrap_or(0),
             clip(&last, 8)
         ));
+        let identity = [
+            device["identity"]["model"].as_str(),
+            device["identity"]["serial"].as_str(),
+        ];
+        if let [Some(model), serial] = identity {
+            let who = match serial {
+                Some(serial) => format!("  {model} serial {serial}"),
+                None => format!("  {model}"),
+            };
+            lines.push(clip(&who, WIDTH));
+        }
         if device["state"] != "connected" {
             if let Some(error) = device["last_error"].as_str() {
                 lines.push(format!("  {}", clip(error, WIDTH - 2)));

@@ -57,6 +57,8 @@ fn reading(device: &str, received_at: DateTime<Utc>, lp: f64) -> Reading {
 fn status_cell(id: &str) -> StatusCell {
     Arc::new(Mutex::new(DeviceStatus {
         id: id.to_owned(),
+        protocol: "nl43",
+        identity: None,
         state: LinkState::Connecting,
         task_failed: false,
         readings_total: 0,

@@ -105,7 +105,7 @@ adress = "192.0.2.11:2255"
         1,
         "device[1].adress",
         &[
-            r#"unknown key "adress"; expected one of: id, protocol, transport, address, path, baud, poll_interval"#,
+            r#"unknown key "adress"; expected one of: id, protocol, transport, address, path, baud, data_bits, stop_bits, parity, mode, live_mode, poll_interval"#,
             "reconnect_max",
         ],
     );
@@ -410,12 +410,9 @@ fn the_first_problem_in_the_file_is_reported() {
         NORTH.trim_end()
     );
     assert_located(&text, 2, 10, "api.listen", &["requires [api].tokens"]);
-    let text = format!(
-        "{}\nbaud = 12345\n\n[api]\nlisten = \"0.0.0.0:8470\"\n",
-        NORTH.trim_end()
-    );
+    let text = "[[device]]\nid = \"s\"\nprotocol = \"nl43\"\ntransport = \"serial\"\npath = \"/dev/ttyUSB0\"\nbaud = 12345\n\n[api]\nlisten = \"0.0.0.0:8470\"\n";
     assert_located(
-        &text,
+        text,
         6,
         8,
         "device[0].baud",
@@ -445,7 +442,20 @@ fn every_other_rule_is_located() {
         (tcp("reconnect_min = \"2m\""), 6, 17, "device[0].reconnect_min", "at most reconnect_max (1m"),
         (tcp("utc_offset = \"+15:00\""), 6, 14, "device[0].utc_offset", "+HH:MM"),
         (tcp("path = \"/dev/ttyUSB0\""), 6, 1, "device[0].path", "only for serial devices"),
-        (tcp("baud = 4800"), 6, 8, "device[0].baud", "9600, 19200, 38400, 57600, 115200"),
+        (tcp("baud = 38400"), 6, 1, "device[0].baud", "only for serial devices"),
+        (tcp("parity = \"even\""), 6, 1, "device[0].parity", "only for serial devices"),
+        (serial("baud = 4800"), 6, 8, "device[0].baud", "9600, 19200, 38400, 57600, 115200"),
+        (serial("data_bits = 6"), 6, 13, "device[0].data_bits", "expected 7 or 8, found 6"),
+        (serial("stop_bits = 3"), 6, 13, "device[0].stop_bits", "expected 1 or 2, found 3"),
+        (serial("parity = \"mark\""), 6, 10, "device[0].parity", "\"none\", \"even\", \"odd\""),
+        (serial("mode = \"fast\""), 6, 8, "device[0].mode", "\"poll\", \"stream\""),
+        (NORTH.replace("nl43\"", "xl3\""), 3, 12, "device[0].protocol", "\"nl43\", \"xl2\", \"svantek\", \"casella\""),
+        (tcp("mode = \"stream\"").replace("\"nl43\"", "\"xl2\""), 6, 8, "device[0].mode", "xl2 has no continuous output"),
+        (tcp("live_mode = \"stream\"").replace("\"nl43\"", "\"svantek\""), 6, 13, "device[0].live_mode", "svantek has no continuous output"),
+        (tcp("answer_timeout = \"2s\"").replace("\"nl43\"", "\"casella\""), 6, 1, "device[0].answer_timeout", "casella meters push their readings"),
+        (tcp("status_interval = \"5s\"").replace("\"nl43\"", "\"casella\""), 6, 1, "device[0].status_interval", "does not apply"),
+        (tcp("poll_interval = \"500ms\"").replace("\"nl43\"", "\"svantek\""), 6, 17, "device[0].poll_interval", "at least 1s"),
+        (serial("baud = 1200").replace("\"nl43\"", "\"xl2\""), 6, 8, "device[0].baud", "unsupported baud rate 1200"),
         (NORTH.replace("nl43-north", "north pole"), 2, 6, "device[0].id", "A-Z a-z 0-9 . _ -"),
         (NORTH.replace("nl43-north", &"x".repeat(65)), 2, 6, "device[0].id", "1 to 64"),
         (NORTH.replace("192.0.2.10:2255", "192.0.2.10"), 5, 11, "device[0].address", "port is missing"),

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slmd::config::{
-    ByteSize, Config, Durability, MqttConfig, Protocol, Transport, UtcOffset, load,
+    ByteSize, Config, Durability, LinkConfig, Mode, MqttConfig, Parity, Protocol, SerialFraming,
+    UtcOffset, load,
 };
 
 /// Writes `text` to `slmd.toml` in a fresh temp dir and loads it.
@@ -110,10 +111,14 @@ fn a_full_config_gives_every_value_written() {
     assert_eq!(c.devices.len(), 2);
     let north = &c.devices[0];
     assert_eq!(north.id, "nl43-north");
-    assert_eq!(north.protocol, Protocol::Nl43);
-    assert_eq!(north.transport, Transport::Tcp);
-    assert_eq!(north.address.as_deref(), Some("192.0.2.10:2255"));
-    assert_eq!(north.path, None);
+    assert_eq!(Some(north.protocol), Protocol::named("nl43"));
+    assert_eq!(
+        north.link,
+        LinkConfig::Tcp {
+            address: "192.0.2.10:2255".into()
+        }
+    );
+    assert_eq!(north.mode, Mode::Poll);
     assert_eq!(north.poll_interval, secs(2));
     assert_eq!(north.live_poll_interval, Some(secs(1)));
     assert_eq!(north.answer_timeout, ms(1500));
@@ -125,13 +130,18 @@ fn a_full_config_gives_every_value_written() {
 
     let south = &c.devices[1];
     assert_eq!(south.id, "nl52_south.2");
-    assert_eq!(south.transport, Transport::Serial);
-    assert_eq!(south.address, None);
     assert_eq!(
-        south.path.as_deref(),
-        Some(Path::new("/dev/serial/by-id/usb-RION_NL-52-if00"))
+        south.link,
+        LinkConfig::Serial {
+            path: PathBuf::from("/dev/serial/by-id/usb-RION_NL-52-if00"),
+            framing: SerialFraming {
+                baud: 115_200,
+                data_bits: 8,
+                stop_bits: 1,
+                parity: Parity::None
+            }
+        }
     );
-    assert_eq!(south.baud, 115_200);
     assert_eq!(south.utc_offset.seconds(), -(5 * 3600 + 30 * 60));
     // Keys left out of a device take their defaults.
     assert_eq!(south.poll_interval, secs(1));
@@ -205,7 +215,6 @@ address = "meter-1.local:2255"
 "#,
     );
     let d = &c.devices[0];
-    assert_eq!(d.baud, 38_400);
     assert_eq!(d.poll_interval, secs(1));
     assert_eq!(d.live_poll_interval, None);
     assert_eq!(d.answer_timeout, secs(3));
@@ -290,4 +299,77 @@ token_file = "/etc/slmd/fleet.token"
     // Loopback IPv6 needs no tokens either.
     let c = load_text("[api]\nlisten = \"[::1]:8470\"\n");
     assert!(c.api.listen.ip().is_loopback());
+}
+
+#[test]
+fn each_family_brings_its_own_defaults() {
+    let c = load_text(
+        r#"
+[[device]]
+id = "cel"
+protocol = "casella"
+transport = "serial"
+path = "/dev/ttyUSB1"
+
+[[device]]
+id = "cel-fast"
+protocol = "casella"
+transport = "serial"
+path = "/dev/ttyUSB2"
+baud = 115200
+stop_bits = 1
+poll_interval = "10s"
+
+[[device]]
+id = "xl2"
+protocol = "xl2"
+transport = "serial"
+path = "/dev/ttyACM0"
+
+[[device]]
+id = "svan"
+protocol = "svantek"
+transport = "tcp"
+address = "192.0.2.20:8000"
+
+[[device]]
+id = "rion"
+protocol = "nl43"
+transport = "tcp"
+address = "192.0.2.10:2255"
+mode = "stream"
+
+[[device]]
+id = "rion-watched"
+protocol = "nl43"
+transport = "tcp"
+address = "192.0.2.11:2255"
+live_mode = "stream"
+"#,
+    );
+    let framing = |i: usize| match &c.devices[i].link {
+        LinkConfig::Serial { framing, .. } => *framing,
+        other => panic!("not serial: {other:?}"),
+    };
+    // Casella: 8 data bits, 2 stop bits, no parity [doc]; the override wins.
+    assert_eq!(framing(0).to_string(), "9600 8N2");
+    assert_eq!(framing(1).to_string(), "115200 8N1");
+    assert!(!c.devices[0].poll_interval_set);
+    assert!(c.devices[1].poll_interval_set);
+    assert_eq!(c.devices[1].poll_interval, secs(10));
+    assert_eq!(c.devices[0].protocol.as_str(), "casella");
+    // XL2: 115200 8N1 (nominal on USB CDC), 1.5 s answer timeout.
+    assert_eq!(framing(2).to_string(), "115200 8N1");
+    assert_eq!(c.devices[2].answer_timeout, ms(1500));
+    assert_eq!(c.devices[3].answer_timeout, secs(2));
+    assert_eq!(c.devices[3].protocol.as_str(), "svantek");
+    // NL-43 streaming: always, or only while watched.
+    assert_eq!(
+        (c.devices[4].mode, c.devices[4].live_mode),
+        (Mode::Stream, Mode::Stream)
+    );
+    assert_eq!(
+        (c.devices[5].mode, c.devices[5].live_mode),
+        (Mode::Poll, Mode::Stream)
+    );
 }

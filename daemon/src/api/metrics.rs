@@ -4,6 +4,7 @@
 //! |---|---|---|---|
 //! | `slmd_build_info` | gauge | `version` | always 1 |
 //! | `slmd_uptime_seconds` | gauge | | seconds since start |
+//! | `slmd_device_info` | gauge | `device`, `protocol`, `model`, `serial`, `firmware` | always 1: the meter's family and identity (as read when its link last opened; empty until then) |
 //! | `slmd_device_up` | gauge | `device` | 1 while the meter answers (`connected`), else 0 |
 //! | `slmd_device_state` | gauge | `device`, `state` | 1 for the current link state (`connecting`, `connected`, `down`), 0 for the others |
 //! | `slmd_device_task_failed` | gauge | `device` | 1 when the device's task stopped on an internal error (the watchdog then lets systemd restart slmd) |
@@ -167,6 +168,25 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
         inner.started.elapsed().as_secs(),
     );
 
+    page.family(
+        "slmd_device_info",
+        "gauge",
+        "The meter's family and identity as read when its link last opened; always 1.",
+    );
+    for d in &devices {
+        let identity = d.identity.clone().unwrap_or_default();
+        page.sample(
+            "slmd_device_info",
+            &[
+                ("device", &d.id),
+                ("protocol", d.protocol),
+                ("model", identity.model.as_deref().unwrap_or("")),
+                ("serial", identity.serial.as_deref().unwrap_or("")),
+                ("firmware", identity.firmware.as_deref().unwrap_or("")),
+            ],
+            1,
+        );
+    }
     page.family(
         "slmd_device_up",
         "gauge",

@@ -82,6 +82,7 @@
 //!   fragment (the ingest path is appended to it);
 //! - `baud` is checked on every device but only used on serial ones.
 
+mod device;
 mod locate;
 mod units;
 mod validate;
@@ -94,6 +95,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+pub use device::{
+    ANSWER_TIMEOUT_RANGE, DeviceConfig, FamilyRules, LinkConfig, Mode, Parity, Protocol,
+    SerialFraming, Transport,
+};
 pub use units::{parse_duration, parse_size};
 pub use validate::{
     MAX_ANSWER_TIMEOUT, MAX_API_TOKENS, MAX_COMMAND_GAP, MAX_DEVICES, MAX_GATEWAY_ID_CHARS,
@@ -157,16 +162,22 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let root = toml::de::DeTable::parse(text).map_err(|e| locate::syntax_error(text, path, &e))?;
     let doc = locate::Doc::new(text, &root);
     let secrets = locate::Secrets::collect(text, root.get_ref());
-    let config: Config = serde_path_to_error::deserialize(toml::Deserializer::from(root.clone()))
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::from(root.clone()))
         .map_err(|e| secrets.scrub(doc.deserialize_error(path, e)))?;
-    let first = validate::problems(&config)
-        .into_iter()
-        .map(|problem| doc.error(path, problem))
-        .min_by_key(|e| (e.line, e.column));
-    match first {
-        Some(error) => Err(secrets.scrub(error)),
-        None => Ok(config),
-    }
+    validate::build(raw).map_err(|problems| {
+        let first = problems
+            .into_iter()
+            .map(|problem| doc.error(path, problem))
+            .min_by_key(|e| (e.line, e.column));
+        // `build` fails only with at least one problem.
+        secrets.scrub(first.unwrap_or_else(|| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            key: None,
+            message: "invalid configuration".to_owned(),
+        }))
+    })
 }
 
 /// Largest configuration file read: 1 MiB. The bundled example is 4 KiB
@@ -229,11 +240,18 @@ impl ConfigError {
     }
 }
 
-/// The whole of `slmd.toml`. Every table may be left out; an empty file is a
-/// valid configuration with no devices.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
+/// The whole of `slmd.toml`, validated. Every table may be left out; an
+/// empty file is a valid configuration with no devices.
+pub type Config = ConfigOf<DeviceConfig>;
+
+/// `slmd.toml` as written, before validation built each device.
+pub(crate) type RawConfig = ConfigOf<device::RawDevice>;
+
+/// The tables of `slmd.toml`, with `D` the form a device takes: as written
+/// ([`RawConfig`]) or validated ([`Config`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "D: Deserialize<'de>"))]
+pub struct ConfigOf<D> {
     /// Who this gateway is and where it keeps its state.
     #[serde(default)]
     pub gateway: GatewayConfig,
@@ -242,7 +260,7 @@ pub struct Config {
     pub buffer: BufferConfig,
     /// The meters this gateway owns, one `[[device]]` table each.
     #[serde(default, rename = "device")]
-    pub devices: Vec<DeviceConfig>,
+    pub devices: Vec<D>,
     /// The local HTTP API and live feed (SPEC §6).
     #[serde(default)]
     pub api: ApiConfig,
@@ -252,6 +270,19 @@ pub struct Config {
     /// Push to the fleet server (SPEC §7); off unless enabled.
     #[serde(default)]
     pub fleet: FleetConfig,
+}
+
+impl<D> Default for ConfigOf<D> {
+    fn default() -> Self {
+        Self {
+            gateway: GatewayConfig::default(),
+            buffer: BufferConfig::default(),
+            devices: Vec::new(),
+            api: ApiConfig::default(),
+            mqtt: None,
+            fleet: FleetConfig::default(),
+        }
+    }
 }
 
 /// `[gateway]`: identity and state location.
@@ -336,95 +367,6 @@ pub enum Durability {
     Full,
 }
 
-/// One `[[device]]` table: a meter and how to reach it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceConfig {
-    /// Names the meter in records, logs, the API and the fleet; 1 to 64 of
-    /// `A-Z a-z 0-9 . _ -`, unique on this gateway.
-    pub id: String,
-    /// Which command protocol the meter speaks.
-    pub protocol: Protocol,
-    /// Whether the meter is reached over TCP or a serial line.
-    pub transport: Transport,
-    /// `host:port` of a TCP meter (host is a name, IPv4 or `[IPv6]`);
-    /// required for tcp, not allowed for serial.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// Absolute device path of a serial meter (prefer `/dev/serial/by-id/…`,
-    /// which survives re-plugging); required for serial, not allowed for tcp.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// Serial line speed; must match the meter's setting (9600, 19200,
-    /// 38400, 57600 or 115200). Ignored for tcp.
-    #[serde(default = "default_baud")]
-    pub baud: u32,
-    /// How often a reading is requested; at least 1s because the meter
-    /// rejects `DOD?` faster than once a second.
-    #[serde(default = "secs::<1>", deserialize_with = "units::duration")]
-    pub poll_interval: Duration,
-    /// A different poll interval while live subscribers are watching
-    /// (faster for a portal view, or slower to spare a cellular link); at
-    /// least 1s. Absent: `poll_interval` always.
-    #[serde(default, deserialize_with = "units::opt_duration")]
-    pub live_poll_interval: Option<Duration>,
-    /// How long to wait for an answer before the meter counts as not
-    /// answering; 100ms to 60s.
-    #[serde(default = "secs::<3>", deserialize_with = "units::duration")]
-    pub answer_timeout: Duration,
-    /// Pause after an answer before the next command, because the meter
-    /// drops commands sent too soon; at least 200ms.
-    #[serde(default = "default_command_gap", deserialize_with = "units::duration")]
-    pub command_gap: Duration,
-    /// How often the run state (`Measure?`) and battery are queried; at
-    /// least 1s.
-    #[serde(default = "secs::<10>", deserialize_with = "units::duration")]
-    pub status_interval: Duration,
-    /// The meter's clock is local time without a zone; this is its offset
-    /// from UTC, used to turn `device_time` into UTC.
-    #[serde(default)]
-    pub utc_offset: UtcOffset,
-    /// First reconnect delay after a lost connection; not zero.
-    #[serde(default = "secs::<1>", deserialize_with = "units::duration")]
-    pub reconnect_min: Duration,
-    /// Cap of the exponential reconnect delay, so a meter that comes back is
-    /// found within this time; at least `reconnect_min`.
-    #[serde(default = "secs::<60>", deserialize_with = "units::duration")]
-    pub reconnect_max: Duration,
-}
-
-/// The baud rate of a meter left at its factory setting.
-fn default_baud() -> u32 {
-    38_400
-}
-
-/// Default `command_gap`.
-fn default_command_gap() -> Duration {
-    Duration::from_millis(200)
-}
-
-/// A whole-seconds default, for `#[serde(default = "secs::<N>")]`.
-fn secs<const N: u64>() -> Duration {
-    Duration::from_secs(N)
-}
-
-/// Which command protocol a meter speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    /// `"nl43"`: Rion NL-43/NL-53/NL-63 command protocol.
-    Nl43,
-}
-
-/// How a meter is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// `"tcp"`: the meter's LAN port (or a serial-to-TCP bridge); needs
-    /// `address`.
-    Tcp,
-    /// `"serial"`: RS-232C or USB serial; needs `path`.
-    Serial,
-}
-
 /// Names and values of the string-valued enums, in one place, so parsing,
 /// error messages and `as_str` agree.
 trait Keyword: Sized + Copy + 'static {
@@ -432,17 +374,6 @@ trait Keyword: Sized + Copy + 'static {
     const WHAT: &'static str;
     /// Every accepted spelling with its value.
     const ALL: &'static [(&'static str, Self)];
-}
-
-impl Keyword for Protocol {
-    const WHAT: &'static str = "protocol";
-    const ALL: &'static [(&'static str, Self)] = &[("nl43", Protocol::Nl43)];
-}
-
-impl Keyword for Transport {
-    const WHAT: &'static str = "transport";
-    const ALL: &'static [(&'static str, Self)] =
-        &[("tcp", Transport::Tcp), ("serial", Transport::Serial)];
 }
 
 impl Keyword for Durability {
@@ -524,7 +455,7 @@ macro_rules! keyword_impls {
     )*};
 }
 
-keyword_impls!(Protocol, Transport, Durability);
+keyword_impls!(Transport, Durability, Parity, Mode);
 
 /// A meter clock's offset from UTC, written `"+HH:MM"` or `"-HH:MM"`
 /// within ±14:00.
@@ -843,7 +774,8 @@ mod tests {
     #[test]
     fn keyword_enums_spell_as_in_the_file() {
         assert_eq!(Transport::Serial.to_string(), "serial");
-        assert_eq!(Protocol::Nl43.as_str(), "nl43");
+        assert_eq!(Protocol::named("nl43").map(Protocol::as_str), Some("nl43"));
+        assert_eq!(Protocol::named("NL43"), None);
         assert_eq!(Durability::Full.as_str(), "full");
     }
 
@@ -1046,7 +978,7 @@ mod tests {
     fn every_duration_key_has_a_maximum() {
         // A duration key added to the schema without a limit fails here:
         // the list above must name every one of them.
-        let source = include_str!("mod.rs");
+        let source = [include_str!("mod.rs"), include_str!("device.rs")].concat();
         let fields = source
             .matches("deserialize_with = \"units::duration\"")
             .count()

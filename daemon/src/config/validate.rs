@@ -10,12 +10,13 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
+use super::device::RawDevice;
 use super::locate::{Problem, Seg, key, shown};
 use super::units::format_duration;
-use super::{Config, DeviceConfig, Transport};
-
-/// Baud rates the supported meters can be set to.
-const BAUDS: [u32; 5] = [9600, 19_200, 38_400, 57_600, 115_200];
+use super::{
+    ANSWER_TIMEOUT_RANGE, Config, DeviceConfig, LinkConfig, Mode, RawConfig, SerialFraming,
+    Transport,
+};
 
 /// Most `[[device]]` tables per gateway: 64. A gateway serves the meters of
 /// one site, usually 1 to 8; 64 leaves room for a large site behind serial
@@ -91,9 +92,44 @@ const MAX_LABEL_CHARS: usize = 63;
 /// Said of every secret a message is about.
 const NOT_SHOWN: &str = "(value not shown: it is a secret)";
 
-/// Every problem in `config`, in no particular order.
-pub(crate) fn problems(config: &Config) -> Vec<Problem> {
+/// The validated configuration, or every problem in `raw` (in no
+/// particular order; at least one).
+pub(crate) fn build(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    let (problems, devices) = problems(&raw);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    // No problem means every device was built.
+    let devices: Option<Vec<DeviceConfig>> = devices.into_iter().collect();
+    let Some(devices) = devices else {
+        return Err(vec![Problem::value(
+            key(&["device"]),
+            "invalid device table",
+        )]);
+    };
+    let RawConfig {
+        gateway,
+        buffer,
+        devices: _,
+        api,
+        mqtt,
+        fleet,
+    } = raw;
+    Ok(Config {
+        gateway,
+        buffer,
+        devices,
+        api,
+        mqtt,
+        fleet,
+    })
+}
+
+/// Every problem in `config`, in no particular order, and each device as
+/// built (`None` where it has a problem).
+fn problems(config: &RawConfig) -> (Vec<Problem>, Vec<Option<DeviceConfig>>) {
     let mut out = Vec::new();
+    let mut built = Vec::new();
     gateway(config, &mut out);
     buffer(config, &mut out);
     if config.devices.len() > MAX_DEVICES {
@@ -126,15 +162,15 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
         } else {
             seen.insert(&device.id, i);
         }
-        self::device(device, &at, &mut out);
+        built.push(self::device(device, &at, &mut out));
     }
     api(config, &mut out);
     mqtt(config, &mut out);
     fleet(config, &mut out);
-    out
+    (out, built)
 }
 
-fn gateway(config: &Config, out: &mut Vec<Problem>) {
+fn gateway(config: &RawConfig, out: &mut Vec<Problem>) {
     let id = &config.gateway.id;
     if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
         out.push(Problem::value(
@@ -166,7 +202,7 @@ fn gateway(config: &Config, out: &mut Vec<Problem>) {
     );
 }
 
-fn buffer(config: &Config, out: &mut Vec<Problem>) {
+fn buffer(config: &RawConfig, out: &mut Vec<Problem>) {
     if config.buffer.max_records == 0 {
         out.push(Problem::value(
             key(&["buffer", "max_records"]),
@@ -187,7 +223,16 @@ fn buffer(config: &Config, out: &mut Vec<Problem>) {
     );
 }
 
-fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem>) {
+/// Checks one `[[device]]` table against its family's rules and builds it;
+/// `None` when it has a problem (each one pushed to `out`).
+fn device(
+    d: &RawDevice,
+    at: &dyn Fn(&str) -> Vec<Seg>,
+    out: &mut Vec<Problem>,
+) -> Option<DeviceConfig> {
+    let before = out.len();
+    let rules = d.protocol.rules();
+    let family = rules.name;
     let id_ok = (1..=64).contains(&d.id.chars().count())
         && d.id
             .chars()
@@ -201,107 +246,94 @@ fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem
             ),
         ));
     }
-    match d.transport {
-        Transport::Tcp => {
-            match &d.address {
-                None => out.push(Problem::value(
-                    at("address"),
-                    "missing: a tcp device needs address = \"host:port\"",
-                )),
-                Some(address) => {
-                    if let Err(why) = host_port(address, true) {
-                        out.push(Problem::value(
-                            at("address"),
-                            format!(
-                                "invalid address {}: {why}; expected \"host:port\" (e.g. \"192.0.2.10:2255\", \"meter-1.local:2255\", \"[2001:db8::10]:2255\")",
-                                shown(address)
-                            ),
-                        ));
-                    }
-                }
-            }
-            if d.path.is_some() {
+    let link = self::link(d, rules, at, out);
+    if !rules.polled {
+        let push = "meters push their readings and are never polled";
+        for (name, given) in [
+            ("answer_timeout", d.answer_timeout.is_some()),
+            ("command_gap", d.command_gap.is_some()),
+            ("status_interval", d.status_interval.is_some()),
+            ("live_poll_interval", d.live_poll_interval.is_some()),
+            ("mode", d.mode.is_some()),
+            ("live_mode", d.live_mode.is_some()),
+        ] {
+            if given {
                 out.push(Problem::key(
-                    at("path"),
-                    "path is only for serial devices; a tcp device uses address = \"host:port\"",
-                ));
-            }
-        }
-        Transport::Serial => {
-            match &d.path {
-                None => out.push(Problem::value(
-                    at("path"),
-                    "missing: a serial device needs path = \"/dev/...\" (e.g. \"/dev/ttyUSB0\" or a /dev/serial/by-id/ path)",
-                )),
-                Some(path) if !path.is_absolute() => out.push(Problem::value(
-                    at("path"),
+                    at(name),
                     format!(
-                        "expected an absolute path (e.g. \"/dev/ttyUSB0\" or a /dev/serial/by-id/ path), found {}",
-                        shown(&path.display().to_string())
+                        "{family} {push}, so {name} does not apply; remove it (poll_interval, when set, is the meter's logging period)"
                     ),
-                )),
-                Some(path) => path_limits(at("path"), path, out),
-            }
-            if d.address.is_some() {
-                out.push(Problem::key(
-                    at("address"),
-                    "address is only for tcp devices; a serial device uses path = \"/dev/...\"",
                 ));
             }
         }
     }
-    if !BAUDS.contains(&d.baud) {
-        out.push(Problem::value(
-            at("baud"),
-            format!(
-                "unsupported baud rate {}; expected one of: 9600, 19200, 38400, 57600, 115200 (as set on the meter)",
-                d.baud
-            ),
-        ));
+    for (name, mode) in [("mode", d.mode), ("live_mode", d.live_mode)] {
+        if mode == Some(Mode::Stream) && !rules.streams {
+            out.push(Problem::value(
+                at(name),
+                format!(
+                    "{family} has no continuous output: expected \"poll\" (\"stream\" is for nl43, whose DRD? sends 10 readings a second)"
+                ),
+            ));
+        }
     }
-    let second = Duration::from_secs(1);
-    let dod = " (the meter rejects DOD? faster than once a second)";
+    let (min_poll, why_poll) = rules.min_poll;
+    let poll_interval = d.poll_interval.unwrap_or(rules.default_poll);
     within(
         at("poll_interval"),
-        d.poll_interval,
-        second,
-        dod,
+        poll_interval,
+        min_poll,
+        why_poll,
         MAX_PERIOD,
         out,
     );
     if let Some(live) = d.live_poll_interval {
-        within(at("live_poll_interval"), live, second, dod, MAX_PERIOD, out);
+        within(
+            at("live_poll_interval"),
+            live,
+            min_poll,
+            why_poll,
+            MAX_PERIOD,
+            out,
+        );
     }
+    let answer_timeout = d.answer_timeout.unwrap_or(rules.default_answer_timeout);
     within(
         at("answer_timeout"),
-        d.answer_timeout,
-        Duration::from_millis(100),
+        answer_timeout,
+        ANSWER_TIMEOUT_RANGE.0,
         "",
-        MAX_ANSWER_TIMEOUT,
+        MAX_ANSWER_TIMEOUT.min(ANSWER_TIMEOUT_RANGE.1),
         out,
     );
+    let (min_gap, why_gap) = rules.min_command_gap;
+    let command_gap = d.command_gap.unwrap_or(rules.default_command_gap);
     within(
         at("command_gap"),
-        d.command_gap,
-        Duration::from_millis(200),
-        " (the meter drops commands sent sooner after an answer)",
+        command_gap,
+        min_gap,
+        why_gap,
         MAX_COMMAND_GAP,
         out,
     );
+    let second = Duration::from_secs(1);
+    let status_interval = d.status_interval.unwrap_or(DEFAULT_STATUS_INTERVAL);
     within(
         at("status_interval"),
-        d.status_interval,
+        status_interval,
         second,
         "",
         MAX_PERIOD,
         out,
     );
-    period(at("reconnect_min"), d.reconnect_min, MAX_RECONNECT, out);
-    at_most(at("reconnect_max"), d.reconnect_max, MAX_RECONNECT, out);
-    if d.reconnect_max < d.reconnect_min {
+    let reconnect_min = d.reconnect_min.unwrap_or(DEFAULT_RECONNECT_MIN);
+    let reconnect_max = d.reconnect_max.unwrap_or(DEFAULT_RECONNECT_MAX);
+    period(at("reconnect_min"), reconnect_min, MAX_RECONNECT, out);
+    at_most(at("reconnect_max"), reconnect_max, MAX_RECONNECT, out);
+    if reconnect_max < reconnect_min {
         let (min, max) = (
-            format_duration(d.reconnect_min),
-            format_duration(d.reconnect_max),
+            format_duration(reconnect_min),
+            format_duration(reconnect_max),
         );
         out.push(
             Problem::value(
@@ -316,9 +348,156 @@ fn device(d: &DeviceConfig, at: &dyn Fn(&str) -> Vec<Seg>, out: &mut Vec<Problem
             )),
         );
     }
+    if out.len() > before {
+        return None;
+    }
+    let mode = d.mode.unwrap_or_default();
+    Some(DeviceConfig {
+        id: d.id.clone(),
+        protocol: d.protocol,
+        link: link?,
+        mode,
+        live_mode: d.live_mode.unwrap_or(mode),
+        poll_interval,
+        poll_interval_set: d.poll_interval.is_some(),
+        live_poll_interval: d.live_poll_interval,
+        answer_timeout,
+        command_gap,
+        status_interval,
+        utc_offset: d.utc_offset,
+        reconnect_min,
+        reconnect_max,
+    })
 }
 
-fn api(config: &Config, out: &mut Vec<Problem>) {
+/// `status_interval` when not written: the run state and health every 10 s.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// `reconnect_min` when not written.
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
+/// `reconnect_max` when not written: a meter that comes back is found
+/// within a minute.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(60);
+
+/// The tagged link of one device: the transport's own keys required, the
+/// other transport's refused, serial framing from the family's defaults
+/// and the overrides.
+fn link(
+    d: &RawDevice,
+    rules: &super::FamilyRules,
+    at: &dyn Fn(&str) -> Vec<Seg>,
+    out: &mut Vec<Problem>,
+) -> Option<LinkConfig> {
+    let serial_keys = [
+        ("baud", d.baud.is_some()),
+        ("data_bits", d.data_bits.is_some()),
+        ("stop_bits", d.stop_bits.is_some()),
+        ("parity", d.parity.is_some()),
+    ];
+    match d.transport {
+        Transport::Tcp => {
+            if d.path.is_some() {
+                out.push(Problem::key(
+                    at("path"),
+                    "path is only for serial devices; a tcp device uses address = \"host:port\"",
+                ));
+            }
+            for (name, given) in serial_keys {
+                if given {
+                    out.push(Problem::key(
+                        at(name),
+                        format!(
+                            "{name} is only for serial devices; a tcp device's line settings are the bridge's or the meter's own"
+                        ),
+                    ));
+                }
+            }
+            let Some(address) = &d.address else {
+                out.push(Problem::value(
+                    at("address"),
+                    "missing: a tcp device needs address = \"host:port\"",
+                ));
+                return None;
+            };
+            if let Err(why) = host_port(address, true) {
+                out.push(Problem::value(
+                    at("address"),
+                    format!(
+                        "invalid address {}: {why}; expected \"host:port\" (e.g. \"192.0.2.10:2255\", \"meter-1.local:2255\", \"[2001:db8::10]:2255\")",
+                        shown(address)
+                    ),
+                ));
+                return None;
+            }
+            Some(LinkConfig::Tcp {
+                address: address.clone(),
+            })
+        }
+        Transport::Serial => {
+            if d.address.is_some() {
+                out.push(Problem::key(
+                    at("address"),
+                    "address is only for tcp devices; a serial device uses path = \"/dev/...\"",
+                ));
+            }
+            let before = out.len();
+            let framing = SerialFraming {
+                baud: d.baud.unwrap_or(rules.serial.baud),
+                data_bits: d.data_bits.unwrap_or(rules.serial.data_bits),
+                stop_bits: d.stop_bits.unwrap_or(rules.serial.stop_bits),
+                parity: d.parity.unwrap_or(rules.serial.parity),
+            };
+            if !rules.bauds.contains(&framing.baud) {
+                let list: Vec<String> = rules.bauds.iter().map(u32::to_string).collect();
+                out.push(Problem::value(
+                    at("baud"),
+                    format!(
+                        "unsupported baud rate {}; expected one of: {} (as set on the meter)",
+                        framing.baud,
+                        list.join(", ")
+                    ),
+                ));
+            }
+            if !matches!(framing.data_bits, 7 | 8) {
+                out.push(Problem::value(
+                    at("data_bits"),
+                    format!("expected 7 or 8, found {}", framing.data_bits),
+                ));
+            }
+            if !matches!(framing.stop_bits, 1 | 2) {
+                out.push(Problem::value(
+                    at("stop_bits"),
+                    format!("expected 1 or 2, found {}", framing.stop_bits),
+                ));
+            }
+            let path = match &d.path {
+                None => {
+                    out.push(Problem::value(
+                        at("path"),
+                        "missing: a serial device needs path = \"/dev/...\" (e.g. \"/dev/ttyUSB0\" or a /dev/serial/by-id/ path)",
+                    ));
+                    return None;
+                }
+                Some(path) if !path.is_absolute() => {
+                    out.push(Problem::value(
+                        at("path"),
+                        format!(
+                            "expected an absolute path (e.g. \"/dev/ttyUSB0\" or a /dev/serial/by-id/ path), found {}",
+                            shown(&path.display().to_string())
+                        ),
+                    ));
+                    return None;
+                }
+                Some(path) => {
+                    path_limits(at("path"), path, out);
+                    path.clone()
+                }
+            };
+            (out.len() == before).then_some(LinkConfig::Serial { path, framing })
+        }
+    }
+}
+
+fn api(config: &RawConfig, out: &mut Vec<Problem>) {
     let api = &config.api;
     if !api.listen.ip().is_loopback() && api.tokens.is_empty() {
         out.push(Problem::value(
@@ -342,7 +521,7 @@ fn api(config: &Config, out: &mut Vec<Problem>) {
     period(key(&["api", "stream_max"]), api.stream_max, MAX_PERIOD, out);
 }
 
-fn mqtt(config: &Config, out: &mut Vec<Problem>) {
+fn mqtt(config: &RawConfig, out: &mut Vec<Problem>) {
     let Some(mqtt) = &config.mqtt else {
         return;
     };
@@ -386,7 +565,7 @@ fn mqtt(config: &Config, out: &mut Vec<Problem>) {
     }
 }
 
-fn fleet(config: &Config, out: &mut Vec<Problem>) {
+fn fleet(config: &RawConfig, out: &mut Vec<Problem>) {
     let fleet = &config.fleet;
     match &fleet.url {
         Some(u) => {

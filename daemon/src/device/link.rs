@@ -4,7 +4,7 @@
 //! A link is just an async byte stream; everything protocol-specific lives in
 //! the driver above it.
 
-use crate::config::{DeviceConfig, Transport};
+use crate::config::{DeviceConfig, LinkConfig, Parity, SerialFraming};
 use std::io;
 use std::pin::Pin;
 use std::time::Duration;
@@ -45,10 +45,6 @@ pub enum OpenError {
         /// What the serial layer said.
         source: tokio_serial::Error,
     },
-    /// The config names no address/path for the transport (rejected by
-    /// config validation; kept so this layer never panics).
-    #[error("no {0} configured")]
-    NotConfigured(&'static str),
 }
 
 /// How long a TCP connect may take.
@@ -56,20 +52,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens the link described by `device`.
 pub async fn open(device: &DeviceConfig) -> Result<Link, OpenError> {
-    match device.transport {
-        Transport::Tcp => {
-            let address = device
-                .address
-                .as_deref()
-                .ok_or(OpenError::NotConfigured("address"))?;
-            open_tcp(address).await.map(|s| Box::pin(s) as Link)
-        }
-        Transport::Serial => {
-            let path = device
-                .path
-                .as_deref()
-                .ok_or(OpenError::NotConfigured("path"))?;
-            open_serial(&path.to_string_lossy(), device.baud).map(|s| Box::pin(s) as Link)
+    match &device.link {
+        LinkConfig::Tcp { address } => open_tcp(address).await.map(|s| Box::pin(s) as Link),
+        LinkConfig::Serial { path, framing } => {
+            open_serial(&path.to_string_lossy(), *framing).map(|s| Box::pin(s) as Link)
         }
     }
 }
@@ -99,18 +85,35 @@ async fn open_tcp(address: &str) -> Result<TcpStream, OpenError> {
     Ok(stream)
 }
 
-/// Opens a serial port 8N1 without flow control, exclusively (TIOCEXCL), so
-/// no second process can read the meter's answers.
-fn open_serial(path: &str, baud: u32) -> Result<tokio_serial::SerialStream, OpenError> {
-    use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, StopBits};
+/// Opens a serial port with the meter's framing and no flow control,
+/// exclusively (TIOCEXCL), so no second process can read the meter's
+/// answers.
+fn open_serial(
+    path: &str,
+    framing: SerialFraming,
+) -> Result<tokio_serial::SerialStream, OpenError> {
+    use tokio_serial::{DataBits, FlowControl, SerialPortBuilderExt, StopBits};
     let serial_error = |source| OpenError::Serial {
         path: path.to_owned(),
         source,
     };
-    let mut port = tokio_serial::new(path, baud)
-        .data_bits(DataBits::Eight)
-        .parity(Parity::None)
-        .stop_bits(StopBits::One)
+    let data_bits = match framing.data_bits {
+        7 => DataBits::Seven,
+        _ => DataBits::Eight,
+    };
+    let stop_bits = match framing.stop_bits {
+        2 => StopBits::Two,
+        _ => StopBits::One,
+    };
+    let parity = match framing.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let mut port = tokio_serial::new(path, framing.baud)
+        .data_bits(data_bits)
+        .parity(parity)
+        .stop_bits(stop_bits)
         .flow_control(FlowControl::None)
         .open_native_async()
         .map_err(serial_error)?;

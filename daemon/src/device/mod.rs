@@ -1,9 +1,11 @@
 //! Device tasks: one per meter, the only reader of that meter's link.
 //!
 //! A device task owns the link (opens it, keeps it, reopens it with
-//! exponential backoff and jitter after it fails), paces the protocol's
-//! commands, turns answers into [`Reading`]s for the [`Hub`], and keeps the
-//! device's [`DeviceStatus`] current. It never waits on a consumer: the hub's
+//! exponential backoff and jitter after it fails) and the device's
+//! [`DeviceStatus`]; what to say to the meter is its family's business
+//! ([`driver::Family`], one folder per family under [`families`]), which
+//! reports readings and state through a [`driver::Meter`] handle. The
+//! task never names a family and never waits on a consumer: the hub's
 //! publish is non-blocking.
 //!
 //! Link state rules:
@@ -24,16 +26,21 @@
 //! `down`, one error line is logged, and the watchdog ping stops so systemd
 //! restarts slmd.
 
+pub mod driver;
 pub mod failures;
+pub mod families;
 pub mod link;
-pub mod nl43;
-pub mod session;
+pub mod port;
+
+pub use driver::{Family, Identity};
+pub use families::FAMILIES;
 
 use crate::clock::WallClock;
 use crate::config::DeviceConfig;
 use crate::fanout::{Hub, LinkState};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::{DateTime, Utc};
+use driver::Meter;
 use serde::{Serialize, Serializer};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -51,6 +58,10 @@ pub const MAX_TIMEOUTS: u32 = 2;
 pub struct DeviceStatus {
     /// Device id.
     pub id: String,
+    /// The meter family (`nl43`, `xl2`, …).
+    pub protocol: &'static str,
+    /// Who the meter said it is when the link last opened.
+    pub identity: Option<Identity>,
     /// Link state.
     pub state: LinkState,
     /// The device task's loop died (a bug): nothing reads the meter until
@@ -96,6 +107,8 @@ impl Serialize for DeviceStatus {
         #[derive(Serialize)]
         struct Json<'a> {
             id: &'a str,
+            protocol: &'a str,
+            identity: &'a Option<Identity>,
             state: Shown,
             readings_total: u64,
             #[serde(serialize_with = "crate::record::rfc3339_millis_opt")]
@@ -114,6 +127,8 @@ impl Serialize for DeviceStatus {
         // Every field named, so a new one cannot be forgotten here.
         let DeviceStatus {
             id,
+            protocol,
+            identity,
             state,
             task_failed,
             readings_total,
@@ -131,6 +146,8 @@ impl Serialize for DeviceStatus {
         } = self;
         Json {
             id,
+            protocol,
+            identity,
             state: if *task_failed {
                 Shown::Failed("failed")
             } else {
@@ -184,6 +201,8 @@ impl DeviceTask {
         let id: Arc<str> = Arc::from(config.id.as_str());
         let status = Arc::new(Mutex::new(DeviceStatus {
             id: config.id.clone(),
+            protocol: config.protocol.as_str(),
+            identity: None,
             state: LinkState::Connecting,
             task_failed: false,
             readings_total: 0,
@@ -281,10 +300,17 @@ impl DeviceTask {
                 Ok(link) => {
                     lock_status(&self.status).connects += 1;
                     tracing::debug!(device = %self.id, event = "link_open", "link open");
-                    tokio::select! {
+                    let meter = Meter::new(&self);
+                    let ended = tokio::select! {
                         () = shutdown.cancelled() => return,
-                        ended = nl43::poll(&self, link, &mut backoff) => ended.to_string(),
+                        ended = self.config.family().run(link, &meter) => ended.to_string(),
+                    };
+                    if meter.produced() {
+                        // A link that gave readings was good: the next
+                        // reconnect starts from the shortest delay.
+                        self.reset_backoff(&mut backoff);
                     }
+                    ended
                 }
                 Err(e) => e.to_string(),
             };
@@ -317,7 +343,12 @@ impl DeviceTask {
     /// Records a state change; announces it only when it changes. A
     /// failure reported here (a missed answer on a link that is kept) is
     /// not counted as a try.
-    fn set_state(&self, state: LinkState, error: Option<String>, next_step: Option<String>) {
+    pub(crate) fn set_state(
+        &self,
+        state: LinkState,
+        error: Option<String>,
+        next_step: Option<String>,
+    ) {
         self.change_state(state, error, next_step, false);
     }
 

@@ -1,17 +1,24 @@
 //! The NL-43 driver: what to send when, and how answers become readings.
 //!
-//! One poll cycle: `DOD?` every `poll_interval` (never sooner than 1 s after
-//! the previous `DOD?` was sent: the meter answers `R+0004` otherwise), and
-//! every `status_interval` the slower queries `Measure?`, `Pause?`, `Clock?`
-//! and `Battery Level?` in the gaps. `DOD?` carries no time, so
-//! `device_time` is the last `Clock?` answer carried forward on the
-//! gateway's monotonic clock.
+//! When a link opens: `Type?`, `Serial Number?`, `System Version?` (the
+//! meter's identity). Then one poll cycle: `DOD?` every `poll_interval`
+//! (never sooner than 1 s after the previous `DOD?` was sent: the meter
+//! answers `R+0004` otherwise), and every `status_interval` the slower
+//! queries `Measure?`, `Pause?`, `Clock?` and `Battery Level?` in the gaps.
+//! `DOD?` carries no time, so `device_time` is the last `Clock?` answer
+//! carried forward on the gateway's monotonic clock.
+//!
+//! Streaming (`mode = "stream"`, or `live_mode = "stream"` while someone
+//! watches): `DRD?` and then a line every 100 ms until the SUB byte; the
+//! link is busy meanwhile, so the output is stopped for the status queries
+//! and started again ([`super::stream`]).
 
-use super::session::{Answer, ExchangeError, Session};
-use super::{CLOCK_TOLERANCE, DeviceTask, MAX_TIMEOUTS, lock_status};
-use crate::fanout::LinkState;
-use crate::record::{Flag, MeterState, Reading};
-use backon::ExponentialBackoff;
+use super::session::{Answer, Session};
+use super::stream;
+use crate::config::{DeviceConfig, Mode};
+use crate::device::driver::{Identity, LinkError, Meter, MeterReading};
+use crate::device::link::Link;
+use crate::record::{Flag, MeterState};
 use chrono::{DateTime, Utc};
 use firmware_bridge::nl43::{
     BatteryLevel, Command, DodReading, Item, MeasureState, MeterClock, answer::parse_on_off,
@@ -21,22 +28,20 @@ use tokio::time::Instant;
 
 /// The meter's clock as last read: its Unix time in ms, and when we read it.
 #[derive(Debug, Clone, Copy)]
-struct ClockAnchor {
+pub(super) struct ClockAnchor {
     meter_unix_ms: i64,
     at: Instant,
 }
 
 /// What one link's session has learnt so far.
-struct PollState {
-    run_state: MeterState,
-    clock: Option<ClockAnchor>,
-    consecutive_timeouts: u32,
-    answered: bool,
+pub(super) struct PollState {
+    pub run_state: MeterState,
+    pub clock: Option<ClockAnchor>,
 }
 
 /// The `DOD?` period: `live_poll_interval` while a live viewer watches the
 /// meter, `poll_interval` otherwise, and never below the meter's 1 s.
-fn dod_interval(cfg: &crate::config::DeviceConfig, watched: bool) -> Duration {
+fn dod_interval(cfg: &DeviceConfig, watched: bool) -> Duration {
     let wanted = match (watched, cfg.live_poll_interval) {
         (true, Some(live)) => live,
         _ => cfg.poll_interval,
@@ -44,17 +49,26 @@ fn dod_interval(cfg: &crate::config::DeviceConfig, watched: bool) -> Duration {
     wanted.max(Duration::from_secs(1))
 }
 
-/// Waits until the next `DOD?` is due after the one `sent`. A viewer who
-/// arrives or leaves meanwhile moves the deadline at once (a portal view
-/// should not wait out a slow period; an abandoned one should not keep a
-/// cellular meter at the fast one).
+/// Whether the meter should stream now.
+pub(super) fn streaming(cfg: &DeviceConfig, watched: bool) -> bool {
+    let mode = if watched { cfg.live_mode } else { cfg.mode };
+    mode == Mode::Stream
+}
+
+/// Waits until the next `DOD?` is due after the one `sent`, or until the
+/// mode should change. A viewer who arrives or leaves meanwhile moves the
+/// deadline at once (a portal view should not wait out a slow period; an
+/// abandoned one should not keep a cellular meter at the fast one).
 async fn wait_for_next_dod(
-    cfg: &crate::config::DeviceConfig,
+    cfg: &DeviceConfig,
     sent: Instant,
     watchers: &mut tokio::sync::watch::Receiver<usize>,
 ) {
     loop {
         let watched = *watchers.borrow_and_update() > 0;
+        if streaming(cfg, watched) {
+            return;
+        }
         let due = sent + dod_interval(cfg, watched);
         tokio::select! {
             // Due: ask.
@@ -71,123 +85,130 @@ async fn wait_for_next_dod(
     }
 }
 
-/// Polls the meter over `link` until the link fails; returns why.
-pub async fn poll(
-    task: &DeviceTask,
-    link: super::link::Link,
-    backoff: &mut ExponentialBackoff,
-) -> ExchangeError {
-    let cfg = &task.config;
+/// Talks to the meter over `link` until the link fails; returns why.
+pub(super) async fn run(meter: &Meter<'_>, link: Link) -> LinkError {
+    let cfg = meter.config();
     let mut session = Session::new(link, cfg.answer_timeout, cfg.command_gap);
+    match cycle(meter, &mut session).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn cycle(
+    meter: &Meter<'_>,
+    session: &mut Session,
+) -> Result<std::convert::Infallible, LinkError> {
+    let cfg = meter.config();
     let mut state = PollState {
         run_state: MeterState::Unknown,
         clock: None,
-        consecutive_timeouts: 0,
-        answered: false,
     };
-    let mut watchers = task.hub.watchers(&task.id);
+    identify(meter, session).await?;
+    let mut watchers = meter.watchers();
     let mut next_status = Instant::now();
     let mut last_dod_sent: Option<Instant> = None;
     loop {
         if Instant::now() >= next_status {
-            if let Err(e) = query_status(task, &mut session, &mut state).await {
-                return e;
-            }
+            query_status(meter, session, &mut state).await?;
             next_status = Instant::now() + cfg.status_interval;
+        }
+        let watched = *watchers.borrow_and_update() > 0;
+        if streaming(cfg, watched) {
+            stream::run_until(meter, session, &mut state, next_status, &mut watchers).await?;
+            meter.noise(session.noise());
+            continue;
         }
         if let Some(sent) = last_dod_sent {
             wait_for_next_dod(cfg, sent, &mut watchers).await;
+            if streaming(cfg, *watchers.borrow() > 0) {
+                continue;
+            }
         }
         let sent = Instant::now();
-        let answer = ask(task, &mut session, &mut state, Item::Dod).await;
+        let answer = ask(meter, session, Item::Dod).await;
         // The session waits the command gap before sending; never earlier than `sent`.
         last_dod_sent = Some(session.last_sent().unwrap_or(sent));
-        match answer {
-            Err(e) => return e,
-            Ok(Some(line)) => match DodReading::parse(&line) {
-                Ok(dod) => {
-                    let reading = to_reading(task, &state, &dod);
-                    task.hub.publish(reading);
-                    let mut status = lock_status(&task.status);
-                    status.readings_total += 1;
-                    status.last_reading_at = Some(task.clock.now());
-                    drop(status);
-                    task.reset_backoff(backoff);
-                }
-                Err(e) => {
-                    lock_status(&task.status).bad_answers += 1;
-                    tracing::debug!(device = %task.id, event = "bad_answer", error = %e, "DOD answer rejected");
-                }
-            },
-            Ok(None) => {}
+        if let Some(line) = answer? {
+            match DodReading::parse(&line) {
+                Ok(dod) => meter.publish(dod_reading(&state, &dod)),
+                Err(e) => meter.bad_answer("DOD?", &e),
+            }
         }
-        sync_noise(task, &session);
+        meter.noise(session.noise());
     }
 }
 
 /// Sends one request and returns its data line. `Ok(None)`: refused or
 /// timed out but the link is still worth keeping. `Err`: reopen the link.
-async fn ask(
-    task: &DeviceTask,
+pub(super) async fn ask(
+    meter: &Meter<'_>,
     session: &mut Session,
-    state: &mut PollState,
     item: Item,
-) -> Result<Option<Vec<u8>>, ExchangeError> {
+) -> Result<Option<Vec<u8>>, LinkError> {
     match session.exchange(Command::Request(item), true).await {
         Ok(answer) => {
-            state.consecutive_timeouts = 0;
-            if !state.answered || lock_status(&task.status).state != LinkState::Connected {
-                state.answered = true;
-                task.set_state(LinkState::Connected, None, None);
-            }
+            meter.answered();
             match answer {
                 Answer::Ok(line) => Ok(line),
                 Answer::Refused(code) => {
-                    lock_status(&task.status).refused_commands += 1;
-                    tracing::debug!(device = %task.id, event = "command_refused", command = item.name(), %code, "meter refused");
+                    meter.refused(item.name(), &code);
                     Ok(None)
                 }
             }
         }
-        Err(ExchangeError::Timeout(after)) => {
-            state.consecutive_timeouts += 1;
-            lock_status(&task.status).timeouts += 1;
-            let error = format!(
-                "no answer to {}? within {:.1}s",
-                item.name(),
-                after.as_secs_f64()
-            );
-            if state.consecutive_timeouts >= MAX_TIMEOUTS {
-                return Err(ExchangeError::Timeout(after));
-            }
-            task.set_state(
-                LinkState::Down,
-                Some(error),
-                Some("retrying on the same link".into()),
-            );
+        Err(LinkError::Timeout(after)) => {
+            meter.timed_out(&format!("{}?", item.name()), after)?;
             Ok(None)
         }
         Err(e) => Err(e),
     }
 }
 
-async fn query_status(
-    task: &DeviceTask,
+/// The data line of `item`, trimmed, as text; `None` when refused or blank.
+async fn ask_text(
+    meter: &Meter<'_>,
+    session: &mut Session,
+    item: Item,
+) -> Result<Option<String>, LinkError> {
+    Ok(ask(meter, session, item).await?.and_then(|line| {
+        let text = String::from_utf8_lossy(&line)
+            .trim()
+            .trim_start_matches('$')
+            .trim()
+            .to_owned();
+        (!text.is_empty()).then_some(text)
+    }))
+}
+
+/// `Type?`, `Serial Number?`, `System Version?`: who the meter is.
+async fn identify(meter: &Meter<'_>, session: &mut Session) -> Result<(), LinkError> {
+    let identity = Identity {
+        model: ask_text(meter, session, Item::Type).await?,
+        serial: ask_text(meter, session, Item::SerialNumber).await?,
+        firmware: ask_text(meter, session, Item::SystemVersion).await?,
+    };
+    meter.identity(identity);
+    Ok(())
+}
+
+pub(super) async fn query_status(
+    meter: &Meter<'_>,
     session: &mut Session,
     state: &mut PollState,
-) -> Result<(), ExchangeError> {
-    let measuring = match ask(task, session, state, Item::Measure).await? {
+) -> Result<(), LinkError> {
+    let measuring = match ask(meter, session, Item::Measure).await? {
         Some(line) => match MeasureState::parse(&line) {
             Ok(m) => Some(m),
-            Err(_) => {
-                lock_status(&task.status).bad_answers += 1;
+            Err(e) => {
+                meter.bad_answer("Measure?", &e);
                 None
             }
         },
         None => None,
     };
     let paused = match measuring {
-        Some(MeasureState::Measuring) => ask(task, session, state, Item::Pause)
+        Some(MeasureState::Measuring) => ask(meter, session, Item::Pause)
             .await?
             .and_then(|line| parse_on_off(&line).ok()),
         _ => None,
@@ -198,45 +219,40 @@ async fn query_status(
         (Some(MeasureState::Stopped), _) => MeterState::Stopped,
         (None, _) => state.run_state,
     };
-    if let Some(line) = ask(task, session, state, Item::Clock).await? {
+    if let Some(line) = ask(meter, session, Item::Clock).await? {
         match MeterClock::parse(&line) {
             Ok(clock) => {
-                let offset = i64::from(task.config.utc_offset.seconds());
+                let offset = i64::from(meter.config().utc_offset.seconds());
                 let meter_unix_ms = (clock.local_epoch_seconds() - offset) * 1000;
                 state.clock = Some(ClockAnchor {
                     meter_unix_ms,
                     at: Instant::now(),
                 });
-                let skew = (meter_unix_ms - task.clock.now().timestamp_millis()) / 1000;
-                lock_status(&task.status).clock_skew_seconds = Some(skew);
+                meter.clock_skew((meter_unix_ms - meter.now().timestamp_millis()) / 1000);
             }
-            Err(_) => lock_status(&task.status).bad_answers += 1,
+            Err(e) => meter.bad_answer("Clock?", &e),
         }
     }
-    if let Some(line) = ask(task, session, state, Item::BatteryLevel).await? {
+    if let Some(line) = ask(meter, session, Item::BatteryLevel).await? {
         match BatteryLevel::parse(&line) {
-            Ok(level) => lock_status(&task.status).battery = Some(level.as_str().to_owned()),
-            Err(_) => lock_status(&task.status).bad_answers += 1,
+            Ok(level) => meter.battery(level.as_str().to_owned()),
+            Err(e) => meter.bad_answer("Battery Level?", &e),
         }
     }
     Ok(())
-}
-
-fn sync_noise(task: &DeviceTask, session: &Session) {
-    let mut status = lock_status(&task.status);
-    status.skipped_lines = session.noise.skipped_lines;
-    status.overlong_lines = session.noise.overlong_lines;
-    status.stale_bytes = session.noise.stale_bytes;
 }
 
 /// Metric names of the main channel, in the meter's field order. The LN
 /// slots carry the meter's default percentiles (L5, L10, L50, L90, L95).
 const LN_NAMES: [&str; 5] = ["l5", "l10", "l50", "l90", "l95"];
 
-fn to_reading(task: &DeviceTask, state: &PollState, dod: &DodReading) -> Reading {
-    let received_at = task.clock.now();
+/// A `Deci` as dB.
+pub(super) fn db(v: Option<firmware_bridge::Deci>) -> Option<f64> {
+    v.map(|d| d.db())
+}
+
+fn dod_reading(state: &PollState, dod: &DodReading) -> MeterReading {
     let main = dod.main();
-    let db = |v: Option<firmware_bridge::Deci>| v.map(|d| d.db());
     let mut metrics = vec![
         ("lp", db(main.lp)),
         ("leq", db(main.leq)),
@@ -253,17 +269,8 @@ fn to_reading(task: &DeviceTask, state: &PollState, dod: &DodReading) -> Reading
     if main.under_range == Some(true) {
         flags.push(Flag::UnderRange);
     }
-    let device_time = state.clock.map(|anchor| device_time(anchor, received_at));
-    if let Some(t) = device_time {
-        let skew = (t - received_at).num_milliseconds().unsigned_abs();
-        if u128::from(skew) > CLOCK_TOLERANCE.as_millis() {
-            flags.push(Flag::ClockUnsynced);
-        }
-    }
-    Reading {
-        device: task.id.clone(),
-        received_at,
-        device_time,
+    MeterReading {
+        device_time: state.clock.and_then(device_time),
         metrics,
         state: state.run_state,
         flags,
@@ -271,19 +278,18 @@ fn to_reading(task: &DeviceTask, state: &PollState, dod: &DodReading) -> Reading
 }
 
 /// The meter's time now, from its last `Clock?` answer, in whole seconds.
-fn device_time(anchor: ClockAnchor, received_at: DateTime<Utc>) -> DateTime<Utc> {
+pub(super) fn device_time(anchor: ClockAnchor) -> Option<DateTime<Utc>> {
     let elapsed = i64::try_from(anchor.at.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
     let meter_ms = anchor.meter_unix_ms.saturating_add(elapsed);
     let whole_seconds = meter_ms.div_euclid(1000) * 1000;
-    let base = DateTime::<Utc>::from_timestamp_millis(whole_seconds);
-    base.unwrap_or(received_at)
+    DateTime::<Utc>::from_timestamp_millis(whole_seconds)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn device(extra: &str) -> crate::config::DeviceConfig {
+    fn device(extra: &str) -> DeviceConfig {
         let text = format!(
             "[[device]]\nid = \"m\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:2255\"\n{extra}"
         );

@@ -1,0 +1,285 @@
+//! The seam between the device task and a meter family.
+//!
+//! A family (a folder under `device/families/`) provides a [`Family`]: its
+//! configuration rules, what to do with an open link until it fails
+//! ([`Family::run`]: identify, then poll or listen, turning answers into
+//! readings), and a short probe for `slmd check` ([`Family::probe`]). It
+//! gets a [`Meter`]: the narrow handle through which it reports readings,
+//! link state, identity, health and counters. It never sees the hub, the
+//! buffer, the uplink, the API or MQTT, and none of them ever names a
+//! family.
+//!
+//! The device task ([`super::DeviceTask`]) owns what every family shares:
+//! opening the link, one link at a time, reconnecting with backoff,
+//! failure logging, and the `down` state when a link ends.
+
+use super::link::Link;
+use super::{CLOCK_TOLERANCE, DeviceTask, MAX_TIMEOUTS, lock_status};
+use crate::config::{DeviceConfig, FamilyRules};
+use crate::fanout::LinkState;
+use crate::record::{Flag, MeterState, Reading};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+/// A future a family returns; boxed once per link or probe, so the trait
+/// stays object-safe and the families can sit in one list.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A meter family's driver.
+pub trait Family: Send + Sync + 'static {
+    /// Name, defaults, keys and limits, for configuration.
+    fn rules(&self) -> &'static FamilyRules;
+
+    /// Talks to the meter over `link` until the link fails or must be
+    /// reopened; returns why. Identity is read first, where the family has
+    /// it; readings go to [`Meter::publish`].
+    fn run<'a>(&'a self, link: Link, meter: &'a Meter<'a>) -> BoxFuture<'a, LinkError>;
+
+    /// `slmd check`: asks the meter who it is and what it is doing, within
+    /// a few seconds, and says so in one line (e.g. `answers, NL-43 serial
+    /// 00412345, measuring`); the error says what failed.
+    fn probe<'a>(
+        &'a self,
+        link: Link,
+        config: &'a DeviceConfig,
+    ) -> BoxFuture<'a, Result<String, String>>;
+}
+
+/// Why a link ended (or an exchange on it failed). Every variant means the
+/// link should be treated as suspect.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No complete answer within the answer timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// A push meter sent nothing for this long.
+    #[error("no data from the meter for {0:?}")]
+    Silent(Duration),
+    /// The link closed (the meter or the serial device went away).
+    #[error("link closed by the meter")]
+    Closed,
+    /// Reading or writing the link failed.
+    #[error("link I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// A command could not be encoded (a bug in the caller).
+    #[error("cannot encode command: {0}")]
+    Encode(firmware_bridge::Error),
+}
+
+/// Who the meter is, as it says when the link opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Model (`NL-43`, `XL2`, `SVAN 971`).
+    pub model: Option<String>,
+    /// Serial number.
+    pub serial: Option<String>,
+    /// Firmware version.
+    pub firmware: Option<String>,
+}
+
+impl Identity {
+    /// `NL-43 serial 00412345 firmware 1.2`, leaving out what is unknown.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(model) = &self.model {
+            parts.push(model.clone());
+        }
+        if let Some(serial) = &self.serial {
+            parts.push(format!("serial {serial}"));
+        }
+        if let Some(firmware) = &self.firmware {
+            parts.push(format!("firmware {firmware}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// A reading as a family reports it: the task adds the device id,
+/// `received_at` and the `clock_unsynced` flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterReading {
+    /// The meter's own time for this reading, when it reports one.
+    pub device_time: Option<DateTime<Utc>>,
+    /// Metric name → value in dB; `None` for blank or out-of-range fields.
+    pub metrics: Vec<(&'static str, Option<f64>)>,
+    /// Run state.
+    pub state: MeterState,
+    /// `overload`, `under_range`, `replayed` as the meter says.
+    pub flags: Vec<Flag>,
+}
+
+/// Line noise seen on one link.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NoiseCounters {
+    /// Lines or frames skipped while looking for an answer (echo, junk).
+    pub skipped_lines: u64,
+    /// Lines or frames longer than the framer's capacity, dropped.
+    pub overlong_lines: u64,
+    /// Bytes of stale input discarded before sending a command.
+    pub stale_bytes: u64,
+}
+
+/// The handle a family reports through, for one link.
+pub struct Meter<'a> {
+    /// The task: status, hub, clock, failure log.
+    task: &'a DeviceTask,
+    /// Answers missed in a row on this link.
+    timeouts_in_row: AtomicU32,
+    /// Whether the meter has answered on this link yet.
+    answered: AtomicBool,
+    /// Whether this link produced a reading (the task then resets its
+    /// reconnect backoff).
+    produced: AtomicBool,
+}
+
+impl<'a> Meter<'a> {
+    pub(super) fn new(task: &'a DeviceTask) -> Meter<'a> {
+        Meter {
+            task,
+            timeouts_in_row: AtomicU32::new(0),
+            answered: AtomicBool::new(false),
+            produced: AtomicBool::new(false),
+        }
+    }
+
+    /// The device's configuration.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.task.config
+    }
+
+    /// The device id.
+    pub fn id(&self) -> &Arc<str> {
+        &self.task.id
+    }
+
+    /// The gateway's wall clock now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.task.clock.now()
+    }
+
+    /// How many live viewers watch this meter (for "faster while watched").
+    pub fn watchers(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.task.hub.watchers(&self.task.id)
+    }
+
+    /// The meter answered: the link is `connected`, and missed answers are
+    /// forgiven.
+    pub fn answered(&self) {
+        self.timeouts_in_row.store(0, Ordering::Relaxed);
+        let first = !self.answered.swap(true, Ordering::Relaxed);
+        if first || lock_status(&self.task.status).state != LinkState::Connected {
+            self.task.set_state(LinkState::Connected, None, None);
+        }
+    }
+
+    /// No answer to `what` within `after`: the meter is `down` at once;
+    /// after [`MAX_TIMEOUTS`] in a row the link is given up (`Err`), since
+    /// one missed answer over cellular is not worth a reconnect.
+    pub fn timed_out(&self, what: &str, after: Duration) -> Result<(), LinkError> {
+        lock_status(&self.task.status).timeouts += 1;
+        let in_row = self.timeouts_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_row >= MAX_TIMEOUTS {
+            return Err(LinkError::Timeout(after));
+        }
+        self.task.set_state(
+            LinkState::Down,
+            Some(format!(
+                "no answer to {what} within {:.1}s",
+                after.as_secs_f64()
+            )),
+            Some("retrying on the same link".into()),
+        );
+        Ok(())
+    }
+
+    /// The meter refused `what` (it is busy, or does not know it).
+    pub fn refused(&self, what: &str, why: &dyn std::fmt::Display) {
+        lock_status(&self.task.status).refused_commands += 1;
+        tracing::debug!(device = %self.task.id, event = "command_refused", command = what, %why, "meter refused");
+    }
+
+    /// An answer to `what` did not parse: counted, never turned into values.
+    pub fn bad_answer(&self, what: &str, why: &dyn std::fmt::Display) {
+        lock_status(&self.task.status).bad_answers += 1;
+        tracing::debug!(device = %self.task.id, event = "bad_answer", command = what, error = %why, "answer rejected");
+    }
+
+    /// Line noise on this link so far.
+    pub fn noise(&self, noise: NoiseCounters) {
+        let mut status = lock_status(&self.task.status);
+        status.skipped_lines = noise.skipped_lines;
+        status.overlong_lines = noise.overlong_lines;
+        status.stale_bytes = noise.stale_bytes;
+    }
+
+    /// Who the meter says it is; logged when it changes.
+    pub fn identity(&self, identity: Identity) {
+        let changed = {
+            let mut status = lock_status(&self.task.status);
+            let changed = status.identity.as_ref() != Some(&identity);
+            status.identity = Some(identity.clone());
+            changed
+        };
+        if changed {
+            tracing::info!(
+                device = %self.task.id,
+                event = "meter_identified",
+                "meter {}: {} {}",
+                self.task.id,
+                self.task.config.protocol.rules().title,
+                identity.summary()
+            );
+        }
+    }
+
+    /// Device health: the battery as the meter words it.
+    pub fn battery(&self, battery: String) {
+        lock_status(&self.task.status).battery = Some(battery);
+    }
+
+    /// Device health: the meter's clock minus the gateway's, seconds.
+    pub fn clock_skew(&self, seconds: i64) {
+        lock_status(&self.task.status).clock_skew_seconds = Some(seconds);
+    }
+
+    /// Hands a reading to the hub (never waits) and counts it.
+    pub fn publish(&self, reading: MeterReading) {
+        let received_at = self.task.clock.now();
+        let MeterReading {
+            device_time,
+            metrics,
+            state,
+            mut flags,
+        } = reading;
+        if let Some(t) = device_time {
+            let skew = (t - received_at).num_milliseconds().unsigned_abs();
+            if u128::from(skew) > CLOCK_TOLERANCE.as_millis() && !flags.contains(&Flag::Replayed) {
+                flags.push(Flag::ClockUnsynced);
+            }
+        }
+        self.task.hub.publish(Reading {
+            device: self.task.id.clone(),
+            received_at,
+            device_time,
+            metrics,
+            state,
+            flags,
+        });
+        let mut status = lock_status(&self.task.status);
+        status.readings_total += 1;
+        status.last_reading_at = Some(received_at);
+        drop(status);
+        self.produced.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this link produced a reading.
+    pub(super) fn produced(&self) -> bool {
+        self.produced.load(Ordering::Relaxed)
+    }
+}
