@@ -37,7 +37,9 @@ fn check_probes_every_meter_and_says_which_one_fails() {
         .find(|l| l.starts_with("north"))
         .unwrap_or_else(|| panic!("no line for the meter: {out}"));
     assert!(
-        line.contains(" ok ") && line.contains("answers, serial") && line.contains("measuring"),
+        line.contains(" ok ")
+            && line.contains("answers, NL-43 serial ")
+            && line.contains("measuring"),
         "{line}"
     );
 
