@@ -1,8 +1,9 @@
 //! `slmd demo`: the whole pipeline on this machine with no meter attached.
 //!
-//! Starts two simulated NL-43 meters from the HIL kit, one over a
-//! pseudo-terminal (the serial path) and one over TCP, and a local fleet
-//! sink (the HIL kit's fleet simulator on loopback), writes a config for
+//! Starts one simulated meter of each family from the HIL kit: a Rion
+//! NL-43 over TCP, another NL-43 streaming (`DRD?`, 10 readings a second)
+//! over a pseudo-terminal, an NTi XL2, a Svantek and a Casella over
+//! pseudo-terminals (the serial path), and a local fleet sink (the HIL kit's fleet simulator on loopback), writes a config for
 //! them into a temporary folder, loads it through the same validation as a
 //! real config, and runs the daemon on it, printing readings and push
 //! progress until Ctrl-C.
@@ -16,7 +17,7 @@ use crate::config;
 use crate::printer::PrintMode;
 use crate::supervisor;
 use slmd_hil::fleet::{FleetSim, FleetSimConfig};
-use slmd_hil::{SimConfig, Simulator};
+use slmd_hil::{Family, SimConfig, Simulator};
 use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -87,15 +88,6 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
         .await
         .map_err(DemoError::Simulator)?;
     let tcp_address = listener.local_addr().map_err(DemoError::Simulator)?;
-    let serial_meter = Simulator::new(SimConfig {
-        seed: 53,
-        ..SimConfig::default()
-    });
-    let pty = serial_meter
-        .open_pty(Some(dir.path().join("ttyNL43")))
-        .map_err(DemoError::Simulator)?;
-    let serial_path = pty.path().to_owned();
-
     let sims = shutdown.child_token();
     let tcp_stop = sims.clone();
     tokio::spawn(async move {
@@ -103,12 +95,24 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
             tracing::error!("simulated TCP meter stopped: {e}");
         }
     });
-    let pty_stop = sims.clone();
-    tokio::spawn(async move {
-        if let Err(e) = pty.serve(pty_stop).await {
-            tracing::error!("simulated serial meter stopped: {e}");
-        }
-    });
+    let mut serial = Vec::new();
+    for meter in &SERIAL_METERS {
+        let sim = Simulator::new(SimConfig {
+            family: meter.family,
+            seed: meter.seed,
+            ..SimConfig::default()
+        });
+        let pty = sim
+            .open_pty(Some(dir.path().join(format!("tty-{}", meter.id))))
+            .map_err(DemoError::Simulator)?;
+        serial.push((meter, pty.path().to_owned()));
+        let stop = sims.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pty.serve(stop).await {
+                tracing::error!("simulated serial meter stopped: {e}");
+            }
+        });
+    }
 
     // The fleet sink: a demo token, random per run, never printed.
     let token = {
@@ -134,15 +138,22 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
     let text = demo_config(
         dir.path(),
         &tcp_address.to_string(),
-        &serial_path,
+        &serial,
         &format!("http://{fleet_address}"),
     );
     write_private(&config_path, &text, &token).map_err(state_error)?;
     let config = config::load(&config_path)?;
 
-    println!("slmd demo: two simulated Rion NL-43 meters, no hardware needed");
-    println!("  nl43-tcp     TCP    {tcp_address}");
-    println!("  nl43-serial  serial {}", serial_path.display());
+    println!("slmd demo: one simulated meter of each family, no hardware needed");
+    println!("  nl43-tcp     Rion NL-43, TCP {tcp_address}, polled once a second");
+    for (meter, path) in &serial {
+        println!(
+            "  {:<12} {}, serial {}",
+            meter.id,
+            meter.what,
+            path.display()
+        );
+    }
     println!("  fleet        http://{fleet_address} (local sink, pushes every 5 s)");
     println!("  config and state in {}", dir.path().display());
     println!("  Ctrl-C to stop");
@@ -170,28 +181,89 @@ fn write_private(path: &Path, text: &str, token: &str) -> std::io::Result<()> {
     file.write_all(text.replace("{token}", token).as_bytes())
 }
 
-fn demo_config(dir: &Path, tcp_address: &str, serial_path: &Path, fleet_url: &str) -> String {
+/// A simulated meter on a pseudo-terminal.
+struct SerialMeter {
+    /// Device id.
+    id: &'static str,
+    /// The simulator's personality.
+    family: Family,
+    /// `protocol = "…"`.
+    protocol: &'static str,
+    /// Seed of its level walk.
+    seed: u64,
+    /// Extra device keys.
+    extra: &'static str,
+    /// What the banner says.
+    what: &'static str,
+}
+
+/// The demo's serial meters: one per family, and an NL-43 streaming.
+const SERIAL_METERS: [SerialMeter; 4] = [
+    SerialMeter {
+        id: "nl43-stream",
+        family: Family::Nl43,
+        protocol: "nl43",
+        seed: 53,
+        extra: "mode = \"stream\"\n",
+        what: "Rion NL-43 streaming DRD? (10 readings a second)",
+    },
+    SerialMeter {
+        id: "xl2",
+        family: Family::Xl2,
+        protocol: "xl2",
+        seed: 61,
+        extra: "",
+        what: "NTi XL2, polled once a second",
+    },
+    SerialMeter {
+        id: "svantek",
+        family: Family::Svantek,
+        protocol: "svantek",
+        seed: 67,
+        extra: "",
+        what: "Svantek SVAN 971, polled once a second",
+    },
+    SerialMeter {
+        id: "casella",
+        family: Family::Casella,
+        protocol: "casella",
+        seed: 71,
+        extra: "",
+        what: "Casella CEL-63x, pushes a reading a second",
+    },
+];
+
+fn demo_config(
+    dir: &Path,
+    tcp_address: &str,
+    serial: &[(&SerialMeter, PathBuf)],
+    fleet_url: &str,
+) -> String {
+    let mut devices = format!(
+        r#"[[device]]
+id = "nl43-tcp"
+protocol = "nl43"
+transport = "tcp"
+address = "{tcp_address}"
+poll_interval = "1s"
+"#
+    );
+    for (meter, path) in serial {
+        devices.push_str(&format!(
+            "\n[[device]]\nid = \"{}\"\nprotocol = \"{}\"\ntransport = \"serial\"\npath = \"{}\"\n{}",
+            meter.id,
+            meter.protocol,
+            path.display(),
+            meter.extra
+        ));
+    }
     format!(
         r#"# Written by `slmd demo`.
 [gateway]
 id = "demo"
 state_dir = "{state}"
 
-[[device]]
-id = "nl43-tcp"
-protocol = "nl43"
-transport = "tcp"
-address = "{tcp_address}"
-poll_interval = "1s"
-
-[[device]]
-id = "nl43-serial"
-protocol = "nl43"
-transport = "serial"
-path = "{serial}"
-baud = 38400
-poll_interval = "1s"
-
+{devices}
 [api]
 # A free port: the log line "API listening" says which.
 listen = "127.0.0.1:0"
@@ -202,6 +274,5 @@ url = "{fleet_url}"
 tokens = ["{{token}}"]
 "#,
         state = dir.join("state").display(),
-        serial = serial_path.display(),
     )
 }
