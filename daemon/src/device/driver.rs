@@ -230,10 +230,10 @@ impl<'a> Meter<'a> {
             tracing::info!(
                 device = %self.task.id,
                 event = "meter_identified",
-                "meter {}: {} {}",
+                "meter {}: {} ({})",
                 self.task.id,
-                self.task.config.protocol.rules().title,
-                identity.summary()
+                identity.summary(),
+                self.task.config.protocol.rules().title
             );
         }
     }
