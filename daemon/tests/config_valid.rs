@@ -373,3 +373,25 @@ live_mode = "stream"
         (Mode::Poll, Mode::Stream)
     );
 }
+
+#[test]
+fn the_bundled_example_is_valid_as_shipped_and_with_its_device_uncommented() {
+    let text = include_str!("../../packaging/slmd.toml");
+    assert!(load_text(text).devices.is_empty());
+    let start = text.find("# [[device]]").expect("device example");
+    let end = text.find("[api]").expect("api table");
+    let uncommented: String = text[start..end]
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) if !rest.starts_with('#') => format!("{rest}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    let c = load_text(&format!("{}{uncommented}{}", &text[..start], &text[end..]));
+    assert_eq!(c.devices.len(), 1);
+    assert_eq!(c.devices[0].id, "nl43-north");
+    assert_eq!(
+        c.devices[0].target(),
+        "serial /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A1B2C3D4-if00-port0"
+    );
+}
