@@ -299,22 +299,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
 
     /// Writes `bytes`, in random pieces with pauses under the `split` fault.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if !self.shared.config.faults.split {
-            self.io.write_all(bytes).await?;
-            return self.io.flush().await;
-        }
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = self.rng.usize(1..=7).min(rest.len());
-            self.io.write_all(&rest[..n]).await?;
-            self.io.flush().await?;
-            rest = &rest[n..];
-            let pause = self.rng.u64(0..=15);
-            if !rest.is_empty() && pause > 0 {
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-        }
-        Ok(())
+        let split = self.shared.config.faults.split;
+        crate::session::write_maybe_split(&mut self.io, bytes, split, &mut self.rng).await
     }
 
     /// `true` with probability `p`.
@@ -394,4 +380,31 @@ fn drd_metrics(line: &str, offset: i64) -> (Metrics, Option<String>) {
         .and_then(|clock| MeterClock::parse(clock).ok())
         .and_then(|clock| utc_text(clock.local_epoch_seconds().saturating_sub(offset)));
     (metrics, time)
+}
+
+/// Writes `bytes` to `io`: at once, or under the `split` fault in random
+/// pieces of 1..=7 bytes with 0..=15 ms pauses between them.
+pub(crate) async fn write_maybe_split<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    bytes: &[u8],
+    split: bool,
+    rng: &mut fastrand::Rng,
+) -> io::Result<()> {
+    if !split {
+        io.write_all(bytes).await?;
+        return io.flush().await;
+    }
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = rng.usize(1..=7).min(rest.len());
+        let (piece, after) = rest.split_at(n);
+        io.write_all(piece).await?;
+        io.flush().await?;
+        rest = after;
+        let pause = rng.u64(0..=15);
+        if !rest.is_empty() && pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+    Ok(())
 }

@@ -261,83 +261,80 @@ fn down_then_records(daemon: &Daemon, device: &str, n: usize) {
     }
 }
 
+/// One pty simulator per `(id, family, device keys)`, each started with
+/// `sim_args`, and the device tables for them.
+fn pty_meters(
+    setup: &Setup,
+    meters: &[(&'static str, &str, &str)],
+    sim_args: &[&str],
+) -> (Vec<(&'static str, Sim)>, String) {
+    let mut devices = String::new();
+    let mut sims = Vec::new();
+    for (id, family, extra) in meters {
+        let link = setup.path(&format!("tty-{id}"));
+        let sim = Sim::pty(&link, &[&["--family", family], sim_args].concat());
+        devices.push_str(&serial(id, family, &link, extra));
+        sims.push((*id, sim));
+    }
+    (sims, devices)
+}
+
+/// Checks each meter's records against its simulator and stops it.
+fn check_and_stop(daemon: &Daemon, sims: &mut [(&'static str, Sim)]) -> Vec<Value> {
+    sims.iter_mut()
+        .map(|(id, sim)| {
+            assert_records_were_sent(&records_of(daemon, id), &sent(sim), id);
+            sim.stop()
+        })
+        .collect()
+}
+
+/// Quick reconnects, so a test waits seconds, not the default minute.
+const QUICK_RECONNECT: &str = "reconnect_min = \"200ms\"\nreconnect_max = \"1s\"";
+
 #[test]
 fn a_silent_meter_of_each_family_goes_down_and_comes_back() {
     let setup = Setup::new();
-    let mut devices = String::new();
-    let mut sims = Vec::new();
-    for (id, family, extra) in [
-        (
-            "xl2",
-            "xl2",
-            "answer_timeout = \"500ms\"\nreconnect_min = \"200ms\"\nreconnect_max = \"1s\"",
-        ),
-        (
-            "svan",
-            "svantek",
-            "answer_timeout = \"500ms\"\nreconnect_min = \"200ms\"\nreconnect_max = \"1s\"",
-        ),
-        (
-            "cel",
-            "casella",
-            "poll_interval = \"1s\"\nreconnect_min = \"200ms\"\nreconnect_max = \"1s\"",
-        ),
-    ] {
-        let link = setup.path(&format!("tty-{id}"));
-        let sim = Sim::pty(
-            &link,
-            &[
-                "--family",
-                family,
-                "--silent-after",
-                "3s",
-                "--silent-for",
-                "5s",
-            ],
-        );
-        devices.push_str(&serial(id, family, &link, extra));
-        sims.push((id, sim));
-    }
-    let config = setup.config(&devices);
-    let mut daemon = Daemon::start(&config);
+    let polled = format!("answer_timeout = \"500ms\"\n{QUICK_RECONNECT}");
+    let pushed = format!("poll_interval = \"1s\"\n{QUICK_RECONNECT}");
+    let (mut sims, devices) = pty_meters(
+        &setup,
+        &[
+            ("xl2", "xl2", &polled),
+            ("svan", "svantek", &polled),
+            ("cel", "casella", &pushed),
+        ],
+        &["--silent-after", "3s", "--silent-for", "5s"],
+    );
+    let mut daemon = Daemon::start(&setup.config(&devices));
     for (id, _) in &sims {
         down_then_records(&daemon, id, 2);
     }
     daemon.proc.terminate(Duration::from_secs(10));
-    for (id, sim) in &mut sims {
-        assert_records_were_sent(&records_of(&daemon, id), &sent(sim), id);
-        sim.stop();
-    }
+    check_and_stop(&daemon, &mut sims);
 }
 
 #[test]
 fn an_unplugged_meter_of_each_family_is_reopened_at_its_path() {
     let setup = Setup::new();
-    let mut devices = String::new();
-    let mut sims = Vec::new();
-    for (id, family) in [("xl2", "xl2"), ("svan", "svantek"), ("cel", "casella")] {
-        let link = setup.path(&format!("tty-{id}"));
-        let sim = Sim::pty(&link, &["--family", family, "--drop-every", "4s"]);
-        devices.push_str(&serial(
-            id,
-            family,
-            &link,
-            "reconnect_min = \"200ms\"\nreconnect_max = \"1s\"",
-        ));
-        sims.push((id, sim));
-    }
-    let config = setup.config(&devices);
-    let mut daemon = Daemon::start(&config);
+    let (mut sims, devices) = pty_meters(
+        &setup,
+        &[
+            ("xl2", "xl2", QUICK_RECONNECT),
+            ("svan", "svantek", QUICK_RECONNECT),
+            ("cel", "casella", QUICK_RECONNECT),
+        ],
+        &["--drop-every", "4s"],
+    );
+    let mut daemon = Daemon::start(&setup.config(&devices));
     for (id, _) in &sims {
         down_then_records(&daemon, id, 2);
     }
     daemon.proc.terminate(Duration::from_secs(10));
-    for (id, sim) in &mut sims {
-        assert_records_were_sent(&records_of(&daemon, id), &sent(sim), id);
-        let stats = sim.stop();
+    for stats in check_and_stop(&daemon, &mut sims) {
         assert!(
             stats["connections_accepted"].as_u64() >= Some(2),
-            "{id}: the pty came back and was reopened: {stats}"
+            "the pty came back and was reopened: {stats}"
         );
     }
 }

@@ -31,6 +31,19 @@ use std::time::Duration;
 /// stays object-safe and the families can sit in one list.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Boxes a family's loop for [`Family::run`]: it runs until its link
+/// fails, so it only ever ends with the reason.
+pub fn until_link_fails<'a>(
+    work: impl Future<Output = Result<std::convert::Infallible, LinkError>> + Send + 'a,
+) -> BoxFuture<'a, LinkError> {
+    Box::pin(async move {
+        match work.await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    })
+}
+
 /// A meter family's driver.
 pub trait Family: Send + Sync + 'static {
     /// Name, defaults, keys and limits, for configuration.

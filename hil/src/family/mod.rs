@@ -35,7 +35,7 @@ use firmware_bridge::{Feed, LineFramer};
 use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior};
 
 /// The longest gap for which samples are generated one by one; a longer
@@ -411,22 +411,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> FamilySession<'a, S> {
 
     /// Writes `bytes`, in random pieces with pauses under the `split` fault.
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if !self.shared.config.faults.split {
-            self.io.write_all(bytes).await?;
-            return self.io.flush().await;
-        }
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = self.rng.usize(1..=7).min(rest.len());
-            self.io.write_all(&rest[..n]).await?;
-            self.io.flush().await?;
-            rest = &rest[n..];
-            let pause = self.rng.u64(0..=15);
-            if !rest.is_empty() && pause > 0 {
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-        }
-        Ok(())
+        let split = self.shared.config.faults.split;
+        crate::session::write_maybe_split(&mut self.io, bytes, split, &mut self.rng).await
     }
 }
 

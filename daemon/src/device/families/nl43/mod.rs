@@ -13,7 +13,7 @@ pub mod session;
 mod stream;
 
 use crate::config::{DeviceConfig, FamilyRules, Parity, SerialFraming};
-use crate::device::driver::{BoxFuture, Family, LinkError, Meter};
+use crate::device::driver::{BoxFuture, Family, LinkError, Meter, until_link_fails};
 use crate::device::link::Link;
 use firmware_bridge::nl43::{Command, Item, MeasureState};
 use session::{Answer, Session};
@@ -58,7 +58,7 @@ impl Family for Nl43 {
     }
 
     fn run<'a>(&'a self, link: Link, meter: &'a Meter<'a>) -> BoxFuture<'a, LinkError> {
-        Box::pin(poll::run(meter, link))
+        until_link_fails(poll::run(meter, link))
     }
 
     fn probe<'a>(

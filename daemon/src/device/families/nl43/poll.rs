@@ -86,20 +86,13 @@ async fn wait_for_next_dod(
 }
 
 /// Talks to the meter over `link` until the link fails; returns why.
-pub(super) async fn run(meter: &Meter<'_>, link: Link) -> LinkError {
-    let cfg = meter.config();
-    let mut session = Session::new(link, cfg.answer_timeout, cfg.command_gap);
-    match cycle(meter, &mut session).await {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
-}
-
-async fn cycle(
+pub(super) async fn run(
     meter: &Meter<'_>,
-    session: &mut Session,
+    link: Link,
 ) -> Result<std::convert::Infallible, LinkError> {
     let cfg = meter.config();
+    let mut session = Session::new(link, cfg.answer_timeout, cfg.command_gap);
+    let session = &mut session;
     let mut state = PollState {
         run_state: MeterState::Unknown,
         clock: None,

@@ -12,7 +12,9 @@
 //! (`protocols/svantek.md`): records carry no `device_time`.
 
 use crate::config::{DeviceConfig, FamilyRules, Parity, SerialFraming};
-use crate::device::driver::{BoxFuture, Family, Identity, LinkError, Meter, MeterReading};
+use crate::device::driver::{
+    BoxFuture, Family, Identity, LinkError, Meter, MeterReading, until_link_fails,
+};
 use crate::device::link::Link;
 use crate::device::port::Port;
 use crate::record::{Flag, MeterState};
@@ -60,12 +62,7 @@ impl Family for Svantek {
     }
 
     fn run<'a>(&'a self, link: Link, meter: &'a Meter<'a>) -> BoxFuture<'a, LinkError> {
-        Box::pin(async move {
-            match run(meter, link).await {
-                Ok(never) => match never {},
-                Err(e) => e,
-            }
-        })
+        until_link_fails(run(meter, link))
     }
 
     fn probe<'a>(

@@ -15,7 +15,9 @@
 //! records carry no `device_time`, and battery and clock skew stay unknown.
 
 use crate::config::{DeviceConfig, FamilyRules, Parity, SerialFraming};
-use crate::device::driver::{BoxFuture, Family, Identity, LinkError, Meter, MeterReading};
+use crate::device::driver::{
+    BoxFuture, Family, Identity, LinkError, Meter, MeterReading, until_link_fails,
+};
 use crate::device::link::Link;
 use crate::device::port::Port;
 use crate::record::{Flag, MeterState};
@@ -79,12 +81,7 @@ impl Family for Xl2 {
     }
 
     fn run<'a>(&'a self, link: Link, meter: &'a Meter<'a>) -> BoxFuture<'a, LinkError> {
-        Box::pin(async move {
-            match run(meter, link).await {
-                Ok(never) => match never {},
-                Err(e) => e,
-            }
-        })
+        until_link_fails(run(meter, link))
     }
 
     fn probe<'a>(
