@@ -223,3 +223,46 @@ async fn probe(link: Link, device: &DeviceConfig) -> Result<String, String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(extra: &str) -> DeviceConfig {
+        let text = format!(
+            "[[device]]\nid = \"c\"\nprotocol = \"casella\"\ntransport = \"serial\"\npath = \"/dev/ttyS0\"\n{extra}"
+        );
+        match crate::config::parse(&text, std::path::Path::new("t.toml")) {
+            Ok(mut c) => c.devices.remove(0),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_logging_period_is_learnt_once_when_not_configured() {
+        let mut period = Period::new(&device(""));
+        assert_eq!(period.current, Duration::from_secs(1));
+        period.saw(1000);
+        period.saw(1010);
+        assert_eq!(period.current, Duration::from_secs(10));
+        assert_eq!(period.silent_after(), Duration::from_secs(30));
+        assert_eq!(period.quiet_gap(), QUIET_GAP);
+        // Learnt once: a later gap (a meter restarted) does not change it.
+        period.saw(1050);
+        assert_eq!(period.current, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_configured_period_is_kept_and_a_backwards_step_teaches_nothing() {
+        let mut period = Period::new(&device("poll_interval = \"5s\""));
+        period.saw(1000);
+        period.saw(1001);
+        assert_eq!(period.current, Duration::from_secs(5));
+        let mut learning = Period::new(&device(""));
+        learning.saw(1000);
+        learning.saw(990);
+        assert!(learning.learning, "a clock step backwards is not a period");
+        assert_eq!(learning.current, Duration::from_secs(1));
+        assert_eq!(learning.quiet_gap(), Duration::from_millis(500));
+    }
+}

@@ -293,6 +293,16 @@ mod tests {
     }
 
     #[test]
+    fn streaming_follows_mode_and_live_mode() {
+        let always = device("mode = \"stream\"");
+        assert!(streaming(&always, false) && streaming(&always, true));
+        let watched = device("live_mode = \"stream\"");
+        assert!(!streaming(&watched, false) && streaming(&watched, true));
+        let never = device("");
+        assert!(!streaming(&never, false) && !streaming(&never, true));
+    }
+
+    #[test]
     fn the_live_interval_applies_only_while_watched_and_never_below_a_second() {
         let cfg = device("poll_interval = \"60s\"\nlive_poll_interval = \"1s\"");
         assert_eq!(dod_interval(&cfg, false), Duration::from_secs(60));
