@@ -170,6 +170,8 @@ struct Inner {
     needs_restart: std::sync::RwLock<Vec<String>>,
     /// Stream counters.
     stats: stream::StreamStats,
+    /// Recent records' JSON, made once and shared by every stream.
+    json: stream::RecordJson,
     /// Cancelled by [`serve`] at shutdown: every stream sends `end` and ends.
     streams_end: CancellationToken,
     /// Open connections (the cap and the timeouts; see `conn`).
@@ -202,6 +204,7 @@ impl ApiState {
                 stream_max: std::sync::RwLock::new(config.stream_max),
                 needs_restart: std::sync::RwLock::new(Vec::new()),
                 stats: stream::StreamStats::default(),
+                json: stream::RecordJson::default(),
                 streams_end: CancellationToken::new(),
                 connections: Arc::new(conn::Registry::new(connection_cap(open_files_limit()))),
             }),

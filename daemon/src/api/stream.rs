@@ -46,8 +46,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, mpsc};
@@ -132,11 +132,55 @@ struct EndData {
     reason: &'static str,
 }
 
+/// Slots of [`RecordJson`]: many more than the records a burst of the
+/// hub's broadcast holds between two streams catching up, so a stream
+/// behind the others still finds the JSON the first one made.
+const JSON_SLOTS: usize = 256;
+
+/// A record's `seq` and its JSON.
+type JsonSlot = (u64, Arc<str>);
+
+/// The JSON of recent records, keyed by `seq`: each record is serialised
+/// once, by the first stream that sends it, and the others copy the text
+/// (with a hundred streams, serialising per stream was most of the cost of
+/// a delivery).
+#[derive(Debug)]
+pub(crate) struct RecordJson {
+    /// `seq % JSON_SLOTS` → the record's `seq` and its JSON.
+    slots: Mutex<Vec<Option<JsonSlot>>>,
+}
+
+impl Default for RecordJson {
+    fn default() -> Self {
+        RecordJson {
+            slots: Mutex::new(vec![None; JSON_SLOTS]),
+        }
+    }
+}
+
+impl RecordJson {
+    /// The JSON of `record`, made now if no stream made it yet.
+    fn of(&self, record: &Record) -> Result<Arc<str>, serde_json::Error> {
+        let slot = (record.seq % JSON_SLOTS as u64) as usize;
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Some((seq, json))) = slots.get(slot) {
+            if *seq == record.seq {
+                return Ok(json.clone());
+            }
+        }
+        let json: Arc<str> = serde_json::to_string(record)?.into();
+        if let Some(entry) = slots.get_mut(slot) {
+            *entry = Some((record.seq, json.clone()));
+        }
+        Ok(json)
+    }
+}
+
 /// A record: no `event:` line (the default `message` type), `id: <seq>`,
 /// `data: <record JSON>`.
-fn record_event(record: &Record) -> Option<Event> {
-    match serde_json::to_string(record) {
-        Ok(json) => Some(Event::default().id(record.seq.to_string()).data(json)),
+fn record_event(cache: &RecordJson, record: &Record) -> Option<Event> {
+    match cache.of(record) {
+        Ok(json) => Some(Event::default().id(record.seq.to_string()).data(&*json)),
         Err(e) => {
             tracing::warn!(seq = record.seq, error = %e, "record not streamable; skipped");
             None
@@ -349,7 +393,7 @@ impl StreamTask {
     }
 
     async fn send_record(&mut self, record: &Record) -> Result<(), Ended> {
-        match record_event(record) {
+        match record_event(&self.state.inner.json, record) {
             Some(event) => self.send(event).await,
             None => Ok(()),
         }
@@ -468,5 +512,37 @@ impl StreamTask {
             self.send_record(record).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{MeterState, Reading};
+
+    fn record(seq: u64, lp: f64) -> Record {
+        Record::new(
+            seq,
+            Reading {
+                device: Arc::from("m"),
+                received_at: chrono::DateTime::UNIX_EPOCH,
+                device_time: None,
+                metrics: vec![("lp", Some(lp))],
+                state: MeterState::Measuring,
+                flags: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_record_is_serialised_once_and_a_reused_slot_holds_the_newer_one() {
+        let cache = RecordJson::default();
+        let first = cache.of(&record(7, 50.0)).expect("json");
+        let again = cache.of(&record(7, 50.0)).expect("json");
+        assert!(Arc::ptr_eq(&first, &again), "made once, shared");
+        let later = record(7 + JSON_SLOTS as u64, 61.5);
+        let json = cache.of(&later).expect("json");
+        assert!(json.contains("61.5") && json.contains(&format!("\"seq\":{}", later.seq)));
+        assert_eq!(&*json, serde_json::to_string(&later).expect("json"));
     }
 }
