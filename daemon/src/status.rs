@@ -272,6 +272,7 @@ mod tests {
             "uptime_seconds": 11_520,
             "devices": [
                 {"id": "nl43-north", "state": "connected", "readings_total": 12345,
+                 "identity": {"model": "NL-43", "serial": "00412345", "firmware": "1.8.0"},
                  "last_reading_at": chrono::Utc::now().to_rfc3339(), "last_error": null},
                 {"id": "nl43-south-east-corner", "state": "down", "readings_total": 0,
                  "last_reading_at": null,
@@ -295,6 +296,7 @@ mod tests {
             table.contains("nl43-north     connected      12345"),
             "{table}"
         );
+        assert!(table.contains("\n  NL-43 serial 00412345\n"), "{table}");
         assert!(table.contains("nl43-south-ea…"), "{table}");
         assert!(table.contains("  connect to 192.0.2.10:2255"), "{table}");
         assert!(

@@ -166,6 +166,20 @@ fn every_family_on_one_gateway_with_100_streams_and_mqtt() {
         metrics.body
     );
 
+    // What the buffer stored (committed so far) is what the meters sent.
+    for (id, sim) in &site.sims {
+        let page = slmd_e2e::fleet::http(
+            &api,
+            "GET",
+            &format!("/v1/devices/{id}/history?limit=10000"),
+            &[],
+            b"",
+        )
+        .expect("history");
+        let page: Value = serde_json::from_str(&page.body).expect("history JSON");
+        let stored = page["records"].as_array().cloned().unwrap_or_default();
+        assert_records_were_sent(&stored, &sent(sim), id);
+    }
     for stream in &streams {
         stream.close();
     }
@@ -396,4 +410,41 @@ fn an_nl43_streams_while_watched_and_polls_otherwise() {
             .any(|v| v["event"] == "result" && v["command"] == "DRD?"),
         "the simulator saw DRD?"
     );
+}
+
+#[test]
+fn check_names_each_family_meter_by_what_it_said() {
+    let setup = Setup::new();
+    let (mut sims, devices) = pty_meters(
+        &setup,
+        &[
+            ("xl2", "xl2", ""),
+            ("svan", "svantek", ""),
+            ("cel", "casella", ""),
+        ],
+        &["--seed", "48"],
+    );
+    let config = setup.config(&devices);
+    let out = std::process::Command::new(slmd_e2e::bin("slmd"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("slmd check runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no line for {id}: {text}"))
+            .to_owned()
+    };
+    assert!(
+        line("xl2").contains(" ok ") && line("xl2").contains("answers, XL2 serial A2A-"),
+        "{text}"
+    );
+    assert!(line("svan").contains("answers, SVAN 971"), "{text}");
+    assert!(line("cel").contains("pushes lines"), "{text}");
+    for (_, sim) in &mut sims {
+        sim.stop();
+    }
 }
