@@ -243,14 +243,20 @@ impl Proc {
     /// Waits for the process to exit by itself, up to `timeout` (then kills it).
     ///
     /// The exit is seen as the end of its stdout: the pipe closes when the
-    /// process (which starts no children of its own) is gone.
+    /// process (which starts no children of its own) is gone. Its stderr is
+    /// then read to the end too, so what it said last is in [`Proc::stderr`]
+    /// when this returns.
     pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
         if !self.stdout.wait_closed(timeout) {
             let _ = self.child.kill();
             let _ = self.child.wait();
             return None;
         }
-        self.child.wait().ok()
+        let status = self.child.wait().ok();
+        self.stderr
+            .wait_closed(deadline.saturating_duration_since(Instant::now()));
+        status
     }
 
     /// Everything it printed, for assertion messages.
