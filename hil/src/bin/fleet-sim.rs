@@ -1,19 +1,24 @@
-//! `fleet-sim`: the fleet ingest server simulator (SPEC §7) for test rigs.
+//! `fleet-sim`: the fleet ingest and heartbeat server simulator (SPEC §7)
+//! for test rigs.
 //!
 //! Parses the command line, binds, prints the machine-readable event stream
 //! on stdout (one JSON object a line, flushed per line) and stops cleanly on
 //! SIGTERM or SIGINT. The first line is `{"event":"listening","addr":...}`,
 //! then one `ingest` line per ingest request (naming the body's `epoch` and
 //! `skipped` ranges when slmd's push carries them, and `conflicts` when seqs
-//! were reused) and one line per admin change
-//! (`rotate`, `expire_previous`, `fault`, `faults_cleared`, `max_records`,
-//! `poison`), and last `{"event":"stats",...}`. Tokens are never printed,
-//! only their fingerprints. Diagnostics go to stderr.
+//! were reused), one `heartbeat` line per accepted heartbeat and one
+//! `heartbeat_refused` line per other heartbeat request, `gateway_offline`
+//! and `gateway_online` lines as gateways go silent and come back, one line
+//! per admin change (`rotate`, `expire_previous`, `fault`, `faults_cleared`,
+//! `max_records`, `poison`), and last `{"event":"stats",...}`. Tokens are
+//! never printed, only their fingerprints. Diagnostics go to stderr.
 
 use clap::Parser;
 use serde::Serialize;
 use slmd_hil::cli::{emit, emit_listening, init_logging, print_until_stopped, watch_signals};
-use slmd_hil::fleet::{DEFAULT_GRACE, FleetSim, FleetSimConfig, FleetStats};
+use slmd_hil::fleet::{
+    DEFAULT_GRACE, DEFAULT_HEARTBEAT_INTERVAL, FleetSim, FleetSimConfig, FleetStats,
+};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -21,8 +26,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Fleet ingest server simulator: dual-token grace, de-duplication by
-/// gateway, epoch and seq, checks of seq reuse and skipped numbers, and fault
-/// injection. Its admin routes are unauthenticated: for test rigs only.
+/// gateway, epoch and seq, checks of seq reuse and skipped numbers,
+/// heartbeats and gateway liveness, and fault injection. Its admin routes are
+/// unauthenticated: for test rigs only.
 #[derive(Parser)]
 #[command(name = "fleet-sim", version)]
 struct Cli {
@@ -44,6 +50,10 @@ struct Cli {
     /// Refuse batches holding any of these seqs with 400 (e.g. 17,42).
     #[arg(long, value_name = "SEQS", value_delimiter = ',')]
     poison: Vec<u64>,
+    /// A gateway's heartbeat interval when its heartbeat gives no
+    /// interval_s (default 60s); 3 intervals without one mark it offline.
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    heartbeat_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Cli {
@@ -65,6 +75,15 @@ fn non_empty(text: &str) -> Result<String, String> {
     }
 }
 
+/// A duration longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match slmd_hil::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("the interval must be longer than 0".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Cli {
     fn config(&self) -> FleetSimConfig {
         FleetSimConfig {
@@ -75,6 +94,9 @@ impl Cli {
                 .max_records
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             poison: self.poison.iter().copied().collect::<BTreeSet<u64>>(),
+            heartbeat_interval: self
+                .heartbeat_interval
+                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL),
         }
     }
 }
@@ -154,6 +176,8 @@ mod tests {
             "100",
             "--poison",
             "17,42",
+            "--heartbeat-interval",
+            "500ms",
         ])
         .expect("valid command line");
         let config = cli.config();
@@ -162,6 +186,10 @@ mod tests {
         assert_eq!(config.grace, Duration::from_secs(5));
         assert_eq!(config.max_records, Some(100));
         assert_eq!(config.poison, BTreeSet::from([17, 42]));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(500));
+        let plain = Cli::try_parse_from(["fleet-sim", "--listen", "127.0.0.1:0", "--token", "t"])
+            .expect("valid command line");
+        assert_eq!(plain.config().heartbeat_interval, Duration::from_secs(60));
         let debug = format!("{cli:?}");
         assert!(
             !debug.contains("\"t1\"") && !debug.contains("\"t0\""),
@@ -202,6 +230,24 @@ mod tests {
                 "t",
                 "--poison",
                 "x",
+            ],
+            &[
+                "fleet-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "t",
+                "--heartbeat-interval",
+                "0s",
+            ],
+            &[
+                "fleet-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "t",
+                "--heartbeat-interval",
+                "60",
             ],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");

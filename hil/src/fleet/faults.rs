@@ -1,14 +1,18 @@
-//! Faults the fleet simulator injects into ingest requests: what a load
-//! balancer, a captive portal or an outage does to a push.
+//! Faults the fleet simulator injects into requests: what a load balancer,
+//! a captive portal or an outage does to a push or a heartbeat.
 //!
 //! Faults are queued and applied in the order injected, each to the next
-//! `count` ingest requests, before anything else looks at the request (the
-//! token included), so a test knows exactly which requests a fault hits.
+//! `count` requests of its [`FaultRoute`] (ingest unless told otherwise),
+//! before anything else looks at the request (the token included), so a test
+//! knows exactly which requests a fault hits. A request takes the first
+//! waiting fault that applies to its route; faults for other routes stay
+//! queued.
 
+use super::report::Route;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-/// One fault and how many ingest requests it applies to.
+/// One fault and how many requests (of its [`FaultRoute`]) it applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Fault {
@@ -46,6 +50,65 @@ pub enum Fault {
 /// serde's default for `count`.
 fn one() -> u32 {
     1
+}
+
+/// The requests a fault applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultRoute {
+    /// `POST /api/fleet/ingest` only (the default).
+    #[default]
+    Ingest,
+    /// `POST /api/fleet/heartbeat` only.
+    Heartbeat,
+    /// Both: a fault with count N is consumed by the next N requests of
+    /// either route.
+    All,
+}
+
+impl FaultRoute {
+    /// Whether a fault for this route hits a request to `route`.
+    pub fn applies_to(self, route: Route) -> bool {
+        matches!(
+            (self, route),
+            (FaultRoute::All, _)
+                | (FaultRoute::Ingest, Route::Ingest)
+                | (FaultRoute::Heartbeat, Route::Heartbeat)
+        )
+    }
+}
+
+/// A fault with the route it applies to, as `POST /admin/faults` takes it
+/// and `GET /admin/faults` shows it: the fault's fields and `"route"`
+/// (`"ingest"` when absent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RoutedFault {
+    /// The fault.
+    #[serde(flatten)]
+    pub fault: Fault,
+    /// The requests it applies to.
+    pub route: FaultRoute,
+}
+
+impl RoutedFault {
+    /// Reads the admin JSON form: a [`Fault`] object with an optional
+    /// `"route"` field. The error says what is wrong.
+    pub fn from_json(value: serde_json::Value) -> Result<RoutedFault, String> {
+        let serde_json::Value::Object(mut object) = value else {
+            return Err(
+                r#"expected an object like {"kind":"status","status":503,"route":"all"}"#
+                    .to_owned(),
+            );
+        };
+        let route = match object.remove("route") {
+            None => FaultRoute::Ingest,
+            Some(route) => serde_json::from_value(route)
+                .map_err(|e| format!("route: {e} (expected ingest, heartbeat or all)"))?,
+        };
+        let fault =
+            serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| e.to_string())?;
+        Ok(RoutedFault { fault, route })
+    }
 }
 
 /// Which kind of fault hit a request, as logs and events name it.
@@ -120,25 +183,32 @@ impl Fault {
 /// Faults waiting for requests, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct FaultQueue {
-    /// Each fault with the requests it still applies to (never 0).
-    queue: VecDeque<(Fault, u32)>,
+    /// Each fault with its route and the requests it still applies to
+    /// (never 0).
+    queue: VecDeque<(Fault, FaultRoute, u32)>,
 }
 
 impl FaultQueue {
-    /// Queues a valid fault; returns how many faults are now waiting.
-    pub(crate) fn push(&mut self, fault: Fault) -> usize {
+    /// Queues a valid fault for `route`; returns how many faults are now
+    /// waiting.
+    pub(crate) fn push(&mut self, fault: Fault, route: FaultRoute) -> usize {
         let count = fault.count();
-        self.queue.push_back((fault, count));
+        self.queue.push_back((fault, route, count));
         self.queue.len()
     }
 
-    /// The fault for the next request, if any (consumes one of its count).
-    pub(crate) fn take(&mut self) -> Option<Fault> {
-        let (fault, remaining) = self.queue.front_mut()?;
+    /// The fault for the next request to `route`, if any: the first waiting
+    /// fault that applies to it (consumes one of its count).
+    pub(crate) fn take(&mut self, route: Route) -> Option<Fault> {
+        let at = self
+            .queue
+            .iter()
+            .position(|(_, applies, _)| applies.applies_to(route))?;
+        let (fault, _, remaining) = &mut self.queue[at];
         let taken = fault.with_count(1);
         *remaining -= 1;
         if *remaining == 0 {
-            self.queue.pop_front();
+            self.queue.remove(at);
         }
         Some(taken)
     }
@@ -152,10 +222,13 @@ impl FaultQueue {
 
     /// The waiting faults, each with the requests it still applies to as its
     /// count.
-    pub(crate) fn pending(&self) -> Vec<Fault> {
+    pub(crate) fn pending(&self) -> Vec<RoutedFault> {
         self.queue
             .iter()
-            .map(|(fault, remaining)| fault.with_count(*remaining))
+            .map(|(fault, route, remaining)| RoutedFault {
+                fault: fault.with_count(*remaining),
+                route: *route,
+            })
             .collect()
     }
 }
@@ -212,19 +285,83 @@ mod tests {
     #[test]
     fn the_queue_applies_faults_in_order_for_their_count() {
         let mut queue = FaultQueue::default();
-        queue.push(Fault::Hang { count: 2 });
-        assert_eq!(queue.push(Fault::NotJson { count: 1 }), 2);
+        queue.push(Fault::Hang { count: 2 }, FaultRoute::Ingest);
         assert_eq!(
-            queue.pending(),
+            queue.push(Fault::NotJson { count: 1 }, FaultRoute::Ingest),
+            2
+        );
+        let faults = |queue: &FaultQueue| -> Vec<Fault> {
+            queue.pending().into_iter().map(|r| r.fault).collect()
+        };
+        assert_eq!(
+            faults(&queue),
             vec![Fault::Hang { count: 2 }, Fault::NotJson { count: 1 }]
         );
-        assert_eq!(queue.take(), Some(Fault::Hang { count: 1 }));
-        assert_eq!(queue.pending()[0], Fault::Hang { count: 1 });
-        assert_eq!(queue.take(), Some(Fault::Hang { count: 1 }));
-        assert_eq!(queue.take(), Some(Fault::NotJson { count: 1 }));
-        assert_eq!(queue.take(), None);
-        queue.push(Fault::Hang { count: 5 });
+        let ingest = Route::Ingest;
+        assert_eq!(queue.take(ingest), Some(Fault::Hang { count: 1 }));
+        assert_eq!(faults(&queue)[0], Fault::Hang { count: 1 });
+        assert_eq!(queue.take(ingest), Some(Fault::Hang { count: 1 }));
+        assert_eq!(queue.take(ingest), Some(Fault::NotJson { count: 1 }));
+        assert_eq!(queue.take(ingest), None);
+        queue.push(Fault::Hang { count: 5 }, FaultRoute::Ingest);
         assert_eq!(queue.clear(), 1);
-        assert_eq!(queue.take(), None);
+        assert_eq!(queue.take(ingest), None);
+    }
+
+    #[test]
+    fn a_request_takes_the_first_fault_for_its_route() {
+        let mut queue = FaultQueue::default();
+        queue.push(Fault::Hang { count: 1 }, FaultRoute::Heartbeat);
+        queue.push(Fault::NotJson { count: 1 }, FaultRoute::Ingest);
+        queue.push(Fault::Hang { count: 2 }, FaultRoute::All);
+        assert_eq!(queue.take(Route::Ingest), Some(Fault::NotJson { count: 1 }));
+        // The heartbeat fault was not consumed by the ingest request.
+        assert_eq!(queue.take(Route::Heartbeat), Some(Fault::Hang { count: 1 }));
+        // `all`: its count is shared by both routes.
+        assert_eq!(queue.take(Route::Ingest), Some(Fault::Hang { count: 1 }));
+        assert_eq!(queue.take(Route::Heartbeat), Some(Fault::Hang { count: 1 }));
+        assert_eq!(queue.take(Route::Heartbeat), None);
+        assert_eq!(queue.take(Route::Ingest), None);
+    }
+
+    #[test]
+    fn routed_faults_parse_with_ingest_as_the_default() {
+        let parse = |text: &str| RoutedFault::from_json(serde_json::from_str(text).expect("JSON"));
+        assert_eq!(
+            parse(r#"{"kind":"status","status":503,"count":100000,"route":"all"}"#),
+            Ok(RoutedFault {
+                fault: Fault::Status {
+                    status: 503,
+                    retry_after: None,
+                    count: 100_000
+                },
+                route: FaultRoute::All
+            })
+        );
+        assert_eq!(
+            parse(r#"{"kind":"hang"}"#).map(|r| r.route),
+            Ok(FaultRoute::Ingest)
+        );
+        assert_eq!(
+            parse(r#"{"kind":"hang","route":"heartbeat"}"#).map(|r| r.route),
+            Ok(FaultRoute::Heartbeat)
+        );
+        for bad in [
+            r#"{"kind":"hang","route":"events"}"#,
+            r#"{"kind":"hang","route":null}"#,
+            r#"{"kind":"hang","rout":"all"}"#,
+            r#"[{"kind":"hang"}]"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let shown = serde_json::to_value(RoutedFault {
+            fault: Fault::Hang { count: 2 },
+            route: FaultRoute::All,
+        })
+        .expect("serializable");
+        assert_eq!(
+            shown,
+            serde_json::json!({"kind": "hang", "count": 2, "route": "all"})
+        );
     }
 }

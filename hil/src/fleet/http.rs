@@ -1,5 +1,5 @@
-//! The fleet simulator over HTTP/1.1: the ingest route, the admin routes,
-//! and the ingest pipeline.
+//! The fleet simulator over HTTP/1.1: the ingest and heartbeat routes, the
+//! admin routes, the ingest and heartbeat pipelines, and the liveness timer.
 //!
 //! Ingest (`POST /api/fleet/ingest`) answers by the first of these that
 //! applies: (1) a queued fault, consumed on arrival and answered before
@@ -18,15 +18,28 @@
 //! under one lock, so counters, log and store always agree. The WARN lines
 //! about a gateway's numbering are written after the lock is released.
 //!
+//! Heartbeat (`POST /api/fleet/heartbeat`) answers in the same order: (1) a
+//! queued fault for the heartbeat route (`route` `heartbeat` or `all`);
+//! (2) the bearer token (`401`, the same tokens and grace as ingest); (3) the
+//! body: the same size, `Content-Type`, `Content-Encoding` and gzip rules,
+//! then the heartbeat's fields (`400` naming the field); (4) `204`, the
+//! heartbeat kept and its gateway's liveness updated, under one lock with
+//! the request's log entry and events.
+//!
+//! While the server serves, a timer task marks gateways offline when their
+//! 3 intervals run out: it sleeps until the earliest deadline, and is woken
+//! when an accepted heartbeat moves one.
+//!
 //! Every error answer is JSON with an `error` field; unknown routes are
 //! `404`, wrong methods `405`.
 
 use super::audit::{Audit, Conflict, SkippedRange};
-use super::faults::Fault;
+use super::faults::{Fault, RoutedFault};
+use super::heartbeat::{self, Checked, Heartbeat, millis};
 use super::record::{self, SKIP_BOUND, SlotJson, excerpt};
-use super::report::{FleetStats, Outcome, RequestLog};
+use super::report::{FleetEvent, FleetStats, HeartbeatLine, Outcome, RequestLog, Route};
 use super::store::Stored;
-use super::tokens::{RotateReport, TokenDigest, TokenStatus, digest, fingerprint_of};
+use super::tokens::{RotateReport, TokenDigest, TokenRole, TokenStatus, digest, fingerprint_of};
 use super::{FleetSim, MAX_BODY_BYTES};
 use crate::config::{ParseError, parse_duration};
 use axum::Router;
@@ -45,6 +58,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::pin::Pin;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Largest admin request body taken.
@@ -76,15 +90,47 @@ pub(crate) async fn serve(
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
     });
-    axum::serve(listener, router(app))
+    let sim = app.sim.clone();
+    let stop_watching = shutdown.child_token();
+    let watcher = tokio::spawn(watch_liveness(sim, stop_watching.clone()));
+    let served = axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await;
+    stop_watching.cancel();
+    if let Err(e) = watcher.await {
+        tracing::warn!("the liveness timer failed: {e}");
+    }
+    served
+}
+
+/// Marks gateways offline as their deadlines pass, until `stop`: sleeps
+/// until the earliest deadline, and re-computes it when a heartbeat is
+/// accepted.
+async fn watch_liveness(sim: FleetSim, stop: CancellationToken) {
+    loop {
+        // Created before the sweep: a heartbeat accepted during the sweep
+        // leaves a permit, so it is not missed.
+        let changed = sim.shared.liveness_changed.notified();
+        let next = sim.sweep_liveness();
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = changed => {}
+            () = due => {}
+        }
+    }
 }
 
 /// Every route.
 fn router(app: App) -> Router {
     Router::new()
         .route("/api/fleet/ingest", post(ingest))
+        .route("/api/fleet/heartbeat", post(heartbeat))
         .route("/admin/rotate", post(rotate))
         .route("/admin/expire-previous", post(expire_previous))
         .route("/admin/tokens", get(tokens))
@@ -102,6 +148,8 @@ fn router(app: App) -> Router {
         .route("/admin/gateways", get(gateways))
         .route("/admin/stats", get(stats))
         .route("/admin/requests", get(requests))
+        .route("/admin/heartbeats", get(heartbeats))
+        .route("/admin/liveness", get(liveness))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -280,12 +328,30 @@ struct Prepared {
 async fn ingest(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
     let at = Utc::now();
     // Taken on arrival, so faults hit requests in the order they arrive.
-    let fault = app.sim.take_fault();
+    let fault = app.sim.take_fault(Route::Ingest);
     let presented = bearer(&headers);
     let encoding = encoding(&headers);
     let wire = read_body(body, MAX_BODY_BYTES).await;
-    let log = RequestLog {
+    let log = new_log(at, Route::Ingest, &presented, &fault, &wire, &encoding);
+    if let Some(response) = handle(&app.sim, &headers, fault, presented, encoding, &wire, log) {
+        return response;
+    }
+    drop(wire);
+    held(&app).await
+}
+
+/// A request's log entry before anything is known of its body.
+fn new_log(
+    at: chrono::DateTime<Utc>,
+    route: Route,
+    presented: &Option<TokenDigest>,
+    fault: &Option<Fault>,
+    wire: &Wire,
+    encoding: &Encoding,
+) -> RequestLog {
+    RequestLog {
         at,
+        route,
         token: presented.as_ref().map(fingerprint_of),
         token_role: None,
         status: None,
@@ -293,6 +359,7 @@ async fn ingest(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
         fault: fault.as_ref().map(Fault::kind),
         gateway: None,
         records: None,
+        meters: None,
         accepted: 0,
         duplicates: 0,
         conflicts: 0,
@@ -303,13 +370,13 @@ async fn ingest(State(app): State<App>, headers: HeaderMap, body: Body) -> Respo
         body_bytes: wire.seen,
         gzip: matches!(encoding, Encoding::Gzip),
         detail: None,
-    };
-    if let Some(response) = handle(&app.sim, &headers, fault, presented, encoding, &wire, log) {
-        return response;
     }
-    // A `hang` fault: held until shutdown. If the client gives up first, the
-    // connection closes and this future is dropped with it.
-    drop(wire);
+}
+
+/// A request held by a `hang` fault: answered `503` (and closed) at
+/// shutdown. If the client gives up first, the connection closes and this
+/// future is dropped with it.
+async fn held(app: &App) -> Response {
     app.shutdown.cancelled().await;
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -354,26 +421,7 @@ fn handle(
             status,
             retry_after,
             ..
-        }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            sim.settle(
-                log,
-                Outcome::Fault,
-                Some(status.as_u16()),
-                Some("injected fault".to_owned()),
-            );
-            let mut response = (
-                status,
-                axum::Json(json!({"error": "injected fault", "status": status.as_u16()})),
-            )
-                .into_response();
-            if let Some(secs) = retry_after {
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            Some(response)
-        }
+        }) => Some(status_fault(sim, log, status, retry_after)),
         Some(Fault::Hang { .. }) => {
             sim.settle(log, Outcome::Hang, None, None);
             None
@@ -382,17 +430,47 @@ fn handle(
             // Processed normally; only the answer is replaced, like a proxy
             // that swallows it.
             let _ = process(sim, presented, parsed, log, true);
-            Some(
-                (
-                    StatusCode::OK,
-                    [(CONTENT_TYPE, "text/html; charset=utf-8")],
-                    "<html>OK</html>",
-                )
-                    .into_response(),
-            )
+            Some(captive_portal())
         }
         None => Some(process(sim, presented, parsed, log, false).into_response()),
     }
+}
+
+/// Logs a request hit by a `status` fault and answers it.
+fn status_fault(
+    sim: &FleetSim,
+    log: RequestLog,
+    status: u16,
+    retry_after: Option<u64>,
+) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    sim.settle(
+        log,
+        Outcome::Fault,
+        Some(status.as_u16()),
+        Some("injected fault".to_owned()),
+    );
+    let mut response = (
+        status,
+        axum::Json(json!({"error": "injected fault", "status": status.as_u16()})),
+    )
+        .into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The answer of a `not_json` fault: `200` HTML.
+fn captive_portal() -> Response {
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<html>OK</html>",
+    )
+        .into_response()
 }
 
 /// The body as JSON bytes: read in full, declared as JSON, decompressed.
@@ -611,6 +689,177 @@ fn warn_about(gateway: &str, epoch: u64, stored: &Stored) {
 }
 
 // ---------------------------------------------------------------------------
+// Heartbeat.
+
+/// A heartbeat body: as received, and what its checks found.
+type ParsedHeartbeat = Result<(serde_json::Value, Checked), Answer>;
+
+/// `POST /api/fleet/heartbeat`.
+async fn heartbeat(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let at = Utc::now();
+    // Taken on arrival, so faults hit requests in the order they arrive.
+    let fault = app.sim.take_fault(Route::Heartbeat);
+    let presented = bearer(&headers);
+    let encoding = encoding(&headers);
+    let wire = read_body(body, MAX_BODY_BYTES).await;
+    let log = new_log(at, Route::Heartbeat, &presented, &fault, &wire, &encoding);
+    if let Some(response) =
+        handle_heartbeat(&app.sim, &headers, fault, presented, encoding, &wire, log)
+    {
+        return response;
+    }
+    drop(wire);
+    held(&app).await
+}
+
+/// Answers and logs a heartbeat request; `None` when a `hang` fault holds
+/// it. The body is decoded and checked whatever the fault or token, so the
+/// log names the gateway of every request whose body is JSON.
+fn handle_heartbeat(
+    sim: &FleetSim,
+    headers: &HeaderMap,
+    fault: Option<Fault>,
+    presented: Option<TokenDigest>,
+    encoding: Encoding,
+    wire: &Wire,
+    mut log: RequestLog,
+) -> Option<Response> {
+    let parsed: ParsedHeartbeat = decode(headers, encoding, wire).and_then(|bytes| {
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Answer::malformed(format!("the body is not JSON: {e}")))?;
+        if let Some(gateway) = value.get("gateway").and_then(serde_json::Value::as_str) {
+            log.gateway = Some(excerpt(gateway).into_owned());
+        }
+        let checked = heartbeat::check(&value).map_err(Answer::malformed)?;
+        Ok((value, checked))
+    });
+    if let Ok((_, checked)) = &parsed {
+        log.meters = Some(checked.states.len());
+    }
+    match fault {
+        Some(Fault::Status {
+            status,
+            retry_after,
+            ..
+        }) => Some(status_fault(sim, log, status, retry_after)),
+        Some(Fault::Hang { .. }) => {
+            sim.settle(log, Outcome::Hang, None, None);
+            None
+        }
+        Some(Fault::NotJson { .. }) => {
+            let _ = process_heartbeat(sim, presented, parsed, log, true);
+            Some(captive_portal())
+        }
+        None => Some(
+            match process_heartbeat(sim, presented, parsed, log, false) {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(answer) => answer.into_response(),
+            },
+        ),
+    }
+}
+
+/// The token, then the body, then keeping it; logs the request. With
+/// `not_json` the log says the client saw `200` (the caller answers HTML).
+fn process_heartbeat(
+    sim: &FleetSim,
+    presented: Option<TokenDigest>,
+    parsed: ParsedHeartbeat,
+    mut log: RequestLog,
+    not_json: bool,
+) -> Result<(), Answer> {
+    let checked = match presented.and_then(|presented| sim.check_token(&presented)) {
+        Some(role) => {
+            log.token_role = Some(role);
+            parsed.map(|parsed| (parsed, role))
+        }
+        None => Err(Answer::unknown_token()),
+    };
+    match checked {
+        Ok(((body, checked), role)) => {
+            sim.accept_heartbeat(body, checked, role, log, not_json);
+            Ok(())
+        }
+        Err(answer) => {
+            let status = if not_json {
+                200
+            } else {
+                answer.status.as_u16()
+            };
+            sim.settle(log, answer.outcome, Some(status), answer.detail.clone());
+            Err(answer)
+        }
+    }
+}
+
+impl FleetSim {
+    /// Keeps an accepted heartbeat, updates its gateway's liveness, logs
+    /// the request and sends its events, under one lock; then wakes the
+    /// liveness timer.
+    fn accept_heartbeat(
+        &self,
+        body: serde_json::Value,
+        checked: Checked,
+        role: TokenRole,
+        mut log: RequestLog,
+        not_json: bool,
+    ) {
+        let status = if not_json { 200 } else { 204 };
+        let Checked {
+            gateway,
+            interval,
+            states,
+        } = checked;
+        let interval = interval.unwrap_or(self.shared.heartbeat_interval);
+        let token = log.token.clone().unwrap_or_default();
+        log.status = Some(status);
+        log.outcome = Outcome::Accepted;
+        let line = HeartbeatLine {
+            gateway: gateway.clone(),
+            meters: states.len(),
+            states,
+            token: token.clone(),
+            token_role: role,
+            bytes: log.body_bytes,
+            gzip: log.gzip,
+            interval_ms: millis(interval),
+        };
+        let heartbeat = Heartbeat {
+            at: log.at,
+            token,
+            token_role: role,
+            status,
+            body,
+        };
+        let mut state = self.state();
+        let accepted = state
+            .heartbeats
+            .accept(&gateway, heartbeat, interval, Instant::now());
+        state.finish(log, &self.shared.events);
+        if let Some(went) = accepted.went_offline {
+            self.emit(FleetEvent::GatewayOffline {
+                gateway: went.gateway,
+                last_heartbeat_at: went.last_heartbeat_at,
+                interval_ms: went.interval_ms,
+            });
+        }
+        self.emit(FleetEvent::Heartbeat(line));
+        if let Some(back) = &accepted.came_back {
+            self.emit(FleetEvent::GatewayOnline {
+                gateway: gateway.clone(),
+                offline_for_ms: back.offline_for_ms,
+                silent_for_ms: back.silent_for_ms,
+            });
+        }
+        drop(state);
+        if accepted.came_back.is_some() {
+            tracing::info!(%gateway, "gateway online again");
+        }
+        self.shared.liveness_changed.notify_one();
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Admin.
 
 /// Bad admin input: `400` with `{"error": ...}`.
@@ -717,16 +966,17 @@ async fn tokens(State(app): State<App>) -> axum::Json<TokenStatus> {
 
 /// The faults waiting, as admin routes answer.
 fn pending_answer(sim: &FleetSim) -> axum::Json<serde_json::Value> {
-    axum::Json(json!({"pending": sim.pending_faults()}))
+    axum::Json(json!({"pending": sim.pending_routed()}))
 }
 
-/// `POST /admin/faults`.
+/// `POST /admin/faults`: a fault with an optional `route`.
 async fn inject(
     State(app): State<App>,
     body: Body,
 ) -> Result<axum::Json<serde_json::Value>, AdminError> {
-    let fault: Fault = admin_json(body).await?;
-    app.sim.inject(fault)?;
+    let value: serde_json::Value = admin_json(body).await?;
+    let RoutedFault { fault, route } = RoutedFault::from_json(value).map_err(AdminError::Json)?;
+    app.sim.inject_on(fault, route)?;
     Ok(pending_answer(&app.sim))
 }
 
@@ -937,6 +1187,33 @@ async fn stats(State(app): State<App>) -> axum::Json<FleetStats> {
 /// `GET /admin/requests`.
 async fn requests(State(app): State<App>) -> axum::Json<Vec<RequestLog>> {
     axum::Json(app.sim.requests())
+}
+
+/// `?gateway=...[&limit=N]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeartbeatsQuery {
+    /// The gateway id.
+    gateway: String,
+    /// Only the last N heartbeats (default: all kept).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /admin/heartbeats?gateway=...[&limit=N]`: accepted heartbeats,
+/// oldest first.
+async fn heartbeats(
+    State(app): State<App>,
+    query: Result<Query<HeartbeatsQuery>, QueryRejection>,
+) -> Result<axum::Json<serde_json::Value>, AdminError> {
+    let Query(query) = query.map_err(|e| AdminError::Query(e.body_text()))?;
+    let heartbeats = app.sim.state().heartbeats.list(&query.gateway, query.limit);
+    Ok(axum::Json(json!({"heartbeats": heartbeats})))
+}
+
+/// `GET /admin/liveness`.
+async fn liveness(State(app): State<App>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"gateways": app.sim.liveness()}))
 }
 
 /// Any other path.

@@ -21,13 +21,22 @@
 //! ([`SkippedRange`]), records inside them, and the holes nobody declared
 //! ([`Audit`]). Bodies without the two fields are plain SPEC §7, epoch 0.
 //!
+//! It also takes the gateways' heartbeats on `POST /api/fleet/heartbeat`
+//! (SPEC §7, "Heartbeat"): same tokens and faults (a fault names the route it
+//! applies to: [`FaultRoute`]), the body checked field by field and kept
+//! (the last [`HEARTBEATS_KEPT`] per gateway, [`Heartbeat`]), and liveness
+//! ([`GatewayLiveness`]): a gateway silent for 3 of its heartbeat intervals
+//! is marked offline by a timer in the server, and online again at its next
+//! accepted heartbeat ([`FleetEvent::GatewayOffline`],
+//! [`FleetEvent::GatewayOnline`]).
+//!
 //! The admin surface (`/admin/...`) is unauthenticated: the simulator is for
 //! test rigs on loopback or a lab network, never for a reachable address.
 //!
 //! Layout (one module per role):
 //! - [`tokens`]: token digests, rotation and grace ([`fingerprint`],
 //!   [`RotateReport`], [`TokenStatus`]).
-//! - [`faults`]: [`Fault`] and the fault queue.
+//! - [`faults`]: [`Fault`], [`FaultRoute`] and the fault queue.
 //! - [`record`]: the record on its way in (typed, checked parsing) and at
 //!   rest (compact, interned), and [`StoredRecord`].
 //! - `store`: per-gateway records in first-arrival order, de-duplication by
@@ -35,14 +44,18 @@
 //! - [`audit`]: what the fleet says about a gateway's numbering
 //!   ([`Conflict`], [`SkippedRange`], [`Audit`]) and the range arithmetic
 //!   behind it.
+//! - [`heartbeat`]: the heartbeat body's checks, the heartbeats kept and
+//!   each gateway's liveness ([`Heartbeat`], [`GatewayLiveness`]).
 //! - [`report`]: [`FleetStats`], [`RequestLog`], [`FleetEvent`].
-//! - `http`: the routes, the ingest pipeline and the admin handlers.
+//! - `http`: the routes, the ingest and heartbeat pipelines, the liveness
+//!   timer and the admin handlers.
 //!
 //! [`FleetSim`] is the server: cloning it gives another handle to the same
 //! fleet, whose state persists across connections and listeners.
 
 pub mod audit;
 pub mod faults;
+pub mod heartbeat;
 mod http;
 pub mod record;
 pub mod report;
@@ -50,19 +63,21 @@ mod store;
 pub mod tokens;
 
 pub use audit::{Audit, Conflict, EpochAudit, Hole, SkippedRange};
-pub use faults::{Fault, FaultKind, InvalidFault};
+pub use faults::{Fault, FaultKind, FaultRoute, InvalidFault, RoutedFault};
+pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, GatewayLiveness, HEARTBEATS_KEPT, Heartbeat};
 pub use record::{RecordState, StoredRecord};
-pub use report::{FleetEvent, FleetStats, Outcome, RequestLog};
+pub use report::{FleetEvent, FleetStats, HeartbeatLine, Outcome, RequestLog, Route};
 pub use tokens::{RotateReport, TokenRole, TokenStatus, fingerprint};
 
 use faults::FaultQueue;
+use heartbeat::Heartbeats;
 use record::Interner;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use store::Store;
 use tokens::{TokenDigest, Tokens};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 /// The grace a rotated-out token gets unless told otherwise (SPEC §7).
@@ -88,6 +103,10 @@ pub struct FleetSimConfig {
     pub max_records: Option<usize>,
     /// Batches holding any of these seqs are refused with `400`.
     pub poison: BTreeSet<u64>,
+    /// A gateway's heartbeat interval when its heartbeat does not give
+    /// `interval_s` (default 60 s); 3 intervals without a heartbeat mark it
+    /// offline.
+    pub heartbeat_interval: Duration,
 }
 
 impl FleetSimConfig {
@@ -99,6 +118,7 @@ impl FleetSimConfig {
             grace: DEFAULT_GRACE,
             max_records: None,
             poison: BTreeSet::new(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
         }
     }
 }
@@ -118,6 +138,7 @@ impl std::fmt::Debug for FleetSimConfig {
             .field("grace", &self.grace)
             .field("max_records", &self.max_records)
             .field("poison", &self.poison)
+            .field("heartbeat_interval", &self.heartbeat_interval)
             .finish()
     }
 }
@@ -149,6 +170,11 @@ struct Shared {
     events: broadcast::Sender<FleetEvent>,
     /// The grace of rotations that do not name one.
     grace: Duration,
+    /// The heartbeat interval of a heartbeat without `interval_s`.
+    heartbeat_interval: Duration,
+    /// Woken when a gateway's offline deadline may have moved (a heartbeat
+    /// was accepted), so the liveness timer re-computes its next wake-up.
+    liveness_changed: Notify,
 }
 
 /// Everything that changes.
@@ -165,8 +191,10 @@ struct State {
     store: Store,
     /// Counters.
     stats: FleetStats,
-    /// The last ingest requests, oldest first.
+    /// The last requests (ingest and heartbeat), oldest first.
     requests: VecDeque<RequestLog>,
+    /// The heartbeats kept and every gateway's liveness.
+    heartbeats: Heartbeats,
 }
 
 impl FleetSim {
@@ -188,18 +216,22 @@ impl FleetSim {
                     store: Store::default(),
                     stats: FleetStats::default(),
                     requests: VecDeque::new(),
+                    heartbeats: Heartbeats::default(),
                 }),
                 interner: Mutex::new(Interner::default()),
                 events,
                 grace: config.grace,
+                heartbeat_interval: config.heartbeat_interval,
+                liveness_changed: Notify::new(),
             }),
         }
     }
 
-    /// Serves HTTP/1.1 from `listener` (ingest and admin routes) until
-    /// `shutdown` is cancelled and the requests in progress are answered;
-    /// requests held by a `hang` fault are then answered `503` and closed.
-    /// TCP_NODELAY is set on every connection.
+    /// Serves HTTP/1.1 from `listener` (ingest, heartbeat and admin routes)
+    /// until `shutdown` is cancelled and the requests in progress are
+    /// answered; requests held by a `hang` fault are then answered `503` and
+    /// closed. TCP_NODELAY is set on every connection. While it serves, a
+    /// timer marks gateways offline when their heartbeats stop.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
@@ -244,19 +276,38 @@ impl FleetSim {
         self.state().tokens.status(Instant::now())
     }
 
-    /// Queues `fault` for the next requests (after the faults already
-    /// waiting); returns how many faults are now waiting.
+    /// Queues `fault` for the next ingest requests (after the faults
+    /// already waiting); returns how many faults are now waiting.
     pub fn inject(&self, fault: Fault) -> Result<usize, InvalidFault> {
+        self.inject_on(fault, FaultRoute::Ingest)
+    }
+
+    /// Queues `fault` for the next requests to `route` (after the faults
+    /// already waiting); returns how many faults are now waiting. With
+    /// [`FaultRoute::All`] its count is consumed by requests of either
+    /// route.
+    pub fn inject_on(&self, fault: Fault, route: FaultRoute) -> Result<usize, InvalidFault> {
         fault.validate()?;
         let mut state = self.state();
-        let pending = state.faults.push(fault.clone());
-        self.emit(FleetEvent::Fault { fault, pending });
+        let pending = state.faults.push(fault.clone(), route);
+        self.emit(FleetEvent::Fault {
+            fault,
+            route,
+            pending,
+        });
         drop(state);
         Ok(pending)
     }
 
-    /// The faults waiting, each with the requests it still applies to.
+    /// The faults waiting, each with the requests it still applies to (of
+    /// every route; [`FleetSim::pending_routed`] names the routes).
     pub fn pending_faults(&self) -> Vec<Fault> {
+        self.pending_routed().into_iter().map(|r| r.fault).collect()
+    }
+
+    /// The faults waiting with their routes, each with the requests it still
+    /// applies to.
+    pub fn pending_routed(&self) -> Vec<RoutedFault> {
         self.state().faults.pending()
     }
 
@@ -356,10 +407,41 @@ impl FleetSim {
         self.state().stats.clone()
     }
 
-    /// The ingest requests so far (the last
+    /// The requests so far, ingest and heartbeat (the last
     /// [`report::REQUEST_LOG_CAPACITY`]), oldest first.
     pub fn requests(&self) -> Vec<RequestLog> {
         self.state().requests.iter().cloned().collect()
+    }
+
+    /// `gateway`'s accepted heartbeats (the last [`HEARTBEATS_KEPT`]),
+    /// oldest first. Refused ones are in [`FleetSim::requests`].
+    pub fn heartbeats(&self, gateway: &str) -> Vec<Heartbeat> {
+        self.state().heartbeats.list(gateway, None)
+    }
+
+    /// Every gateway that sent an accepted heartbeat, with its liveness,
+    /// sorted by gateway. A gateway whose 3 intervals ran out is marked
+    /// offline here too, should the server's timer not have run yet.
+    pub fn liveness(&self) -> Vec<GatewayLiveness> {
+        self.sweep_liveness();
+        self.state().heartbeats.liveness()
+    }
+
+    /// Marks offline the gateways silent for 3 intervals (one event each);
+    /// the next moment one may go offline.
+    fn sweep_liveness(&self) -> Option<Instant> {
+        let mut state = self.state();
+        let (offline, next) = state.heartbeats.sweep(Instant::now());
+        for went in offline {
+            tracing::info!(gateway = %went.gateway, "gateway offline: no heartbeat for 3 intervals");
+            self.emit(FleetEvent::GatewayOffline {
+                gateway: went.gateway,
+                last_heartbeat_at: went.last_heartbeat_at,
+                interval_ms: went.interval_ms,
+            });
+        }
+        drop(state);
+        next
     }
 
     /// A receiver of every event from now on.
@@ -391,9 +473,9 @@ impl FleetSim {
         let _ = self.shared.events.send(event);
     }
 
-    /// The next request's fault, if one is waiting.
-    fn take_fault(&self) -> Option<Fault> {
-        self.state().faults.take()
+    /// The fault for the next request to `route`, if one is waiting.
+    fn take_fault(&self, route: Route) -> Option<Fault> {
+        self.state().faults.take(route)
     }
 
     /// The role of the presented token now, or `None` if it is not honoured.
@@ -403,8 +485,25 @@ impl FleetSim {
 }
 
 impl State {
-    /// Counts an ingest request, keeps its log entry and sends its event.
+    /// Counts a request, keeps its log entry and sends its event (an
+    /// accepted heartbeat's event is sent by whoever stored it).
     fn finish(&mut self, log: RequestLog, events: &broadcast::Sender<FleetEvent>) {
+        if log.route == Route::Heartbeat {
+            self.stats.heartbeat_requests += 1;
+            let accepted = log.outcome == Outcome::Accepted;
+            if accepted {
+                self.stats.heartbeats += 1;
+            }
+            if self.requests.len() >= report::REQUEST_LOG_CAPACITY {
+                self.requests.pop_front();
+            }
+            self.requests.push_back(log.clone());
+            if !accepted {
+                // No receiver is not an error: nobody is watching.
+                let _ = events.send(FleetEvent::HeartbeatRefused(log));
+            }
+            return;
+        }
         let stats = &mut self.stats;
         stats.requests += 1;
         match log.status {

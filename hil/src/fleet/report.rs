@@ -1,16 +1,21 @@
 //! What the fleet simulator tells the outside world: counters, the log of
-//! ingest requests, and events.
+//! requests, and events.
 //!
-//! [`FleetStats`] are cumulative over the simulator's life. Every ingest
-//! request leaves one [`RequestLog`] (the last [`REQUEST_LOG_CAPACITY`] are
-//! kept) and one [`FleetEvent::Ingest`]; every admin change leaves one event.
+//! [`FleetStats`] are cumulative over the simulator's life. Every ingest or
+//! heartbeat request leaves one [`RequestLog`] (the last
+//! [`REQUEST_LOG_CAPACITY`] are kept, both routes together) and one event:
+//! [`FleetEvent::Ingest`] for an ingest request, [`FleetEvent::Heartbeat`]
+//! for an accepted heartbeat, [`FleetEvent::HeartbeatRefused`] for any other
+//! heartbeat request. A gateway going silent and coming back leaves
+//! [`FleetEvent::GatewayOffline`] and [`FleetEvent::GatewayOnline`]; every
+//! admin change leaves one event.
 //! Events go out on a broadcast channel: a receiver more than
 //! [`EVENT_CAPACITY`] events behind is told it lagged and continues. Counters,
 //! log and event are updated together under the simulator's lock, so they
 //! always agree. No plain token appears in any of them: tokens are named by
 //! their fingerprint.
 
-use super::faults::{Fault, FaultKind};
+use super::faults::{Fault, FaultKind, FaultRoute};
 use super::tokens::{RotateReport, TokenRole, rfc3339_ms};
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
@@ -19,10 +24,21 @@ use std::collections::BTreeMap;
 /// Events a receiver may fall behind before it is told it lagged.
 pub const EVENT_CAPACITY: usize = 4096;
 
-/// Ingest requests kept in the log (the oldest are dropped beyond this).
+/// Requests kept in the log (the oldest are dropped beyond this).
 pub const REQUEST_LOG_CAPACITY: usize = 100_000;
 
-/// Counters over the simulator's life.
+/// The route a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// `POST /api/fleet/ingest`.
+    Ingest,
+    /// `POST /api/fleet/heartbeat`.
+    Heartbeat,
+}
+
+/// Counters over the simulator's life. All but `heartbeats` and
+/// `heartbeat_requests` count ingest requests only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FleetStats {
     /// Ingest requests, whatever their answer (hung ones included).
@@ -58,13 +74,19 @@ pub struct FleetStats {
     /// Records whose seq lies in a range their gateway declared skipped in
     /// their epoch, whichever arrived first.
     pub records_in_skips: u64,
+    /// Heartbeats accepted (answered `204`, or `200` HTML under a
+    /// `not_json` fault) and stored.
+    pub heartbeats: u64,
+    /// Heartbeat requests, whatever their answer (hung ones included).
+    pub heartbeat_requests: u64,
 }
 
-/// What became of an ingest request.
+/// What became of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// Stored: new records kept, duplicates ignored (`200`).
+    /// Stored: new records kept, duplicates ignored (`200`); a heartbeat
+    /// stored (`204`).
     Accepted,
     /// Answered by a `status` fault; nothing looked at.
     Fault,
@@ -76,16 +98,20 @@ pub enum Outcome {
     TooLarge,
     /// A poisoned seq in the batch (`400`); nothing stored.
     Poison,
-    /// Not a valid push body (`400`); nothing stored.
+    /// Not a valid push or heartbeat body (`400`); nothing stored.
     Malformed,
 }
 
-/// One ingest request as the simulator saw it.
+/// One ingest or heartbeat request as the simulator saw it. A heartbeat
+/// request's entry has no records (`records`, `first_seq`, `last_seq` are
+/// `null`, `accepted` and `duplicates` 0) but names its `meters`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RequestLog {
     /// When it arrived (RFC 3339 UTC, ms).
     #[serde(serialize_with = "ser_rfc3339_ms")]
     pub at: DateTime<Utc>,
+    /// The route it came in on.
+    pub route: Route,
     /// Fingerprint of the bearer token presented (known or not), `None`
     /// without one.
     pub token: Option<String>,
@@ -99,8 +125,12 @@ pub struct RequestLog {
     pub fault: Option<FaultKind>,
     /// The gateway id from the body, when it parsed.
     pub gateway: Option<String>,
-    /// Records in the body, when it parsed.
+    /// Records in the body, when it parsed (ingest).
     pub records: Option<usize>,
+    /// Meters in the body, when it parsed (heartbeat); not serialized
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meters: Option<usize>,
     /// Records new to the fleet.
     pub accepted: usize,
     /// Records ignored as re-sends.
@@ -153,11 +183,39 @@ pub enum FleetEvent {
         /// Fingerprint of the token retired, if there was one.
         retired: Option<String>,
     },
+    /// A heartbeat was accepted and stored.
+    Heartbeat(HeartbeatLine),
+    /// A heartbeat request was not accepted (refused, faulted, or taken and
+    /// held by a `hang` fault): its log entry.
+    HeartbeatRefused(RequestLog),
+    /// A gateway sent no accepted heartbeat for 3 of its intervals.
+    GatewayOffline {
+        /// The gateway.
+        gateway: String,
+        /// When its last accepted heartbeat arrived (server time, RFC 3339
+        /// UTC, ms).
+        last_heartbeat_at: String,
+        /// Its heartbeat interval then, in milliseconds.
+        interval_ms: u64,
+    },
+    /// An offline gateway's heartbeat was accepted again.
+    GatewayOnline {
+        /// The gateway.
+        gateway: String,
+        /// How long it was offline: from the moment its third interval
+        /// without a heartbeat ended to this heartbeat, in milliseconds.
+        offline_for_ms: u64,
+        /// From its previous accepted heartbeat to this one, in
+        /// milliseconds.
+        silent_for_ms: u64,
+    },
     /// A fault was queued.
     Fault {
         /// The fault.
         #[serde(flatten)]
         fault: Fault,
+        /// The requests it applies to.
+        route: FaultRoute,
         /// Faults now waiting, this one included.
         pending: usize,
     },
@@ -178,6 +236,40 @@ pub enum FleetEvent {
     },
 }
 
+/// What an accepted heartbeat's line says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeartbeatLine {
+    /// The gateway.
+    pub gateway: String,
+    /// Meters in the body.
+    pub meters: usize,
+    /// Each meter's `"<state>/<run_state>"` (only `"<state>"` when the body
+    /// gave no `run_state`), by meter id in the order sent.
+    #[serde(serialize_with = "ser_pairs")]
+    pub states: Vec<(String, String)>,
+    /// Fingerprint of the token presented.
+    pub token: String,
+    /// Which honoured token it was.
+    pub token_role: TokenRole,
+    /// Body bytes as received on the wire (compressed size when gzipped).
+    pub bytes: u64,
+    /// Whether the body was gzipped.
+    pub gzip: bool,
+    /// The gateway's heartbeat interval now, in milliseconds (the body's
+    /// `interval_s`, else the simulator's default).
+    pub interval_ms: u64,
+}
+
+/// Serializes pairs as a JSON object in their order.
+fn ser_pairs<S: Serializer>(pairs: &[(String, String)], serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (key, value) in pairs {
+        map.serialize_entry(key, value)?;
+    }
+    map.end()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,13 +282,34 @@ mod tests {
                 retry_after: Some(2),
                 count: 3,
             },
+            route: FaultRoute::Ingest,
             pending: 1,
         };
         assert_eq!(
             serde_json::to_value(&fault).ok(),
             Some(
                 serde_json::json!({"event": "fault", "kind": "status", "status": 503,
-                                    "retry_after": 2, "count": 3, "pending": 1})
+                                    "retry_after": 2, "count": 3, "route": "ingest",
+                                    "pending": 1})
+            )
+        );
+        let line = FleetEvent::Heartbeat(HeartbeatLine {
+            gateway: "gw".to_owned(),
+            meters: 2,
+            states: vec![
+                ("b".to_owned(), "connected/measuring".to_owned()),
+                ("a".to_owned(), "down".to_owned()),
+            ],
+            token: "ab12cd34".to_owned(),
+            token_role: TokenRole::Current,
+            bytes: 10,
+            gzip: false,
+            interval_ms: 500,
+        });
+        assert_eq!(
+            serde_json::to_string(&line).ok().as_deref(),
+            Some(
+                r#"{"event":"heartbeat","gateway":"gw","meters":2,"states":{"b":"connected/measuring","a":"down"},"token":"ab12cd34","token_role":"current","bytes":10,"gzip":false,"interval_ms":500}"#
             )
         );
         let cleared = FleetEvent::FaultsCleared { dropped: 2 };

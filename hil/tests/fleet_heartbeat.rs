@@ -1,0 +1,1024 @@
+//! The fleet simulator's heartbeat route over real sockets (SPEC §7,
+//! "Heartbeat"): accepted and read back, bad bodies named by field, tokens
+//! and grace, faults by route, gzip, liveness (offline after 3 silent
+//! intervals, online again at the next heartbeat), and the real `fleet-sim`
+//! binary's lines. No fixed sleeps: every wait is on an event, a line or a
+//! poll with a deadline.
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use slmd_hil::fleet::{
+    FleetEvent, FleetSim, FleetSimConfig, GatewayLiveness, Route, TokenRole, fingerprint,
+};
+use std::io::Write as _;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before it fails.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A gateway id.
+const GW: &str = "gw-0042";
+
+/// A fleet simulator served on 127.0.0.1 and a client for it.
+struct Fleet {
+    /// The simulator (the same fleet the server serves).
+    sim: FleetSim,
+    /// `http://127.0.0.1:port`.
+    base: String,
+    /// Stops the server.
+    shutdown: CancellationToken,
+    /// The server task.
+    server: JoinHandle<std::io::Result<()>>,
+    /// A client without a timeout of its own (each wait has a deadline).
+    client: reqwest::Client,
+}
+
+/// An answer: status, `Retry-After`, `Content-Type`, the body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    content_type: Option<String>,
+    text: String,
+}
+
+impl Reply {
+    /// The body as JSON; fails the test when it is not.
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+}
+
+fn client(timeout: Option<Duration>) -> reqwest::Client {
+    // reqwest is built without a crypto provider; plain HTTP needs none, but
+    // the builder insists on one being installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if let Some(timeout) = timeout {
+        builder = builder.timeout(timeout);
+    }
+    builder.build().expect("a reqwest client")
+}
+
+async fn start(config: FleetSimConfig) -> Fleet {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    let sim = FleetSim::new(config);
+    let shutdown = CancellationToken::new();
+    let server = {
+        let (sim, shutdown) = (sim.clone(), shutdown.clone());
+        tokio::spawn(async move { sim.serve(listener, shutdown).await })
+    };
+    Fleet {
+        sim,
+        base: format!("http://{addr}"),
+        shutdown,
+        server,
+        client: client(None),
+    }
+}
+
+/// The heartbeat body of SPEC §7 as the daemon sends it, from `gateway`.
+fn beat(gateway: &str) -> Value {
+    json!({"gateway": gateway, "version": "0.1.0", "uptime_s": 12,
+           "sent_at": "2026-12-02T15:00:00.123Z", "interval_s": 60,
+           "meters": [{"id": "nl43-north", "protocol": "nl43", "state": "connected",
+                       "run_state": "measuring", "since": "2026-12-02T14:59:50.000Z",
+                       "identity": {"model": "NL-43", "serial": "00412345", "firmware": "1.2"},
+                       "last_seq": 1041,
+                       "health": {"battery": "Full", "sd_free_percent": 87, "clock_offset_s": -1},
+                       "last_error": null},
+                      {"id": "xl2-south", "protocol": "xl2", "state": "down",
+                       "since": null, "identity": null, "last_seq": null,
+                       "health": {"battery": "unknown", "sd_free_percent": null},
+                       "last_error": "no answer for 5 s"}],
+           "buffer": {"records": 123, "unsent": 4, "oldest_unsent": "2026-12-02T14:59:58.000Z"}})
+}
+
+/// [`beat`] with `interval_s` set (or removed, with `None`).
+fn beat_every(gateway: &str, interval_s: Option<f64>) -> Value {
+    let mut body = beat(gateway);
+    match interval_s {
+        Some(s) => body["interval_s"] = json!(s),
+        None => {
+            body.as_object_mut()
+                .expect("an object")
+                .remove("interval_s");
+        }
+    }
+    body
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// A record as SPEC §3 shows it.
+fn record(seq: u64) -> Value {
+    json!({"seq": seq, "device": "nl43-north", "received_at": "2026-11-22T14:15:17.123Z",
+           "device_time": "2026-11-22T14:15:16Z", "metrics": {"lp": 52.1},
+           "state": "measuring", "flags": []})
+}
+
+impl Fleet {
+    /// Sends `request` and reads the whole answer in time.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = tokio::time::timeout(DEADLINE, request.send())
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &reqwest::header::HeaderValue| {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                })
+        };
+        let (retry_after, content_type) = (header("retry-after"), header("content-type"));
+        let status = response.status().as_u16();
+        let text = tokio::time::timeout(DEADLINE, response.text())
+            .await
+            .expect("a body in time")
+            .expect("a body");
+        Reply {
+            status,
+            retry_after,
+            content_type,
+            text,
+        }
+    }
+
+    /// A request to `path` with `bytes`, the token (if any) and `headers`.
+    fn post(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        bytes: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = client.post(format!("{}{path}", self.base)).body(bytes);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+    }
+
+    /// Sends `body` as a JSON heartbeat with `token`.
+    async fn heartbeat(&self, token: &str, body: &Value) -> Reply {
+        let request = self.post(
+            &self.client,
+            "/api/fleet/heartbeat",
+            Some(token),
+            &[("content-type", "application/json")],
+            body.to_string().into_bytes(),
+        );
+        self.send(request).await
+    }
+
+    /// Pushes records `seqs` from [`GW`] with `token`.
+    async fn push(&self, token: &str, seqs: &[u64]) -> Reply {
+        let records: Vec<Value> = seqs.iter().map(|&s| record(s)).collect();
+        let body = json!({"gateway": GW, "records": records});
+        let request = self.post(
+            &self.client,
+            "/api/fleet/ingest",
+            Some(token),
+            &[("content-type", "application/json")],
+            body.to_string().into_bytes(),
+        );
+        self.send(request).await
+    }
+
+    /// An admin request that must succeed; its JSON answer.
+    async fn admin(&self, method: &str, path: &str, body: &Value) -> Value {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        let reply = self.send(request).await;
+        assert_eq!(reply.status, 200, "{method} {path} {body}: {}", reply.text);
+        reply.json()
+    }
+
+    /// A GET; its reply whatever the status.
+    async fn get_raw(&self, path: &str) -> Reply {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// An admin GET that must succeed.
+    async fn get(&self, path: &str) -> Value {
+        let reply = self.get_raw(path).await;
+        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
+        reply.json()
+    }
+
+    /// Queues `fault` over the admin route.
+    async fn fault(&self, fault: Value) -> Value {
+        self.admin("POST", "/admin/faults", &fault).await
+    }
+
+    /// `GET /admin/heartbeats?gateway=`'s entries.
+    async fn heartbeats(&self, gateway: &str) -> Vec<Value> {
+        self.get(&format!("/admin/heartbeats?gateway={gateway}"))
+            .await["heartbeats"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("no heartbeats list"))
+    }
+
+    /// The `/admin/liveness` entry of `gateway`.
+    async fn liveness_of(&self, gateway: &str) -> Value {
+        let all = self.get("/admin/liveness").await;
+        all["gateways"]
+            .as_array()
+            .and_then(|list| list.iter().find(|g| g["gateway"] == gateway).cloned())
+            .unwrap_or_else(|| panic!("{gateway} not in {all}"))
+    }
+
+    /// Stops the server; it must return in time.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(DEADLINE, self.server)
+            .await
+            .expect("the server stops in time")
+            .expect("the server task")
+            .expect("the server");
+    }
+}
+
+/// The next event that `pick` maps to something, within [`DEADLINE`].
+async fn wait_event<T>(
+    events: &mut broadcast::Receiver<FleetEvent>,
+    what: &str,
+    mut pick: impl FnMut(FleetEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(found) = pick(event) {
+                        return found;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("events closed"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what} event in time"))
+}
+
+#[tokio::test]
+async fn a_heartbeat_is_accepted_with_204_and_read_back() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let mut events = fleet.sim.events();
+    let mut body = beat(GW);
+    // More keys are welcome (SPEC §7): kept as received.
+    body["site"] = json!({"name": "north fence"});
+    body["meters"][0]["firmware_notes"] = json!("beta");
+    let reply = fleet.heartbeat("t", &body).await;
+    assert_eq!(reply.status, 204, "{}", reply.text);
+    assert_eq!(reply.text, "", "204 has no body");
+
+    let line = wait_event(&mut events, "heartbeat", |e| match e {
+        FleetEvent::Heartbeat(line) => Some(line),
+        _ => None,
+    })
+    .await;
+    assert_eq!(line.gateway, GW);
+    assert_eq!(line.meters, 2);
+    assert_eq!(
+        line.states,
+        vec![
+            ("nl43-north".to_owned(), "connected/measuring".to_owned()),
+            ("xl2-south".to_owned(), "down".to_owned()),
+        ]
+    );
+    assert_eq!(line.token, fingerprint("t"));
+    assert_eq!(line.interval_ms, 60_000);
+    assert!(!line.gzip);
+    assert_eq!(line.bytes, body.to_string().len() as u64);
+
+    let kept = fleet.heartbeats(GW).await;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["body"], body, "the body as received");
+    assert_eq!(kept[0]["status"], 204);
+    assert_eq!(kept[0]["token"], fingerprint("t"));
+    assert_eq!(kept[0]["token_role"], "current");
+    assert!(kept[0]["at"].as_str().is_some_and(|at| at.ends_with('Z')));
+    let in_process = fleet.sim.heartbeats(GW);
+    assert_eq!(in_process.len(), 1);
+    assert_eq!(in_process[0].body, body);
+    assert_eq!(in_process[0].token_role, TokenRole::Current);
+
+    // A second one; `limit` keeps the newest, oldest first.
+    let mut second = beat(GW);
+    second["uptime_s"] = json!(72);
+    assert_eq!(fleet.heartbeat("t", &second).await.status, 204);
+    let all = fleet.heartbeats(GW).await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["body"]["uptime_s"], 12);
+    assert_eq!(all[1]["body"]["uptime_s"], 72);
+    let last = fleet
+        .get(&format!("/admin/heartbeats?gateway={GW}&limit=1"))
+        .await;
+    assert_eq!(last["heartbeats"][0]["body"]["uptime_s"], 72);
+    assert_eq!(last["heartbeats"].as_array().map(Vec::len), Some(1));
+    assert!(fleet.heartbeats("nobody").await.is_empty());
+    for bad in [
+        "/admin/heartbeats",
+        "/admin/heartbeats?gateway=gw&limit=x",
+        "/admin/heartbeats?gateway=gw&epoch=1",
+    ] {
+        let reply = fleet.get_raw(bad).await;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text);
+        assert!(reply.json()["error"].is_string(), "{bad}");
+    }
+
+    // In the request log, not in the ingest counters.
+    let log = fleet.get("/admin/requests").await;
+    let log = log.as_array().expect("a list");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0]["route"], "heartbeat");
+    assert_eq!(log[0]["status"], 204);
+    assert_eq!(log[0]["outcome"], "accepted");
+    assert_eq!(log[0]["gateway"], GW);
+    assert_eq!(log[0]["meters"], 2);
+    assert_eq!(fleet.push("t", &[1]).await.status, 200);
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[2]["route"], "ingest");
+    assert!(log[2].get("meters").is_none(), "{}", log[2]);
+    let stats = fleet.get("/admin/stats").await;
+    assert_eq!(stats["requests"], 1, "{stats}");
+    assert_eq!(stats["by_status"], json!({"200": 1}));
+    assert_eq!(stats["heartbeats"], 2);
+    assert_eq!(stats["heartbeat_requests"], 2);
+
+    let live = fleet.liveness_of(GW).await;
+    assert_eq!(live["online"], true);
+    assert_eq!(live["heartbeats"], 2);
+    assert_eq!(live["interval_ms"], 60_000);
+    assert_eq!(live["offline_episodes"], 0);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn bad_heartbeat_bodies_are_400_naming_the_field() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    let mut missing = beat(GW);
+    missing.as_object_mut().expect("object").remove("gateway");
+    cases.push((missing, "gateway: missing field"));
+    let mut empty = beat(GW);
+    empty["gateway"] = json!("");
+    cases.push((empty, "gateway: expected a non-empty string"));
+    let mut state = beat(GW);
+    state["meters"][1]["state"] = json!("asleep");
+    cases.push((
+        state,
+        "meters[1].state: expected one of connected, connecting, down, failed",
+    ));
+    let mut run_state = beat(GW);
+    run_state["meters"][0]["run_state"] = json!("running");
+    cases.push((run_state, "meters[0].run_state: expected one of measuring"));
+    let mut uptime = beat(GW);
+    uptime["uptime_s"] = json!(-3);
+    cases.push((uptime, "uptime_s: expected an unsigned integer"));
+    let mut sent_at = beat(GW);
+    sent_at["sent_at"] = json!("2026-12-02 15:00");
+    cases.push((sent_at, "sent_at: `2026-12-02 15:00` is not an RFC 3339"));
+    let mut interval = beat(GW);
+    interval["interval_s"] = json!(0);
+    cases.push((interval, "interval_s: expected a positive number"));
+    let mut health = beat(GW);
+    health["meters"][0]["health"]["battery"] = json!({"level": 3});
+    cases.push((
+        health,
+        "meters[0].health.battery: expected a number, a string or null",
+    ));
+    let mut serial = beat(GW);
+    serial["meters"][0]["identity"]["serial"] = json!(412_345);
+    cases.push((
+        serial,
+        "meters[0].identity.serial: expected a string or null",
+    ));
+    let mut buffer = beat(GW);
+    buffer["buffer"]
+        .as_object_mut()
+        .expect("object")
+        .remove("unsent");
+    cases.push((buffer, "buffer.unsent: missing field"));
+    let mut oldest = beat(GW);
+    oldest["buffer"]["oldest_unsent"] = json!(17);
+    cases.push((oldest, "buffer.oldest_unsent: expected an RFC 3339"));
+    cases.push((json!([1, 2]), "expected an object"));
+
+    for (body, detail) in &cases {
+        let reply = fleet.heartbeat("t", body).await;
+        assert_eq!(reply.status, 400, "{detail}: {}", reply.text);
+        let answer = reply.json();
+        assert_eq!(answer["error"], "malformed", "{answer}");
+        let said = answer["detail"].as_str().unwrap_or_default();
+        assert!(
+            said.starts_with(detail),
+            "expected `{detail}…`, got `{said}`"
+        );
+    }
+
+    // Not JSON, not declared as JSON.
+    let not_json = fleet.post(
+        &fleet.client,
+        "/api/fleet/heartbeat",
+        Some("t"),
+        &[("content-type", "application/json")],
+        b"{\"gateway\":".to_vec(),
+    );
+    let reply = fleet.send(not_json).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("the body is not JSON"),
+        "{}",
+        reply.text
+    );
+    let text = fleet.post(
+        &fleet.client,
+        "/api/fleet/heartbeat",
+        Some("t"),
+        &[("content-type", "text/plain")],
+        beat(GW).to_string().into_bytes(),
+    );
+    let reply = fleet.send(text).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not application/json")
+    );
+
+    // Nothing kept; every refusal logged with its detail and the gateway
+    // when the body named one.
+    assert!(fleet.sim.heartbeats(GW).is_empty());
+    assert!(fleet.sim.liveness().is_empty());
+    let log = fleet.sim.requests();
+    assert_eq!(log.len(), cases.len() + 2);
+    assert!(log.iter().all(|entry| entry.route == Route::Heartbeat
+        && entry.status == Some(400)
+        && entry.detail.is_some()));
+    assert_eq!(log[2].gateway.as_deref(), Some(GW));
+    let stats = fleet.sim.stats();
+    assert_eq!(
+        (stats.heartbeats, stats.heartbeat_requests),
+        (0, log.len() as u64)
+    );
+    assert_eq!(stats.requests, 0, "no ingest request");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_tokens_are_401_and_the_previous_one_is_honoured_within_grace() {
+    let mut config = FleetSimConfig::new("t2");
+    config.previous_token = Some("t1".to_owned());
+    let fleet = start(config).await;
+    let mut events = fleet.sim.events();
+
+    let unknown = fleet.heartbeat("nope", &beat(GW)).await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.json(), json!({"error": "unknown or expired token"}));
+    let refused = wait_event(&mut events, "heartbeat_refused", |e| match e {
+        FleetEvent::HeartbeatRefused(log) => Some(log),
+        _ => None,
+    })
+    .await;
+    assert_eq!(refused.status, Some(401));
+    assert_eq!(refused.token.as_deref(), Some(fingerprint("nope").as_str()));
+    // The token comes before the body: a bad body with a bad token is 401.
+    assert_eq!(fleet.heartbeat("nope", &json!({})).await.status, 401);
+    let no_token = fleet.post(
+        &fleet.client,
+        "/api/fleet/heartbeat",
+        None,
+        &[("content-type", "application/json")],
+        beat(GW).to_string().into_bytes(),
+    );
+    assert_eq!(fleet.send(no_token).await.status, 401);
+
+    assert_eq!(fleet.heartbeat("t2", &beat(GW)).await.status, 204);
+    assert_eq!(
+        fleet.heartbeat("t1", &beat(GW)).await.status,
+        204,
+        "the previous token within its grace"
+    );
+    let kept = fleet.heartbeats(GW).await;
+    assert_eq!(kept[0]["token_role"], "current");
+    assert_eq!(kept[1]["token_role"], "previous");
+    assert_eq!(kept[1]["token"], fingerprint("t1"));
+
+    fleet
+        .admin("POST", "/admin/expire-previous", &json!({}))
+        .await;
+    assert_eq!(fleet.heartbeat("t1", &beat(GW)).await.status, 401);
+    // A rotation: the old current token is the previous one now.
+    fleet
+        .admin("POST", "/admin/rotate", &json!({"token": "t3"}))
+        .await;
+    assert_eq!(fleet.heartbeat("t2", &beat(GW)).await.status, 204);
+    assert_eq!(fleet.heartbeat("t3", &beat(GW)).await.status, 204);
+    assert_eq!(fleet.sim.heartbeats(GW).len(), 4);
+    let log = fleet.get("/admin/requests").await;
+    let outcomes: Vec<&Value> = log
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|entry| entry["status"] == 401)
+        .map(|entry| &entry["outcome"])
+        .collect();
+    assert_eq!(outcomes, vec![&json!("unknown_token"); 4]);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn faults_apply_only_to_their_route() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+
+    // A heartbeat fault leaves ingest alone.
+    let pending = fleet
+        .fault(json!({"kind": "status", "status": 503, "retry_after": 2, "route": "heartbeat"}))
+        .await;
+    assert_eq!(pending["pending"][0]["route"], "heartbeat");
+    assert_eq!(fleet.push("t", &[1]).await.status, 200);
+    let hit = fleet.heartbeat("t", &beat(GW)).await;
+    assert_eq!(hit.status, 503);
+    assert_eq!(hit.retry_after.as_deref(), Some("2"));
+    assert_eq!(hit.json()["error"], "injected fault");
+    assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
+
+    // An ingest fault (the default route) leaves heartbeats alone.
+    let pending = fleet.fault(json!({"kind": "status", "status": 500})).await;
+    assert_eq!(pending["pending"][0]["route"], "ingest");
+    assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
+    assert_eq!(fleet.push("t", &[2]).await.status, 500);
+    assert_eq!(fleet.push("t", &[2]).await.status, 200);
+
+    // `all`: one count shared by both routes, before the token.
+    fleet
+        .fault(json!({"kind": "status", "status": 429, "count": 3, "route": "all"}))
+        .await;
+    assert_eq!(fleet.heartbeat("unknown", &beat(GW)).await.status, 429);
+    assert_eq!(fleet.push("t", &[3]).await.status, 429);
+    assert_eq!(fleet.heartbeat("t", &json!({})).await.status, 429);
+    assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
+    assert_eq!(fleet.push("t", &[3]).await.status, 200);
+
+    // The fleet is down, then back.
+    fleet
+        .fault(json!({"kind": "status", "status": 503, "count": 100_000, "route": "all"}))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 503);
+        assert_eq!(fleet.push("t", &[4]).await.status, 503);
+    }
+    let waiting = fleet.get("/admin/faults").await;
+    assert_eq!(waiting["pending"][0]["count"], 100_000 - 6);
+    assert_eq!(waiting["pending"][0]["route"], "all");
+    assert_eq!(
+        fleet.admin("DELETE", "/admin/faults", &json!(null)).await,
+        json!({"dropped": 1})
+    );
+    assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
+    assert_eq!(fleet.push("t", &[4]).await.status, 200);
+
+    // A heartbeat not_json fault: kept, answered 200 HTML.
+    fleet
+        .fault(json!({"kind": "not_json", "route": "heartbeat"}))
+        .await;
+    let html = fleet.heartbeat("t", &beat(GW)).await;
+    assert_eq!(html.status, 200);
+    assert_eq!(html.text, "<html>OK</html>");
+    assert!(
+        html.content_type
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("text/html")
+    );
+    let kept = fleet.heartbeats(GW).await;
+    assert_eq!(kept.last().expect("kept")["status"], 200);
+
+    // Bad route names are refused and queue nothing.
+    let bad = fleet
+        .send(
+            fleet
+                .client
+                .post(format!("{}/admin/faults", fleet.base))
+                .body(r#"{"kind": "hang", "route": "events"}"#),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert!(
+        bad.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("route")
+    );
+    assert_eq!(fleet.get("/admin/faults").await, json!({"pending": []}));
+
+    // The log: faulted heartbeats name the fault; ingest stats saw only
+    // ingest requests.
+    let log = fleet.sim.requests();
+    let faulted_heartbeats = log
+        .iter()
+        .filter(|e| e.route == Route::Heartbeat && e.fault.is_some())
+        .count();
+    assert_eq!(faulted_heartbeats, 1 + 2 + 3 + 1);
+    let stats = fleet.sim.stats();
+    assert_eq!(stats.requests, 9, "{stats:?}");
+    assert_eq!(stats.by_status.get(&503), Some(&3));
+    assert_eq!(stats.heartbeat_requests, 11);
+    assert_eq!(stats.heartbeats, 5);
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_hang_fault_on_heartbeat_holds_it_and_the_next_one_is_answered() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    fleet
+        .fault(json!({"kind": "hang", "route": "heartbeat"}))
+        .await;
+    let impatient = client(Some(Duration::from_millis(300)));
+    let request = fleet.post(
+        &impatient,
+        "/api/fleet/heartbeat",
+        Some("t"),
+        &[("content-type", "application/json")],
+        beat(GW).to_string().into_bytes(),
+    );
+    let error = tokio::time::timeout(DEADLINE, request.send())
+        .await
+        .expect("the client gives up in time")
+        .expect_err("no answer to a hung request");
+    assert!(error.is_timeout(), "{error}");
+    assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
+    assert_eq!(
+        fleet.sim.heartbeats(GW).len(),
+        1,
+        "the hung one is not kept"
+    );
+    let log = fleet.get("/admin/requests").await;
+    assert_eq!(log[0]["outcome"], "hang");
+    assert_eq!(log[0]["route"], "heartbeat");
+    assert_eq!(log[0]["status"], Value::Null);
+    assert_eq!(fleet.sim.stats().hung, 0, "hung counts ingest requests");
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn a_gzip_heartbeat_is_accepted() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let body = beat(GW);
+    let compressed = gzip(body.to_string().as_bytes());
+    let wire = compressed.len() as u64;
+    let request = fleet.post(
+        &fleet.client,
+        "/api/fleet/heartbeat",
+        Some("t"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        compressed,
+    );
+    let mut events = fleet.sim.events();
+    assert_eq!(fleet.send(request).await.status, 204);
+    let line = wait_event(&mut events, "heartbeat", |e| match e {
+        FleetEvent::Heartbeat(line) => Some(line),
+        _ => None,
+    })
+    .await;
+    assert!(line.gzip);
+    assert_eq!(line.bytes, wire, "bytes on the wire");
+    assert_eq!(fleet.sim.heartbeats(GW)[0].body, body);
+
+    let broken = fleet.post(
+        &fleet.client,
+        "/api/fleet/heartbeat",
+        Some("t"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        b"not gzip at all".to_vec(),
+    );
+    let reply = fleet.send(broken).await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("gzip")
+    );
+    fleet.stop().await;
+}
+
+/// Waits until `gateway`'s liveness satisfies `ok`, polling.
+async fn poll_liveness(
+    sim: &FleetSim,
+    gateway: &str,
+    ok: impl Fn(&GatewayLiveness) -> bool,
+) -> GatewayLiveness {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(live) = sim.liveness().into_iter().find(|g| g.gateway == gateway)
+            && ok(&live)
+        {
+            return live;
+        }
+        assert!(Instant::now() < end, "liveness of {gateway} never matched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_gateway_is_marked_offline_and_online_again() {
+    let fleet = start(FleetSimConfig::new("t")).await;
+    let mut events = fleet.sim.events();
+    // Taken before sending: the server's clock starts no earlier.
+    let last = Instant::now();
+    assert_eq!(
+        fleet
+            .heartbeat("t", &beat_every(GW, Some(0.2)))
+            .await
+            .status,
+        204
+    );
+    // Another gateway keeps its default-sized interval and stays online.
+    assert_eq!(fleet.heartbeat("t", &beat("gw-other")).await.status, 204);
+
+    // Nothing more arrives: the server's timer notices by itself.
+    let (gateway, interval_ms, last_at) = wait_event(&mut events, "gateway_offline", |e| match e {
+        FleetEvent::GatewayOffline {
+            gateway,
+            interval_ms,
+            last_heartbeat_at,
+        } => Some((gateway, interval_ms, last_heartbeat_at)),
+        _ => None,
+    })
+    .await;
+    let silent = last.elapsed();
+    assert_eq!(gateway, GW);
+    assert_eq!(interval_ms, 200);
+    assert!(
+        silent >= Duration::from_millis(600),
+        "offline after 3 intervals, not before: {silent:?}"
+    );
+    assert!(
+        silent < Duration::from_millis(600) + Duration::from_secs(2),
+        "offline promptly: {silent:?}"
+    );
+    let live = poll_liveness(&fleet.sim, GW, |g| !g.online).await;
+    assert_eq!(live.offline_episodes, 1);
+    assert_eq!(live.last_heartbeat_at, last_at);
+    let over_http = fleet.liveness_of(GW).await;
+    assert_eq!(over_http["online"], false);
+    assert_eq!(over_http["interval_ms"], 200);
+    assert_eq!(over_http["offline_episodes"], 1);
+    assert_eq!(fleet.liveness_of("gw-other").await["online"], true);
+
+    // Back (with a longer interval, so a loaded machine cannot miss the
+    // keep-alive below): one online event, the episode counted once.
+    assert_eq!(
+        fleet
+            .heartbeat("t", &beat_every(GW, Some(0.5)))
+            .await
+            .status,
+        204
+    );
+    let (gateway, offline_for_ms) = wait_event(&mut events, "gateway_online", |e| match e {
+        FleetEvent::GatewayOnline {
+            gateway,
+            offline_for_ms,
+            ..
+        } => Some((gateway, offline_for_ms)),
+        FleetEvent::GatewayOffline { gateway, .. } => panic!("{gateway} offline twice"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gateway, GW);
+    assert!(offline_for_ms < 60_000, "{offline_for_ms}");
+    let live = fleet.liveness_of(GW).await;
+    assert_eq!(live["online"], true);
+    assert_eq!(live["offline_episodes"], 1);
+    assert_eq!(live["heartbeats"], 2);
+
+    assert_eq!(live["interval_ms"], 500);
+    // Kept alive by regular heartbeats (well within 3 intervals): no
+    // second episode.
+    let mut events = fleet.sim.events();
+    for _ in 0..8 {
+        let sent = Instant::now();
+        assert_eq!(
+            fleet
+                .heartbeat("t", &beat_every(GW, Some(0.5)))
+                .await
+                .status,
+            204
+        );
+        tokio::time::sleep_until(sent + Duration::from_millis(100)).await;
+    }
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, FleetEvent::GatewayOffline { .. }),
+            "{event:?}"
+        );
+    }
+    fleet.stop().await;
+}
+
+#[tokio::test]
+async fn without_interval_s_the_configured_interval_applies() {
+    let mut config = FleetSimConfig::new("t");
+    config.heartbeat_interval = Duration::from_millis(150);
+    let fleet = start(config).await;
+    let mut events = fleet.sim.events();
+    assert_eq!(
+        fleet.heartbeat("t", &beat_every(GW, None)).await.status,
+        204
+    );
+    let interval_ms = wait_event(&mut events, "gateway_offline", |e| match e {
+        FleetEvent::GatewayOffline { interval_ms, .. } => Some(interval_ms),
+        _ => None,
+    })
+    .await;
+    assert_eq!(interval_ms, 150);
+    // A later heartbeat naming its interval replaces the default.
+    assert_eq!(
+        fleet
+            .heartbeat("t", &beat_every(GW, Some(30.0)))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(fleet.liveness_of(GW).await["interval_ms"], 30_000);
+    fleet.stop().await;
+}
+
+/// The next stdout line of `fleet-sim` as JSON, `None` at end of output.
+async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<Value> {
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("a line from fleet-sim in time")
+        .expect("read stdout")?;
+    Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+}
+
+/// The next stdout line whose event is `event`.
+async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>, event: &str) -> Value {
+    loop {
+        let line = next_json(lines)
+            .await
+            .unwrap_or_else(|| panic!("no {event} line before the end"));
+        if line["event"] == event {
+            return line;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_fleet_sim_binary_prints_heartbeats_and_liveness() {
+    let token = "hb-secret-token";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            token,
+            "--heartbeat-interval",
+            "200ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn fleet-sim");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let listening = next_json(&mut lines).await.expect("listening line");
+    let addr = listening["addr"].as_str().expect("addr").to_owned();
+    let http = client(None);
+    let send = |token: &str, body: Value| {
+        http.post(format!("http://{addr}/api/fleet/heartbeat"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+
+    let refused = tokio::time::timeout(DEADLINE, send("hb-secret-wrong", beat(GW)))
+        .await
+        .expect("in time")
+        .expect("an answer");
+    assert_eq!(refused.status().as_u16(), 401);
+    let line = next_event(&mut lines, "heartbeat_refused").await;
+    assert_eq!(line["status"], 401);
+    assert_eq!(line["route"], "heartbeat");
+    assert_eq!(line["outcome"], "unknown_token");
+
+    let body = beat_every(GW, None);
+    let sent = Instant::now();
+    let accepted = tokio::time::timeout(DEADLINE, send(token, body.clone()))
+        .await
+        .expect("in time")
+        .expect("an answer");
+    assert_eq!(accepted.status().as_u16(), 204);
+    let line = next_event(&mut lines, "heartbeat").await;
+    assert_eq!(line["gateway"], GW);
+    assert_eq!(line["meters"], 2);
+    assert_eq!(
+        line["states"],
+        json!({"nl43-north": "connected/measuring", "xl2-south": "down"})
+    );
+    assert_eq!(line["token"], fingerprint(token));
+    assert_eq!(line["bytes"], body.to_string().len());
+    assert_eq!(line["gzip"], false);
+
+    // No more requests: the offline line comes by itself, 3 × 200 ms later.
+    let offline = next_event(&mut lines, "gateway_offline").await;
+    assert!(sent.elapsed() >= Duration::from_millis(600));
+    assert_eq!(offline["gateway"], GW);
+    assert_eq!(offline["interval_ms"], 200);
+    assert!(offline["last_heartbeat_at"].is_string(), "{offline}");
+
+    let again = tokio::time::timeout(DEADLINE, send(token, body.clone()))
+        .await
+        .expect("in time")
+        .expect("an answer");
+    assert_eq!(again.status().as_u16(), 204);
+    let online = next_event(&mut lines, "gateway_online").await;
+    assert_eq!(online["gateway"], GW);
+    assert!(online["offline_for_ms"].is_u64(), "{online}");
+    let text = http
+        .get(format!("http://{addr}/admin/liveness"))
+        .send()
+        .await
+        .expect("liveness")
+        .text()
+        .await
+        .expect("a body");
+    let liveness: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(liveness["gateways"][0]["online"], true);
+    assert_eq!(liveness["gateways"][0]["offline_episodes"], 1);
+
+    let pid = Pid::from_raw(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .expect("pid"),
+    );
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let mut rest = Vec::new();
+    while let Some(value) = next_json(&mut lines).await {
+        rest.push(value);
+    }
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("fleet-sim exits in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    let stats = rest.last().expect("a stats line");
+    assert_eq!(stats["event"], "stats", "{rest:?}");
+    assert_eq!(stats["heartbeats"], 2);
+    assert_eq!(stats["heartbeat_requests"], 3);
+    assert_eq!(stats["requests"], 0);
+    let printed = format!("{rest:?}");
+    assert!(
+        !printed.contains("secret"),
+        "a token was printed: {printed}"
+    );
+}
