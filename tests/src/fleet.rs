@@ -239,7 +239,8 @@ impl FleetSim {
         self.get("/admin/stats")
     }
 
-    /// `/admin/requests`: every ingest request, in order.
+    /// `/admin/requests`: every ingest and heartbeat request, in order (each
+    /// names its `route`).
     pub fn requests(&self) -> Vec<Value> {
         let v = self.get("/admin/requests");
         match v {
@@ -249,6 +250,81 @@ impl FleetSim {
                 .unwrap_or_else(|| panic!("no requests in {other}"))
                 .clone(),
         }
+    }
+
+    /// Queues `fault` for the requests of `route` (`"ingest"`, `"heartbeat"`
+    /// or `"all"`, whose count both routes consume), e.g.
+    /// `fault_on("all", json!({"kind":"status","status":503,"count":100000}))`.
+    pub fn fault_on(&self, route: &str, fault: Value) {
+        let mut fault = fault;
+        fault["route"] = json!(route);
+        self.admin("POST", "/admin/faults", fault);
+    }
+
+    /// "The fleet is down": every ingest and heartbeat request is answered
+    /// `503` until [`FleetSim::clear_faults`].
+    pub fn outage(&self) {
+        self.fault_on(
+            "all",
+            json!({"kind": "status", "status": 503, "count": 100_000}),
+        );
+    }
+
+    /// Drops every waiting fault (`DELETE /admin/faults`); returns how many
+    /// there were.
+    pub fn clear_faults(&self) -> u64 {
+        let v = self.admin("DELETE", "/admin/faults", Value::Null);
+        v["dropped"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no dropped in {v}"))
+    }
+
+    /// `/admin/heartbeats?gateway=`: the accepted heartbeats of `gateway`
+    /// (the last 1000), oldest first, as whole entries
+    /// `{"at","token","token_role","status","body"}`; the body as the
+    /// gateway sent it is `entry["body"]`.
+    pub fn heartbeats(&self, gateway: &str) -> Vec<Value> {
+        let v = self.get(&format!("/admin/heartbeats?gateway={gateway}"));
+        v["heartbeats"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no heartbeats in {v}"))
+            .clone()
+    }
+
+    /// `/admin/liveness`: `{"gateways":[{"gateway","online","last_heartbeat_at",
+    /// "interval_ms","heartbeats","offline_episodes"}, ...]}`.
+    pub fn liveness(&self) -> Value {
+        self.get("/admin/liveness")
+    }
+
+    /// The `/admin/liveness` entry of `gateway`, `None` before its first
+    /// accepted heartbeat.
+    pub fn liveness_of(&self, gateway: &str) -> Option<Value> {
+        let v = self.liveness();
+        v["gateways"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no gateways in {v}"))
+            .iter()
+            .find(|g| g["gateway"] == gateway)
+            .cloned()
+    }
+
+    /// One heartbeat request with `token` and `body`, as a gateway sends it;
+    /// the answer whatever its status (`204` when accepted).
+    pub fn post_heartbeat(&self, token: &str, body: &Value) -> Response {
+        let text = body.to_string();
+        let auth = format!("Bearer {token}");
+        http(
+            &self.addr,
+            "POST",
+            "/api/fleet/heartbeat",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            text.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("heartbeat: {e}"))
     }
 
     /// Whether `token` is accepted right now: an empty batch is pushed with
