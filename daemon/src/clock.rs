@@ -42,6 +42,19 @@ impl WallClock {
     }
 }
 
+/// Whether the kernel says the system clock is synchronised (NTP,
+/// chrony, systemd-timesyncd or a GPS daemon cleared `STA_UNSYNC`):
+/// `adjtimex` answers `TIME_ERROR` while it is not.
+pub fn system_synchronised() -> bool {
+    // SAFETY: adjtimex with `modes = 0` only reads the kernel's clock
+    // state into the zeroed struct it is given.
+    let state = unsafe {
+        let mut timex: libc::timex = std::mem::zeroed();
+        libc::adjtimex(&mut timex)
+    };
+    state >= 0 && state != libc::TIME_ERROR
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,17 @@ pub enum LinkState {
     Down,
 }
 
+impl LinkState {
+    /// The wire name (`connected`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Down => "down",
+        }
+    }
+}
+
 /// What live subscribers receive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -76,6 +87,8 @@ pub struct Hub {
     lost_to_full_sinks: AtomicU64,
     /// Live viewers per device.
     watchers: Mutex<HashMap<Arc<str>, watch::Sender<usize>>>,
+    /// Bumped when a meter changes state, so the heartbeat goes at once.
+    meter_changes: watch::Sender<u64>,
 }
 
 #[derive(Debug)]
@@ -128,6 +141,7 @@ impl Hub {
             live,
             lost_to_full_sinks: AtomicU64::new(0),
             watchers: Mutex::new(HashMap::new()),
+            meter_changes: watch::channel(0).0,
         })
     }
 
@@ -255,6 +269,18 @@ impl Hub {
             state,
             error,
         });
+        self.meter_changed();
+    }
+
+    /// Notes that a meter changed state (link or run state), for those who
+    /// report meter states (the fleet heartbeat).
+    pub fn meter_changed(&self) {
+        self.meter_changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes whenever a meter changes state (see [`Hub::meter_changed`]).
+    pub fn meter_changes(&self) -> watch::Receiver<u64> {
+        self.meter_changes.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {

@@ -38,8 +38,16 @@ pub fn restart_keys(started: &Config, file: &Config) -> Vec<String> {
             keys.push(key.to_owned());
         }
     };
-    let GatewayConfig { id, state_dir } = gateway;
+    let GatewayConfig {
+        id,
+        state_dir,
+        clock_trusted,
+    } = gateway;
     differs("gateway.id", *id != started.gateway.id);
+    differs(
+        "gateway.clock_trusted",
+        *clock_trusted != started.gateway.clock_trusted,
+    );
     differs("gateway.state_dir", *state_dir != started.gateway.state_dir);
     let BufferConfig {
         max_records,
@@ -98,6 +106,7 @@ pub fn fleet_change(running: &FleetConfig, file: &FleetConfig) -> FleetChange {
         retry_min,
         retry_max,
         auth_retry,
+        heartbeat_interval,
     } = file;
     let mut keys = Vec::new();
     let mut differs = |key: &'static str, changed: bool| {
@@ -115,6 +124,10 @@ pub fn fleet_change(running: &FleetConfig, file: &FleetConfig) -> FleetChange {
     differs("retry_min", *retry_min != running.retry_min);
     differs("retry_max", *retry_max != running.retry_max);
     differs("auth_retry", *auth_retry != running.auth_retry);
+    differs(
+        "heartbeat_interval",
+        *heartbeat_interval != running.heartbeat_interval,
+    );
     if !keys.is_empty() {
         FleetChange::Keys(keys)
     } else if *tokens != running.tokens || *token_file != running.token_file {

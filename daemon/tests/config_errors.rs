@@ -456,6 +456,14 @@ fn every_other_rule_is_located() {
         (tcp("status_interval = \"5s\"").replace("\"nl43\"", "\"casella\""), 6, 1, "device[0].status_interval", "does not apply"),
         (tcp("poll_interval = \"500ms\"").replace("\"nl43\"", "\"svantek\""), 6, 17, "device[0].poll_interval", "at least 1s"),
         (serial("baud = 1200").replace("\"nl43\"", "\"xl2\""), 6, 8, "device[0].baud", "unsupported baud rate 1200"),
+        (tcp("keep_measuring = true").replace("\"nl43\"", "\"casella\""), 6, 18, "device[0].keep_measuring", "casella cannot do keep_measuring: it pushes lines and takes no commands"),
+        (tcp("keep_measuring = true").replace("\"nl43\"", "\"svantek\""), 6, 18, "device[0].keep_measuring", "svantek cannot do keep_measuring: the notes give no start command"),
+        (tcp("no_sleep = true").replace("\"nl43\"", "\"xl2\""), 6, 12, "device[0].no_sleep", "xl2 cannot do no_sleep"),
+        (tcp("sync_clock = \"daily\"").replace("\"nl43\"", "\"xl2\""), 6, 14, "device[0].sync_clock", "xl2 cannot do sync_clock: the XL2's remote protocol has no command that sets its clock"),
+        (tcp("sync_clock = \"hourly\""), 6, 14, "device[0].sync_clock", "\"off\", \"daily\""),
+        (tcp("keep_measuring = \"yes\""), 6, 18, "device[0].keep_measuring", "boolean"),
+        ("[fleet]\nheartbeat_interval = \"500ms\"\n".into(), 2, 22, "fleet.heartbeat_interval", "at least 1s"),
+        ("[fleet]\nheartbeat_interval = \"2h\"\n".into(), 2, 22, "fleet.heartbeat_interval", "at most 1h"),
         (NORTH.replace("nl43-north", "north pole"), 2, 6, "device[0].id", "A-Z a-z 0-9 . _ -"),
         (NORTH.replace("nl43-north", &"x".repeat(65)), 2, 6, "device[0].id", "1 to 64"),
         (NORTH.replace("192.0.2.10:2255", "192.0.2.10"), 5, 11, "device[0].address", "port is missing"),
@@ -627,6 +635,6 @@ fn parse_uses_the_given_path_in_messages() {
         .expect_err("unknown key");
     assert_eq!(
         e.to_string(),
-        r#"/etc/slmd/slmd.toml:2:1: gateway.idd: unknown key "idd"; expected one of: id, state_dir (did you mean "id"?)"#
+        r#"/etc/slmd/slmd.toml:2:1: gateway.idd: unknown key "idd"; expected one of: id, state_dir, clock_trusted (did you mean "id"?)"#
     );
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slmd::config::{
-    ByteSize, Config, Durability, LinkConfig, Mode, MqttConfig, Parity, Protocol, SerialFraming,
-    UtcOffset, load,
+    ByteSize, Config, Durability, LinkConfig, MeterCare, Mode, MqttConfig, Parity, Protocol,
+    SerialFraming, SyncClock, UtcOffset, load,
 };
 
 /// Writes `text` to `slmd.toml` in a fresh temp dir and loads it.
@@ -46,6 +46,7 @@ const FULL: &str = r#"
 [gateway]
 id = "gw-0042"                 # default: hostname
 state_dir = "/srv/slmd"
+clock_trusted = true
 
 [buffer]
 max_records = 5_000_000
@@ -67,6 +68,9 @@ status_interval = "30s"
 utc_offset = "+09:00"
 reconnect_min = "500ms"
 reconnect_max = "5m"
+keep_measuring = true
+no_sleep = true
+sync_clock = "daily"
 
 [[device]]
 id = "nl52_south.2"
@@ -93,6 +97,7 @@ tokens = ["current-token", "previous-token"]
 batch_max = 1000
 interval = "10s"
 token_retry = "2m"
+heartbeat_interval = "30s"
 "#;
 
 #[test]
@@ -101,6 +106,7 @@ fn a_full_config_gives_every_value_written() {
 
     assert_eq!(c.gateway.id, "gw-0042");
     assert_eq!(c.gateway.state_dir, PathBuf::from("/srv/slmd"));
+    assert!(c.gateway.clock_trusted);
 
     assert_eq!(c.buffer.max_records, 5_000_000);
     assert_eq!(c.buffer.max_bytes, Some(ByteSize(2 * 1024 * 1024 * 1024)));
@@ -127,6 +133,14 @@ fn a_full_config_gives_every_value_written() {
     assert_eq!(north.utc_offset.seconds(), 9 * 3600);
     assert_eq!(north.reconnect_min, ms(500));
     assert_eq!(north.reconnect_max, secs(300));
+    assert_eq!(
+        north.care,
+        MeterCare {
+            keep_measuring: true,
+            no_sleep: true,
+            sync_clock: SyncClock::Daily,
+        }
+    );
 
     let south = &c.devices[1];
     assert_eq!(south.id, "nl52_south.2");
@@ -145,6 +159,7 @@ fn a_full_config_gives_every_value_written() {
     assert_eq!(south.utc_offset.seconds(), -(5 * 3600 + 30 * 60));
     // Keys left out of a device take their defaults.
     assert_eq!(south.poll_interval, secs(1));
+    assert_eq!(south.care, MeterCare::default(), "meter care is opt-in");
     assert_eq!(south.live_poll_interval, None);
 
     assert_eq!(
@@ -170,6 +185,7 @@ fn a_full_config_gives_every_value_written() {
     assert_eq!(c.fleet.batch_max, 1000);
     assert_eq!(c.fleet.interval, secs(10));
     assert_eq!(c.fleet.token_retry, secs(120));
+    assert_eq!(c.fleet.heartbeat_interval, secs(30));
 }
 
 #[test]
@@ -198,6 +214,8 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(c.fleet.batch_max, 500);
     assert_eq!(c.fleet.interval, secs(5));
     assert_eq!(c.fleet.token_retry, secs(5 * 60));
+    assert_eq!(c.fleet.heartbeat_interval, secs(60));
+    assert!(!c.gateway.clock_trusted);
 
     // Comments and blank lines only: still the defaults.
     assert_eq!(load_text("# nothing configured yet\n\n"), c);

@@ -64,6 +64,12 @@ pub(crate) struct RawDevice {
     pub reconnect_min: Option<Duration>,
     #[serde(default, deserialize_with = "units::opt_duration")]
     pub reconnect_max: Option<Duration>,
+    #[serde(default)]
+    pub keep_measuring: Option<bool>,
+    #[serde(default)]
+    pub no_sleep: Option<bool>,
+    #[serde(default)]
+    pub sync_clock: Option<SyncClock>,
 }
 
 /// One meter, validated: everything a device task and `slmd check` read.
@@ -108,6 +114,60 @@ pub struct DeviceConfig {
     pub reconnect_min: Duration,
     /// Cap of the exponential reconnect delay.
     pub reconnect_max: Duration,
+    /// Meter care (SPEC §4), opt-in; only what the family can do.
+    pub care: MeterCare,
+}
+
+/// Meter care, each opt-in per device (SPEC §4). Validation refuses what
+/// the family's protocol cannot do ([`CareRules`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MeterCare {
+    /// `keep_measuring = true`: a meter found stopped (a power cut, a key
+    /// press) is started again, and the journal says so once per episode.
+    pub keep_measuring: bool,
+    /// `no_sleep = true`: the meter's sleep mode is turned off at connect,
+    /// where sleep would cut the link.
+    pub no_sleep: bool,
+    /// `sync_clock = "daily"`: the meter clock is set from the gateway's
+    /// when they differ by more than [`crate::device::CLOCK_SYNC_THRESHOLD`]
+    /// and the gateway clock is synchronised, at most once a day.
+    pub sync_clock: SyncClock,
+}
+
+/// `sync_clock`: whether slmd sets the meter's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SyncClock {
+    /// `"off"` (the default): the meter's clock is read, never set.
+    #[default]
+    Off,
+    /// `"daily"`: set it when it is off, at most once a day.
+    Daily,
+}
+
+impl super::Keyword for SyncClock {
+    const WHAT: &'static str = "sync_clock";
+    const ALL: &'static [(&'static str, Self)] =
+        &[("off", SyncClock::Off), ("daily", SyncClock::Daily)];
+}
+
+/// Whether a family's protocol can do one kind of meter care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// It can.
+    Yes,
+    /// It cannot, and why (shown in the config error).
+    No(&'static str),
+}
+
+/// Which meter care a family's protocol allows.
+#[derive(Debug, Clone, Copy)]
+pub struct CareRules {
+    /// Reading the run state and starting a measurement.
+    pub keep_measuring: Support,
+    /// Turning the meter's sleep mode off.
+    pub no_sleep: Support,
+    /// Setting the meter's clock.
+    pub sync_clock: Support,
 }
 
 impl DeviceConfig {
@@ -200,6 +260,10 @@ pub struct FamilyRules {
     pub serial: SerialFraming,
     /// Baud rates the meter can be set to.
     pub bauds: &'static [u32],
+    /// Which meter care the protocol allows.
+    pub care: CareRules,
+    /// Which health values the protocol reports.
+    pub health: crate::device::health::HealthRules,
 }
 
 /// `answer_timeout` bounds for every family: a meter answers within a

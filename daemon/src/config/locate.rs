@@ -369,6 +369,7 @@ pub(crate) const KEYS: &[&str] = &[
     // [gateway]
     "id",
     "state_dir",
+    "clock_trusted",
     // [buffer]
     "max_records",
     "max_bytes",
@@ -394,6 +395,9 @@ pub(crate) const KEYS: &[&str] = &[
     "utc_offset",
     "reconnect_min",
     "reconnect_max",
+    "keep_measuring",
+    "no_sleep",
+    "sync_clock",
     // [api]
     "listen",
     "tokens",
@@ -413,6 +417,7 @@ pub(crate) const KEYS: &[&str] = &[
     "retry_min",
     "retry_max",
     "auth_retry",
+    "heartbeat_interval",
 ];
 
 /// The longest start of `path` whose keys are all schema keys ([`KEYS`]).

@@ -96,8 +96,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 pub use device::{
-    ANSWER_TIMEOUT_RANGE, DeviceConfig, FamilyRules, LinkConfig, Mode, Parity, Protocol,
-    SerialFraming, Transport,
+    ANSWER_TIMEOUT_RANGE, CareRules, DeviceConfig, FamilyRules, LinkConfig, MeterCare, Mode,
+    Parity, Protocol, SerialFraming, Support, SyncClock, Transport,
 };
 pub use units::{parse_duration, parse_size};
 pub use validate::{
@@ -295,6 +295,11 @@ pub struct GatewayConfig {
     /// Where the buffer database lives; the package creates
     /// `/var/lib/slmd` (systemd `StateDirectory=slmd`).
     pub state_dir: PathBuf,
+    /// Treat the gateway clock as right even when the kernel does not say
+    /// it is synchronised (a clock kept by GPS or set by hand, no NTP).
+    /// A meter clock is set (`sync_clock`) only from a synchronised or
+    /// trusted gateway clock.
+    pub clock_trusted: bool,
 }
 
 impl Default for GatewayConfig {
@@ -302,6 +307,7 @@ impl Default for GatewayConfig {
         Self {
             id: default_gateway_id(),
             state_dir: PathBuf::from("/var/lib/slmd"),
+            clock_trusted: false,
         }
     }
 }
@@ -455,7 +461,7 @@ macro_rules! keyword_impls {
     )*};
 }
 
-keyword_impls!(Transport, Durability, Parity, Mode);
+keyword_impls!(Transport, Durability, Parity, Mode, SyncClock);
 
 /// A meter clock's offset from UTC, written `"+HH:MM"` or `"-HH:MM"`
 /// within ±14:00.
@@ -669,6 +675,11 @@ pub struct FleetConfig {
     /// reload with a good token retries at once).
     #[serde(deserialize_with = "units::duration")]
     pub auth_retry: Duration,
+    /// How often the gateway tells the fleet it is alive (SPEC §7
+    /// heartbeat), also sent at start and right after a meter changes
+    /// state; 1s to 1h.
+    #[serde(deserialize_with = "units::duration")]
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for FleetConfig {
@@ -686,6 +697,7 @@ impl Default for FleetConfig {
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(5 * 60),
             auth_retry: Duration::from_secs(5 * 60),
+            heartbeat_interval: Duration::from_secs(60),
         }
     }
 }
@@ -952,7 +964,7 @@ mod tests {
     }
 
     /// Every duration key, with the table it lives in.
-    const DURATION_KEYS: [(&str, &str); 15] = [
+    const DURATION_KEYS: [(&str, &str); 16] = [
         ("buffer", "commit_interval"),
         ("device", "poll_interval"),
         ("device", "live_poll_interval"),
@@ -968,6 +980,7 @@ mod tests {
         ("fleet", "retry_min"),
         ("fleet", "retry_max"),
         ("fleet", "auth_retry"),
+        ("fleet", "heartbeat_interval"),
     ];
 
     /// A tcp device, for the device keys.

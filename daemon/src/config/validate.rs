@@ -14,8 +14,8 @@ use super::device::RawDevice;
 use super::locate::{Problem, Seg, key, shown};
 use super::units::format_duration;
 use super::{
-    ANSWER_TIMEOUT_RANGE, Config, DeviceConfig, LinkConfig, Mode, RawConfig, SerialFraming,
-    Transport,
+    ANSWER_TIMEOUT_RANGE, Config, DeviceConfig, FamilyRules, LinkConfig, MeterCare, Mode,
+    RawConfig, SerialFraming, Support, SyncClock, Transport,
 };
 
 /// Most `[[device]]` tables per gateway: 64. A gateway serves the meters of
@@ -348,6 +348,7 @@ fn device(
             )),
         );
     }
+    let care = self::care(d, rules, at, out);
     if out.len() > before {
         return None;
     }
@@ -367,8 +368,56 @@ fn device(
         utc_offset: d.utc_offset,
         reconnect_min,
         reconnect_max,
+        care,
     })
 }
+
+/// The meter-care keys: each refused, located, where the family's
+/// protocol cannot do it.
+fn care(
+    d: &RawDevice,
+    rules: &FamilyRules,
+    at: &dyn Fn(&str) -> Vec<Seg>,
+    out: &mut Vec<Problem>,
+) -> MeterCare {
+    let family = rules.name;
+    let mut allowed = |name: &str, wanted: bool, support: Support| match support {
+        Support::Yes => wanted,
+        Support::No(why) => {
+            if wanted {
+                out.push(Problem::value(
+                    at(name),
+                    format!("{family} cannot do {name}: {why}; remove it"),
+                ));
+            }
+            false
+        }
+    };
+    let sync = d.sync_clock.unwrap_or_default();
+    MeterCare {
+        keep_measuring: allowed(
+            "keep_measuring",
+            d.keep_measuring == Some(true),
+            rules.care.keep_measuring,
+        ),
+        no_sleep: allowed("no_sleep", d.no_sleep == Some(true), rules.care.no_sleep),
+        sync_clock: if allowed(
+            "sync_clock",
+            sync == SyncClock::Daily,
+            rules.care.sync_clock,
+        ) {
+            SyncClock::Daily
+        } else {
+            SyncClock::Off
+        },
+    }
+}
+
+/// Shortest `[fleet].heartbeat_interval`.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest `[fleet].heartbeat_interval`: a fleet marks a gateway offline
+/// after three missed intervals, so longer would hide a dead one for hours.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// `status_interval` when not written: the run state and health every 10 s.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -635,6 +684,14 @@ fn fleet(config: &RawConfig, out: &mut Vec<Problem>) {
     ] {
         period(key(&["fleet", name]), value, max, out);
     }
+    within(
+        key(&["fleet", "heartbeat_interval"]),
+        fleet.heartbeat_interval,
+        MIN_HEARTBEAT_INTERVAL,
+        "",
+        MAX_HEARTBEAT_INTERVAL,
+        out,
+    );
     if fleet.retry_min > fleet.retry_max {
         out.push(Problem::value(
             key(&["fleet", "retry_min"]),

@@ -13,9 +13,12 @@
 //! opening the link, one link at a time, reconnecting with backoff,
 //! failure logging, and the `down` state when a link ends.
 
+use super::health::HealthValue;
 use super::link::Link;
-use super::{CLOCK_TOLERANCE, DeviceTask, MAX_TIMEOUTS, lock_status};
-use crate::config::{DeviceConfig, FamilyRules};
+use super::{
+    CLOCK_SYNC_EVERY, CLOCK_SYNC_THRESHOLD, CLOCK_TOLERANCE, DeviceTask, MAX_TIMEOUTS, lock_status,
+};
+use crate::config::{DeviceConfig, FamilyRules, SyncClock};
 use crate::fanout::LinkState;
 use crate::record::{Flag, MeterState, Reading};
 use chrono::{DateTime, Utc};
@@ -253,12 +256,246 @@ impl<'a> Meter<'a> {
 
     /// Device health: the battery as the meter words it.
     pub fn battery(&self, battery: String) {
-        lock_status(&self.task.status).battery = Some(battery);
+        lock_status(&self.task.status).health.battery = HealthValue::Read(battery);
+    }
+
+    /// Device health: free space on the meter's SD card, percent.
+    pub fn sd_free_percent(&self, percent: u8) {
+        lock_status(&self.task.status).health.sd_free_percent = HealthValue::Read(percent);
     }
 
     /// Device health: the meter's clock minus the gateway's, seconds.
     pub fn clock_skew(&self, seconds: i64) {
-        lock_status(&self.task.status).clock_skew_seconds = Some(seconds);
+        lock_status(&self.task.status).health.clock_offset_s = HealthValue::Read(seconds);
+    }
+
+    /// The run state as last reported (or set by meter care).
+    pub fn current_run_state(&self) -> MeterState {
+        lock_status(&self.task.status).run_state
+    }
+
+    /// The meter's run state, from a status query or a reading. A change
+    /// is announced (the fleet heartbeat goes at once); `unknown` never
+    /// replaces a known state.
+    pub fn run_state(&self, state: MeterState) {
+        if state == MeterState::Unknown {
+            return;
+        }
+        let previous = {
+            let mut status = lock_status(&self.task.status);
+            std::mem::replace(&mut status.run_state, state)
+        };
+        if previous == state {
+            return;
+        }
+        self.task.hub.meter_changed();
+        if state == MeterState::Measuring {
+            let mut care = self.task.care();
+            if care.stopped_episode && !care.started_by_us {
+                tracing::info!(
+                    device = %self.task.id,
+                    event = "meter_measuring",
+                    "meter {}: measuring again",
+                    self.task.id
+                );
+            }
+            care.stopped_episode = false;
+            care.started_by_us = false;
+            care.start_refused_logged = false;
+        }
+    }
+
+    /// The meter says it is not measuring. True when the family should
+    /// start it now (`keep_measuring`); without it, the journal says so
+    /// once per episode.
+    pub fn found_stopped(&self) -> bool {
+        self.run_state(MeterState::Stopped);
+        if self.task.config.care.keep_measuring {
+            return true;
+        }
+        let mut care = self.task.care();
+        if !care.stopped_episode {
+            care.stopped_episode = true;
+            tracing::warn!(
+                device = %self.task.id,
+                event = "meter_stopped",
+                "meter {} is not measuring: nothing is integrated until it is started on the meter (keep_measuring = true starts it again by itself)",
+                self.task.id
+            );
+        }
+        false
+    }
+
+    /// `keep_measuring`: the meter accepted the start of a measurement.
+    /// The journal says so once per episode.
+    pub fn measurement_started(&self) {
+        {
+            let mut care = self.task.care();
+            if !care.stopped_episode {
+                tracing::warn!(
+                    device = %self.task.id,
+                    event = "meter_restarted",
+                    "meter {} was found stopped (a power cut or a key press); started the measurement again (keep_measuring)",
+                    self.task.id
+                );
+            }
+            care.stopped_episode = true;
+            care.started_by_us = true;
+        }
+        lock_status(&self.task.status).care.measure_restarts += 1;
+        self.run_state(MeterState::Measuring);
+    }
+
+    /// `keep_measuring`: the meter refused to start; tried again at the
+    /// next status query, logged once per episode.
+    pub fn measurement_start_refused(&self, why: &dyn std::fmt::Display) {
+        lock_status(&self.task.status).refused_commands += 1;
+        let mut care = self.task.care();
+        care.stopped_episode = true;
+        if !care.start_refused_logged {
+            care.start_refused_logged = true;
+            tracing::warn!(
+                device = %self.task.id,
+                event = "meter_start_refused",
+                "meter {} is stopped and refused to start a measurement ({why}); trying again at every status query",
+                self.task.id
+            );
+        }
+    }
+
+    /// `no_sleep`: the meter's sleep mode as read.
+    pub fn sleep_mode(&self, on: bool) {
+        lock_status(&self.task.status).care.sleep_mode_on = Some(on);
+    }
+
+    /// `no_sleep`: the meter accepted turning sleep mode off.
+    pub fn sleep_turned_off(&self) {
+        lock_status(&self.task.status).care.sleep_mode_on = Some(false);
+        tracing::info!(
+            device = %self.task.id,
+            event = "meter_sleep_off",
+            "meter {}: sleep mode was on, which turns its link off; turned it off (no_sleep)",
+            self.task.id
+        );
+    }
+
+    /// `no_sleep`: the meter refused to turn sleep mode off (busy
+    /// measuring); tried again when it is stopped, logged once per link.
+    pub fn sleep_off_refused(&self, why: &dyn std::fmt::Display) {
+        lock_status(&self.task.status).refused_commands += 1;
+        self.set_care_pending(Some(format!(
+            "sleep mode is on and the meter refused to turn it off ({why}); tried again when it is not measuring"
+        )));
+        let mut care = self.task.care();
+        if !care.sleep_refused_logged {
+            care.sleep_refused_logged = true;
+            tracing::warn!(
+                device = %self.task.id,
+                event = "meter_sleep_refused",
+                "meter {} has sleep mode on and refused to turn it off ({why}); its link may drop when it sleeps; slmd tries again when it is not measuring",
+                self.task.id
+            );
+        }
+    }
+
+    /// `sync_clock`: whether to set the meter's clock now, given its
+    /// offset from the gateway's. `may_set_now`: the meter accepts a clock
+    /// setting in its present state without splitting a measurement (the
+    /// family knows). What waits is shown in status and logged once.
+    pub fn clock_sync_due(&self, offset_s: i64, may_set_now: bool) -> bool {
+        if self.task.config.care.sync_clock != SyncClock::Daily {
+            return false;
+        }
+        if offset_s.unsigned_abs() <= CLOCK_SYNC_THRESHOLD.as_secs() {
+            self.set_care_pending(None);
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let last = self.task.care().last_clock_sync;
+        if let Some(at) = last {
+            let next = at + CLOCK_SYNC_EVERY;
+            if now < next {
+                let hours = (next - now).as_secs().div_ceil(3600);
+                self.set_care_pending(Some(format!(
+                    "meter clock {offset_s:+} s off; set again in about {hours} h (at most once a day)"
+                )));
+                return false;
+            }
+        }
+        if !self.task.clock_trusted && !crate::clock::system_synchronised() {
+            self.care_waits(
+                format!(
+                    "meter clock {offset_s:+} s off, but the gateway clock is not synchronised (no NTP?); the meter clock is not set from it ([gateway] clock_trusted = true trusts it)"
+                ),
+                "meter_clock_not_set",
+            );
+            return false;
+        }
+        if !may_set_now {
+            self.care_waits(
+                format!(
+                    "meter clock {offset_s:+} s off; set when the meter is not measuring (setting it now would split the measurement)"
+                ),
+                "meter_clock_waits",
+            );
+            return false;
+        }
+        true
+    }
+
+    /// `sync_clock`: the meter accepted the new time; it was `offset_s`
+    /// off. Counted, logged, and not done again for a day.
+    pub fn clock_set(&self, offset_s: i64) {
+        {
+            let mut care = self.task.care();
+            care.last_clock_sync = Some(tokio::time::Instant::now());
+            care.pending_logged = None;
+        }
+        {
+            let mut status = lock_status(&self.task.status);
+            status.care.clock_syncs += 1;
+            status.care.last_clock_sync_at = Some(self.now());
+            status.care.pending = None;
+            status.health.clock_offset_s = HealthValue::Read(0);
+        }
+        tracing::info!(
+            device = %self.task.id,
+            event = "meter_clock_set",
+            offset_s,
+            "meter {}: its clock was {offset_s:+} s off the gateway's; set it to the gateway's time (sync_clock; at most once a day)",
+            self.task.id
+        );
+    }
+
+    /// `sync_clock`: the meter refused the new time; tried again at the
+    /// next status query.
+    pub fn clock_set_refused(&self, why: &dyn std::fmt::Display) {
+        lock_status(&self.task.status).refused_commands += 1;
+        self.care_waits(
+            format!(
+                "the meter refused the clock setting ({why}); tried again at the next status query"
+            ),
+            "meter_clock_refused",
+        );
+    }
+
+    /// Shows what care waits for in status.
+    fn set_care_pending(&self, pending: Option<String>) {
+        lock_status(&self.task.status).care.pending = pending;
+    }
+
+    /// Shows what care waits for, and logs it once (until it changes kind).
+    fn care_waits(&self, what: String, event: &'static str) {
+        let first = {
+            let mut care = self.task.care();
+            let first = care.pending_logged != Some(event);
+            care.pending_logged = Some(event);
+            first
+        };
+        if first {
+            tracing::warn!(device = %self.task.id, event, "meter {}: {what}", self.task.id);
+        }
+        self.set_care_pending(Some(what));
     }
 
     /// Hands a reading to the hub (never waits) and counts it.
@@ -276,6 +513,7 @@ impl<'a> Meter<'a> {
                 flags.push(Flag::ClockUnsynced);
             }
         }
+        self.run_state(state);
         self.task.hub.publish(Reading {
             device: self.task.id.clone(),
             received_at,

@@ -29,6 +29,7 @@
 pub mod driver;
 pub mod failures;
 pub mod families;
+pub mod health;
 pub mod link;
 pub mod port;
 
@@ -38,9 +39,11 @@ pub use families::FAMILIES;
 use crate::clock::WallClock;
 use crate::config::DeviceConfig;
 use crate::fanout::{Hub, LinkState};
+use crate::record::MeterState;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use driver::Meter;
+use health::{CareStatus, Health};
 use serde::{Serialize, Serializer};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -64,6 +67,10 @@ pub struct DeviceStatus {
     pub identity: Option<Identity>,
     /// Link state.
     pub state: LinkState,
+    /// When the link state last changed (or the task started).
+    pub state_since: DateTime<Utc>,
+    /// The meter's run state as last reported.
+    pub run_state: MeterState,
     /// The device task's loop died (a bug): nothing reads the meter until
     /// slmd restarts. `state` is then `down` for the feeds, and status shows
     /// `failed`.
@@ -88,10 +95,10 @@ pub struct DeviceStatus {
     pub overlong_lines: u64,
     /// Stale bytes discarded before commands.
     pub stale_bytes: u64,
-    /// Device health: battery word as the meter reports it.
-    pub battery: Option<String>,
-    /// Device health: the meter's clock minus the gateway clock, seconds.
-    pub clock_skew_seconds: Option<i64>,
+    /// Device health: battery, SD card, clock offset.
+    pub health: Health,
+    /// Meter care: what was done to keep the meter measuring and on time.
+    pub care: CareStatus,
 }
 
 impl Serialize for DeviceStatus {
@@ -110,6 +117,9 @@ impl Serialize for DeviceStatus {
             protocol: &'a str,
             identity: &'a Option<Identity>,
             state: Shown,
+            #[serde(serialize_with = "crate::record::rfc3339_millis")]
+            state_since: DateTime<Utc>,
+            run_state: &'a str,
             readings_total: u64,
             #[serde(serialize_with = "crate::record::rfc3339_millis_opt")]
             last_reading_at: Option<DateTime<Utc>>,
@@ -121,8 +131,8 @@ impl Serialize for DeviceStatus {
             skipped_lines: u64,
             overlong_lines: u64,
             stale_bytes: u64,
-            battery: &'a Option<String>,
-            clock_skew_seconds: Option<i64>,
+            health: &'a Health,
+            care: &'a CareStatus,
         }
         // Every field named, so a new one cannot be forgotten here.
         let DeviceStatus {
@@ -130,6 +140,8 @@ impl Serialize for DeviceStatus {
             protocol,
             identity,
             state,
+            state_since,
+            run_state,
             task_failed,
             readings_total,
             last_reading_at,
@@ -141,8 +153,8 @@ impl Serialize for DeviceStatus {
             skipped_lines,
             overlong_lines,
             stale_bytes,
-            battery,
-            clock_skew_seconds,
+            health,
+            care,
         } = self;
         Json {
             id,
@@ -153,6 +165,8 @@ impl Serialize for DeviceStatus {
             } else {
                 Shown::Link(*state)
             },
+            state_since: *state_since,
+            run_state: run_state.as_str(),
             readings_total: *readings_total,
             last_reading_at: *last_reading_at,
             last_error,
@@ -163,8 +177,8 @@ impl Serialize for DeviceStatus {
             skipped_lines: *skipped_lines,
             overlong_lines: *overlong_lines,
             stale_bytes: *stale_bytes,
-            battery,
-            clock_skew_seconds: *clock_skew_seconds,
+            health,
+            care,
         }
         .serialize(serializer)
     }
@@ -172,6 +186,9 @@ impl Serialize for DeviceStatus {
 
 /// Shared handle to a device's status.
 pub type StatusCell = Arc<Mutex<DeviceStatus>>;
+
+/// The meters configured now, in config order (a reload replaces the list).
+pub type MeterList = Arc<Mutex<Vec<StatusCell>>>;
 
 /// A device's status cell, tolerant of a poisoned lock (plain data).
 pub fn lock_status(cell: &StatusCell) -> std::sync::MutexGuard<'_, DeviceStatus> {
@@ -193,6 +210,32 @@ pub struct DeviceTask {
     /// Its failure episodes, so a meter that keeps failing is logged when
     /// it starts, now and then, and when it ends — not per try.
     failures: Mutex<failures::FailureLog>,
+    /// Meter care's memory across links (episodes logged, the last clock
+    /// setting).
+    care: Mutex<CareMemory>,
+    /// `[gateway].clock_trusted`: set meter clocks from this gateway's
+    /// clock even when the kernel does not call it synchronised.
+    clock_trusted: bool,
+}
+
+/// What meter care remembers across links, so a reconnect neither logs an
+/// episode twice nor sets a clock twice in a day.
+#[derive(Debug, Default)]
+pub(crate) struct CareMemory {
+    /// The meter was found stopped and that was logged; ends when it
+    /// measures again.
+    pub stopped_episode: bool,
+    /// The measurement running now was started by `keep_measuring`.
+    pub started_by_us: bool,
+    /// A refused start was logged in this episode.
+    pub start_refused_logged: bool,
+    /// A refused sleep-mode change was logged.
+    pub sleep_refused_logged: bool,
+    /// The kind of wait last logged (`meter_clock_waits`, …), so it is
+    /// logged once.
+    pub pending_logged: Option<&'static str>,
+    /// When the meter clock was last set (monotonic).
+    pub last_clock_sync: Option<tokio::time::Instant>,
 }
 
 impl DeviceTask {
@@ -204,6 +247,8 @@ impl DeviceTask {
             protocol: config.protocol.as_str(),
             identity: None,
             state: LinkState::Connecting,
+            state_since: Utc::now(),
+            run_state: MeterState::Unknown,
             task_failed: false,
             readings_total: 0,
             last_reading_at: None,
@@ -215,8 +260,8 @@ impl DeviceTask {
             skipped_lines: 0,
             overlong_lines: 0,
             stale_bytes: 0,
-            battery: None,
-            clock_skew_seconds: None,
+            health: Health::initial(&config.protocol.rules().health),
+            care: CareStatus::default(),
         }));
         let failures = failures::FailureLog::new(id.clone(), failures::summary_every());
         DeviceTask {
@@ -226,7 +271,21 @@ impl DeviceTask {
             status,
             clock: WallClock::system(),
             failures: Mutex::new(failures),
+            care: Mutex::new(CareMemory::default()),
+            clock_trusted: false,
         }
+    }
+
+    /// The same task, trusting the gateway clock for `sync_clock` even when
+    /// the kernel does not call it synchronised (`[gateway].clock_trusted`).
+    pub fn with_clock_trusted(mut self, trusted: bool) -> DeviceTask {
+        self.clock_trusted = trusted;
+        self
+    }
+
+    /// Meter care's memory.
+    pub(crate) fn care(&self) -> std::sync::MutexGuard<'_, CareMemory> {
+        self.care.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The same task, timestamping readings with `clock`.
@@ -367,6 +426,9 @@ impl DeviceTask {
             let mut status = lock_status(&self.status);
             let changed = status.state != state;
             status.state = state;
+            if changed {
+                status.state_since = self.clock.now();
+            }
             if error.is_some() {
                 status.last_error.clone_from(&error);
             }
@@ -396,6 +458,13 @@ impl DeviceTask {
         *backoff = self.new_backoff();
     }
 }
+
+/// `sync_clock`: the meter clock is set only when it is off by more than
+/// this (SPEC §4).
+pub const CLOCK_SYNC_THRESHOLD: Duration = Duration::from_secs(2);
+
+/// `sync_clock = "daily"`: at most one clock setting per this period.
+pub const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// Tolerance between the meter's clock and the gateway's before a reading
 /// is flagged `clock_unsynced` (the meter's clock has 1 s resolution and is

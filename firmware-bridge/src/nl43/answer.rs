@@ -113,6 +113,24 @@ pub fn parse_on_off(line: &[u8]) -> Result<bool, Error> {
     }
 }
 
+/// Parses a percentage answer (`SD Card Percentage?`): a whole number 0 to
+/// 100, spaces around it and a trailing `%` allowed (the answer's exact
+/// form is not confirmed on hardware: one parser, widened here if needed).
+pub fn parse_percentage(line: &[u8]) -> Result<u8, Error> {
+    let mut word = trim(line);
+    if let [rest @ .., b'%'] = word {
+        word = trim(rest);
+    }
+    if word.is_empty() || word.len() > 3 || !word.iter().all(u8::is_ascii_digit) {
+        return Err(Error::BadAnswer);
+    }
+    let value = word.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    u8::try_from(value)
+        .ok()
+        .filter(|v| *v <= 100)
+        .ok_or(Error::BadAnswer)
+}
+
 /// The meter's clock: local time with no zone, as `Clock?` answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MeterClock {
@@ -368,6 +386,17 @@ mod tests {
         assert_eq!(BatteryLevel::parse(b"\x01"), Err(Error::BadAnswer));
     }
 
+    #[test]
+    fn percentages_are_whole_numbers_up_to_100() {
+        assert_eq!(parse_percentage(b"87"), Ok(87));
+        assert_eq!(parse_percentage(b"  0 "), Ok(0));
+        assert_eq!(parse_percentage(b"100%"), Ok(100));
+        assert_eq!(parse_percentage(b" 42 %"), Ok(42));
+        for bad in [&b"101"[..], b"", b"%", b"-1", b"4.5", b"1000", b"Full"] {
+            assert_eq!(parse_percentage(bad), Err(Error::BadAnswer), "{bad:?}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(10_000))]
 
@@ -378,6 +407,7 @@ mod tests {
             let _ = MeasureState::parse(&bytes);
             let _ = BatteryLevel::parse(&bytes);
             let _ = parse_on_off(&bytes);
+            let _ = parse_percentage(&bytes);
         }
 
         #[test]

@@ -17,8 +17,9 @@
 //! Casella documents no identity query in online mode: the identity stays
 //! unknown. A pushing meter is logging, so readings say `measuring`.
 
-use crate::config::{DeviceConfig, FamilyRules, Parity, SerialFraming};
+use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
 use crate::device::driver::{BoxFuture, Family, LinkError, Meter, MeterReading};
+use crate::device::health::HealthRules;
 use crate::device::link::Link;
 use crate::device::port::Port;
 use crate::record::MeterState;
@@ -61,6 +62,16 @@ static RULES: FamilyRules = FamilyRules {
         parity: Parity::None,
     },
     bauds: &[1200, 2400, 4800, 9600, 19_200, 38_400, 57_600, 115_200],
+    care: CareRules {
+        keep_measuring: Support::No("it pushes lines and takes no commands"),
+        no_sleep: Support::No("it pushes lines and takes no commands"),
+        sync_clock: Support::No("it pushes lines and takes no commands"),
+    },
+    health: HealthRules {
+        battery: false,
+        sd_free: false,
+        clock: true,
+    },
 };
 
 impl Family for Casella {
@@ -157,6 +168,11 @@ async fn run(meter: &Meter<'_>, link: Link) -> LinkError {
             Ok(pushed) => {
                 last_line = Instant::now();
                 meter.answered();
+                // The meter sends a line when it logs it: the line's time
+                // against the gateway's now is the meter clock's offset.
+                let utc = pushed.time.local_epoch_seconds()
+                    - i64::from(meter.config().utc_offset.seconds());
+                meter.clock_skew(utc - meter.now().timestamp());
                 if matches!(pushed.kind, LineKind::Octave) {
                     port.noise.skipped_lines += 1;
                 }

@@ -8,12 +8,14 @@
 //!
 //! Facts and how sure we are of each: `protocols/nl43.md`.
 
+mod care;
 mod poll;
 pub mod session;
 mod stream;
 
-use crate::config::{DeviceConfig, FamilyRules, Parity, SerialFraming};
+use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
 use crate::device::driver::{BoxFuture, Family, LinkError, Meter, until_link_fails};
+use crate::device::health::HealthRules;
 use crate::device::link::Link;
 use firmware_bridge::nl43::{Command, Item, MeasureState};
 use session::{Answer, Session};
@@ -50,6 +52,16 @@ static RULES: FamilyRules = FamilyRules {
         parity: Parity::None,
     },
     bauds: BAUDS,
+    care: CareRules {
+        keep_measuring: Support::Yes,
+        no_sleep: Support::Yes,
+        sync_clock: Support::Yes,
+    },
+    health: HealthRules {
+        battery: true,
+        sd_free: true,
+        clock: true,
+    },
 };
 
 impl Family for Nl43 {

@@ -21,7 +21,8 @@ use crate::device::link::Link;
 use crate::record::{Flag, MeterState};
 use chrono::{DateTime, Utc};
 use firmware_bridge::nl43::{
-    BatteryLevel, Command, DodReading, Item, MeasureState, MeterClock, answer::parse_on_off,
+    BatteryLevel, Command, DodReading, Item, MeasureState, MeterClock, ResultCode,
+    answer::{parse_on_off, parse_percentage},
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -37,6 +38,13 @@ pub(super) struct ClockAnchor {
 pub(super) struct PollState {
     pub run_state: MeterState,
     pub clock: Option<ClockAnchor>,
+    /// The meter clock's offset from the gateway's, read in this status
+    /// round (taken by meter care).
+    pub clock_offset_s: Option<i64>,
+    /// `Sleep Mode?` as read on this link (`no_sleep` devices only).
+    pub sleep_on: Option<bool>,
+    /// The meter refused `Sleep Mode,Off` on this link.
+    pub sleep_off_refused: bool,
 }
 
 /// The `DOD?` period: `live_poll_interval` while a live viewer watches the
@@ -96,6 +104,9 @@ pub(super) async fn run(
     let mut state = PollState {
         run_state: MeterState::Unknown,
         clock: None,
+        clock_offset_s: None,
+        sleep_on: None,
+        sleep_off_refused: false,
     };
     identify(meter, session).await?;
     let mut watchers = meter.watchers();
@@ -212,6 +223,7 @@ pub(super) async fn query_status(
         (Some(MeasureState::Stopped), _) => MeterState::Stopped,
         (None, _) => state.run_state,
     };
+    meter.run_state(state.run_state);
     if let Some(line) = ask(meter, session, Item::Clock).await? {
         match MeterClock::parse(&line) {
             Ok(clock) => {
@@ -221,7 +233,9 @@ pub(super) async fn query_status(
                     meter_unix_ms,
                     at: Instant::now(),
                 });
-                meter.clock_skew((meter_unix_ms - meter.now().timestamp_millis()) / 1000);
+                let offset = (meter_unix_ms - meter.now().timestamp_millis()) / 1000;
+                meter.clock_skew(offset);
+                state.clock_offset_s = Some(offset);
             }
             Err(e) => meter.bad_answer("Clock?", &e),
         }
@@ -232,7 +246,43 @@ pub(super) async fn query_status(
             Err(e) => meter.bad_answer("Battery Level?", &e),
         }
     }
+    if let Some(line) = ask(meter, session, Item::SdCardPercentage).await? {
+        match parse_percentage(&line) {
+            Ok(percent) => meter.sd_free_percent(percent),
+            Err(e) => meter.bad_answer("SD Card Percentage?", &e),
+        }
+    }
+    super::care::tend(meter, session, state, measuring).await?;
+    if state.run_state == MeterState::Stopped {
+        // Meter care may have started the measurement.
+        state.run_state = meter.current_run_state();
+    }
     Ok(())
+}
+
+/// Sends a setting (`Name,param`): `Some(Ok)` accepted, `Some(Err)`
+/// refused with its result code, `None` no answer in time (the link is
+/// still worth keeping). `Err`: reopen the link.
+pub(super) async fn ask_setting(
+    meter: &Meter<'_>,
+    session: &mut Session,
+    item: Item,
+    param: &str,
+) -> Result<Option<Result<(), ResultCode>>, LinkError> {
+    match session.exchange(Command::Set(item, param), false).await {
+        Ok(answer) => {
+            meter.answered();
+            Ok(Some(match answer {
+                Answer::Ok(_) => Ok(()),
+                Answer::Refused(code) => Err(code),
+            }))
+        }
+        Err(LinkError::Timeout(after)) => {
+            meter.timed_out(&format!("{},{param}", item.name()), after)?;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Metric names of the main channel, in the meter's field order. The LN

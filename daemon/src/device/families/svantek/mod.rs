@@ -11,10 +11,11 @@
 //! No clock or health query is known for these units
 //! (`protocols/svantek.md`): records carry no `device_time`.
 
-use crate::config::{DeviceConfig, FamilyRules, Parity, SerialFraming};
+use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
 use crate::device::driver::{
     BoxFuture, Family, Identity, LinkError, Meter, MeterReading, until_link_fails,
 };
+use crate::device::health::HealthRules;
 use crate::device::link::Link;
 use crate::device::port::Port;
 use crate::record::{Flag, MeterState};
@@ -54,6 +55,18 @@ static RULES: FamilyRules = FamilyRules {
         parity: Parity::None,
     },
     bauds: &[9600, 19_200, 38_400, 57_600, 115_200],
+    care: CareRules {
+        keep_measuring: Support::No(
+            "the notes give no start command (writing a guessed control code could change another setting); its run state is still shown",
+        ),
+        no_sleep: Support::No("its remote protocol has no sleep setting we know of"),
+        sync_clock: Support::No("its remote protocol has no clock setting we know of"),
+    },
+    health: HealthRules {
+        battery: false,
+        sd_free: false,
+        clock: false,
+    },
 };
 
 impl Family for Svantek {

@@ -14,10 +14,11 @@
 //! The XL2 has no clock or health query in what we know (`protocols/xl2.md`):
 //! records carry no `device_time`, and battery and clock skew stay unknown.
 
-use crate::config::{DeviceConfig, FamilyRules, Parity, SerialFraming};
+use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
 use crate::device::driver::{
     BoxFuture, Family, Identity, LinkError, Meter, MeterReading, until_link_fails,
 };
+use crate::device::health::HealthRules;
 use crate::device::link::Link;
 use crate::device::port::Port;
 use crate::record::{Flag, MeterState};
@@ -73,6 +74,16 @@ static RULES: FamilyRules = FamilyRules {
         parity: Parity::None,
     },
     bauds: &[9600, 19_200, 38_400, 57_600, 115_200],
+    care: CareRules {
+        keep_measuring: Support::Yes,
+        no_sleep: Support::No("the XL2 has no sleep setting its remote protocol can change"),
+        sync_clock: Support::No("the XL2's remote protocol has no command that sets its clock"),
+    },
+    health: HealthRules {
+        battery: false,
+        sd_free: false,
+        clock: false,
+    },
 };
 
 impl Family for Xl2 {
@@ -276,12 +287,31 @@ async fn query_state(
             }
         }
     };
+    meter.run_state(state);
+    // keep_measuring: `INIT START` has no answer; the error queue read
+    // next says whether the meter took it.
+    let starting = state == MeterState::Stopped && meter.found_stopped();
+    if starting {
+        send(port, Command::InitStart).await?;
+        port.answer_ended();
+    }
+    let mut start_error = None;
     if let Some(line) = query_line(port, Command::SystErr).await? {
         meter.answered();
         match parse_error_queue(&line) {
             Ok(0) => {}
+            Ok(code) if starting => start_error = Some(format!("{code} {}", error_text(code))),
             Ok(code) => meter.refused("SYST:ERRO?", &format!("{code} {}", error_text(code))),
             Err(e) => meter.bad_answer("SYST:ERRO?", &e),
+        }
+    }
+    if starting {
+        match start_error {
+            None => {
+                meter.measurement_started();
+                return Ok(MeterState::Measuring);
+            }
+            Some(why) => meter.measurement_start_refused(&why),
         }
     }
     Ok(state)
