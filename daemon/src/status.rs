@@ -143,6 +143,12 @@ pub fn render(status: &Value) -> String {
             };
             lines.push(clip(&who, WIDTH));
         }
+        if let Some(health) = health_line(device) {
+            lines.push(clip(&health, WIDTH));
+        }
+        if let Some(pending) = device["care"]["pending"].as_str() {
+            lines.push(format!("  {}", clip(pending, WIDTH - 2)));
+        }
         if device["state"] != "connected" {
             if let Some(error) = device["last_error"].as_str() {
                 lines.push(format!("  {}", clip(error, WIDTH - 2)));
@@ -199,6 +205,16 @@ pub fn render(status: &Value) -> String {
         if let Some(error) = fleet["last_error"].as_str() {
             lines.push(format!("        {}", clip(error, WIDTH - 8)));
         }
+        let beat = &fleet["heartbeat"];
+        if let Some(error) = beat["last_error"].as_str() {
+            lines.push(format!("        heartbeat: {}", clip(error, WIDTH - 19)));
+        } else if let Some(at) = beat["last_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            let ago = (now - at.with_timezone(&chrono::Utc)).num_seconds().max(0);
+            lines.push(format!("        heartbeat {} ago", duration(ago as u64)));
+        }
     } else {
         lines.push("fleet   off".to_owned());
     }
@@ -217,6 +233,27 @@ pub fn render(status: &Value) -> String {
         .join("\n");
     out.push('\n');
     out
+}
+
+/// `  measuring · battery Full · SD 87% · clock +2s`: the run state and
+/// what the meter says of its health (unknown values left out); `None`
+/// when nothing is known.
+fn health_line(device: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(run) = device["run_state"].as_str().filter(|r| *r != "unknown") {
+        parts.push(run.to_owned());
+    }
+    let health = &device["health"];
+    if let Some(battery) = health["battery"].as_str().filter(|b| *b != "unknown") {
+        parts.push(format!("battery {battery}"));
+    }
+    if let Some(sd) = health["sd_free_percent"].as_u64() {
+        parts.push(format!("SD {sd}% free"));
+    }
+    if let Some(offset) = health["clock_offset_s"].as_i64() {
+        parts.push(format!("clock {offset:+}s"));
+    }
+    (!parts.is_empty()).then(|| format!("  {}", parts.join(" · ")))
 }
 
 fn text(v: &Value) -> String {
@@ -273,6 +310,9 @@ mod tests {
             "devices": [
                 {"id": "nl43-north", "state": "connected", "readings_total": 12345,
                  "identity": {"model": "NL-43", "serial": "00412345", "firmware": "1.8.0"},
+                 "run_state": "stopped",
+                 "health": {"battery": "Full", "sd_free_percent": 87, "clock_offset_s": -3},
+                 "care": {"pending": "meter clock -3 s off; set when the meter is not measuring (setting it now would split the measurement)"},
                  "last_reading_at": chrono::Utc::now().to_rfc3339(), "last_error": null},
                 {"id": "nl43-south-east-corner", "state": "down", "readings_total": 0,
                  "last_reading_at": null,
@@ -282,7 +322,8 @@ mod tests {
                        "evicted_unsent": 0, "write_error": null,
                        "salvage": {"running": true, "pages_done": 1200, "pages": 16101,
                                    "rows_saved": 73004, "rows_doubtful": 0}},
-            "fleet": {"enabled": true, "state": "ok", "backlog": 0, "token_slot": 1, "last_error": null},
+            "fleet": {"enabled": true, "state": "ok", "backlog": 0, "token_slot": 1, "last_error": null,
+                      "heartbeat": {"last_at": chrono::Utc::now().to_rfc3339(), "last_error": null}},
             "subscribers": 2
         });
         let table = render(&status);
@@ -297,6 +338,15 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("\n  NL-43 serial 00412345\n"), "{table}");
+        assert!(
+            table.contains("\n  stopped · battery Full · SD 87% free · clock -3s\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\n  meter clock -3 s off; set when"),
+            "{table}"
+        );
+        assert!(table.contains("\n        heartbeat 0s ago\n"), "{table}");
         assert!(table.contains("nl43-south-ea…"), "{table}");
         assert!(table.contains("  connect to 192.0.2.10:2255"), "{table}");
         assert!(

@@ -29,12 +29,13 @@ use crate::api;
 use crate::buffer::{self, BufferError, BufferSlot, OpenReport, Start, WriterHandle};
 use crate::clock::WallClock;
 use crate::config::Config;
-use crate::device::{DeviceTask, StatusCell};
+use crate::device::{DeviceTask, MeterList, StatusCell};
 use crate::fanout::Hub;
 use crate::mqtt::MqttPublisher;
 use crate::notify::{Liveness, Notifier, status_counts, status_line};
 use crate::printer::{self, PrintMode};
 use crate::reload::{FleetChange, fleet_change, restart_keys};
+use crate::uplink::heartbeat::{self, Heartbeat};
 use crate::uplink::{
     FleetStatus, FleetStatusCell, UPLINK_EVENTS, Uplink, UplinkError, UplinkEvent, UplinkHandle,
 };
@@ -196,6 +197,7 @@ pub fn start(
     let registry = Devices {
         hub: hub.clone(),
         clock: options.clock.clone(),
+        clock_trusted: config.gateway.clock_trusted,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         running: Vec::new(),
@@ -209,10 +211,9 @@ pub fn start(
         uplink_events,
         mqtt: None,
         buffer: slot.clone(),
+        meters: MeterList::default(),
+        started_at: std::time::Instant::now(),
     };
-    if config.fleet.enabled {
-        live.uplink = Some(live.start_uplink(&config.fleet)?);
-    }
     // Started before the device tasks, so it sees every state change.
     if let Some(mqtt) = &config.mqtt {
         live.mqtt = Some(live.start_mqtt(mqtt, &config.devices)?);
@@ -220,6 +221,12 @@ pub fn start(
     for device in &config.devices {
         let running = live.devices.launch(device.clone());
         live.devices.running.push(running);
+    }
+    // Before the uplink and its heartbeat start, so the first heartbeat
+    // names every meter.
+    *lock_list(&live.meters) = live.devices.cells();
+    if config.fleet.enabled {
+        live.uplink = Some(live.start_uplink(&config.fleet)?);
     }
     let devices = live.devices.cells();
     let (api_addr, api) = start_api(config, &hub, &slot, &devices, &fleet, tracker, shutdown)?;
@@ -259,13 +266,12 @@ pub async fn run(
     let notifier = Notifier::from_env();
     // The meters the status line and the watchdog look at; a reload
     // replaces them.
-    let current = Arc::new(Mutex::new(devices.clone()));
+    let current = live.meters.clone();
     if let Some(path) = options.config_path.clone() {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(StartError::Signal)?;
         let stop = shutdown.clone();
         let notifier = notifier.clone();
-        let current = current.clone();
         tracker.spawn(async move {
             loop {
                 tokio::select! {
@@ -273,7 +279,6 @@ pub async fn run(
                     Some(()) = hangup.recv() => {
                         notifier.reloading();
                         live.reload(&path, &api).await;
-                        *current.lock().unwrap_or_else(PoisonError::into_inner) = live.devices.cells();
                         notifier.ready();
                     }
                 }
@@ -296,7 +301,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             // Time to report.
             _ = tick.tick() => {
-                let cells = current.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let cells = lock_list(&current).clone();
                 if liveness.healthy(&hub, &cells, &buffer) {
                     notifier.watchdog();
                 }
@@ -396,6 +401,8 @@ struct Devices {
     hub: Arc<Hub>,
     /// Where timestamps come from.
     clock: WallClock,
+    /// `[gateway].clock_trusted` (meter clocks may be set from ours).
+    clock_trusted: bool,
     /// Where tasks run (joined at shutdown).
     tracker: TaskTracker,
     /// The daemon's shutdown; each task gets a child token.
@@ -429,7 +436,9 @@ pub struct DeviceChanges {
 
 impl Devices {
     fn launch(&self, config: crate::config::DeviceConfig) -> Running {
-        let task = DeviceTask::new(config.clone(), self.hub.clone()).with_clock(self.clock.clone());
+        let task = DeviceTask::new(config.clone(), self.hub.clone())
+            .with_clock(self.clock.clone())
+            .with_clock_trusted(self.clock_trusted);
         let status = task.status.clone();
         let stop = self.shutdown.child_token();
         self.tracker.spawn(task.run(stop.clone()));
@@ -505,6 +514,9 @@ impl Replaceable {
 struct RunningUplink {
     /// Its task.
     task: Replaceable,
+    /// The heartbeat's task, beside it (never inside it: one never waits
+    /// for the other).
+    heartbeat: Replaceable,
     /// Where reloaded tokens go.
     handle: UplinkHandle,
 }
@@ -528,6 +540,15 @@ struct Live {
     mqtt: Option<Replaceable>,
     /// Where the uplink reads from.
     buffer: BufferSlot,
+    /// The meters configured now, for the heartbeat.
+    meters: MeterList,
+    /// When slmd started (the heartbeat's uptime).
+    started_at: std::time::Instant,
+}
+
+/// The meter list, tolerant of a poisoned lock (plain data).
+fn lock_list(list: &MeterList) -> std::sync::MutexGuard<'_, Vec<StatusCell>> {
+    list.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Live {
@@ -544,10 +565,28 @@ impl Live {
             self.fleet.clone(),
             self.uplink_events.clone(),
         )?;
+        let heartbeat = Heartbeat::new(
+            fleet.clone(),
+            heartbeat::Sources {
+                gateway: self.started.gateway.id.clone(),
+                started: self.started_at,
+                hub: self.devices.hub.clone(),
+                meters: self.meters.clone(),
+                buffer: self.buffer.clone(),
+            },
+            self.fleet.clone(),
+            handle.reload.subscribe(),
+        )?;
         let stop = self.devices.shutdown.child_token();
         let done = self.devices.tracker.spawn(uplink.run(stop.clone()));
+        let beat_stop = stop.child_token();
+        let beat_done = self.devices.tracker.spawn(heartbeat.run(beat_stop.clone()));
         Ok(RunningUplink {
             task: Replaceable { stop, done },
+            heartbeat: Replaceable {
+                stop: beat_stop,
+                done: beat_done,
+            },
             handle,
         })
     }
@@ -587,6 +626,7 @@ impl Live {
             }
         };
         let changes = self.devices.apply(&config.devices);
+        *lock_list(&self.meters) = self.devices.cells();
         api.set_devices(self.devices.cells());
         api.apply(&config.api);
         let fleet = self.apply_fleet(&config.fleet).await;
@@ -632,6 +672,7 @@ impl Live {
         };
         // The old one ends first: two uplinks never push at once.
         if let Some(old) = self.uplink.take() {
+            old.heartbeat.stop("fleet heartbeat").await;
             old.task.stop("fleet uplink").await;
         }
         *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = FleetStatus::disabled();

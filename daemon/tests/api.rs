@@ -7,6 +7,7 @@ use serde_json::Value;
 use slmd::api::{self, ApiState};
 use slmd::buffer::{self, Buffer, BufferSlot, Settings, WriterHandle};
 use slmd::config::{ApiConfig, Durability};
+use slmd::device::health::{Health, HealthRules, HealthValue};
 use slmd::device::{DeviceStatus, StatusCell, lock_status};
 use slmd::fanout::{Hub, LIVE_CAPACITY, LinkState};
 use slmd::record::{Flag, MeterState, Reading};
@@ -71,8 +72,14 @@ fn status_cell(id: &str) -> StatusCell {
         skipped_lines: 0,
         overlong_lines: 0,
         stale_bytes: 0,
-        battery: None,
-        clock_skew_seconds: None,
+        state_since: chrono::Utc::now(),
+        run_state: MeterState::Unknown,
+        health: Health::initial(&HealthRules {
+            battery: true,
+            sd_free: true,
+            clock: true,
+        }),
+        care: Default::default(),
     }))
 }
 
@@ -537,8 +544,9 @@ async fn status_shows_gateway_devices_with_health_buffer_fleet_and_subscribers()
         north.state = LinkState::Connected;
         north.readings_total = 2;
         north.last_reading_at = Some(t0());
-        north.battery = Some("Full".to_owned());
-        north.clock_skew_seconds = Some(-2);
+        north.health.battery = HealthValue::Read("Full".to_owned());
+        north.health.clock_offset_s = HealthValue::Read(-2);
+        north.run_state = MeterState::Stopped;
         north.bad_answers = 3;
         north.timeouts = 4;
         north.refused_commands = 5;
@@ -569,8 +577,14 @@ async fn status_shows_gateway_devices_with_health_buffer_fleet_and_subscribers()
     assert_eq!(north["state"], "connected");
     assert_eq!(north["readings_total"], 2);
     assert_eq!(north["last_reading_at"], "2026-11-22T14:00:00.000Z");
-    assert_eq!(north["battery"], "Full");
-    assert_eq!(north["clock_skew_seconds"], -2);
+    assert_eq!(north["health"]["battery"], "Full");
+    assert_eq!(north["health"]["clock_offset_s"], -2);
+    assert_eq!(
+        north["health"]["sd_free_percent"],
+        serde_json::Value::Null,
+        "not read yet"
+    );
+    assert_eq!(north["run_state"], "stopped");
     assert_eq!(north["bad_answers"], 3);
     assert_eq!(north["watchers"], 0);
     assert_eq!(devices[1]["state"], "down");
@@ -604,10 +618,26 @@ async fn status_shows_gateway_devices_with_health_buffer_fleet_and_subscribers()
     assert_eq!(status["devices"][0]["watchers"], 1);
     assert_eq!(status["devices"][1]["watchers"], 0);
 
-    // Health data appears nowhere but in status.
+    // Health data is in status and the metrics, never in records.
     let (_, live) = api.json("/v1/devices/north/live").await;
     assert!(!live.to_string().contains("Full"), "{live}");
-    assert!(!api.metrics().await.contains("battery"));
+    let metrics = api.metrics().await;
+    assert!(
+        metrics.contains("slmd_device_battery_info{device=\"north\",battery=\"Full\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("slmd_device_clock_offset_seconds{device=\"north\"} -2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("slmd_device_run_state{device=\"north\",state=\"stopped\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("slmd_device_sd_free_percent{device=\"north\"}"),
+        "not read yet: absent"
+    );
     drop(sse);
     api.stop().await;
 }

@@ -10,6 +10,11 @@
 //! | `slmd_device_task_failed` | gauge | `device` | 1 when the device's task stopped on an internal error (the watchdog then lets systemd restart slmd) |
 //! | `slmd_device_readings_total` | counter | `device` | readings produced since start |
 //! | `slmd_device_errors_total` | counter | `device`, `kind` | `bad_answers`, `timeouts`, `refused` since start |
+//! | `slmd_device_run_state` | gauge | `device`, `state` | 1 for the meter's run state (`measuring`, `stopped`, `paused`, `unknown`), 0 for the others |
+//! | `slmd_device_battery_info` | gauge | `device`, `battery` | always 1: the battery as the meter words it (absent where unknown) |
+//! | `slmd_device_sd_free_percent` | gauge | `device` | free space on the meter's SD card, percent (absent where unknown) |
+//! | `slmd_device_clock_offset_seconds` | gauge | `device` | the meter's clock minus the gateway's (absent where unknown) |
+//! | `slmd_device_care_total` | counter | `device`, `kind` | meter care since start: `measure_restarts` (keep_measuring), `clock_syncs` (sync_clock) |
 //! | `slmd_device_connects_total` | counter | `device` | links opened since start |
 //! | `slmd_buffer_open` | gauge | | 1 once the buffer is open; the other buffer metrics appear only then |
 //! | `slmd_buffer_records` | gauge | | records stored |
@@ -36,6 +41,9 @@
 //! | `slmd_fleet_duplicates_total` | counter | | records the fleet already had since start |
 //! | `slmd_fleet_quarantined_total` | counter | | records rejected as malformed and put aside, ever |
 //! | `slmd_fleet_last_push_timestamp_seconds` | gauge | | when the fleet last accepted a batch (absent before the first) |
+//! | `slmd_fleet_heartbeats_total` | counter | | heartbeats the fleet accepted since start |
+//! | `slmd_fleet_heartbeat_failures_total` | counter | | heartbeat tries that failed since start |
+//! | `slmd_fleet_last_heartbeat_timestamp_seconds` | gauge | | when the fleet last accepted a heartbeat (absent before the first) |
 //! | `slmd_fleet_token_slot` | gauge | | token slot in use (1 preferred, 2 the other, 0 none) |
 //! | `slmd_stream_subscribers` | gauge | | open `/v1/stream` connections |
 //! | `slmd_stream_opened_total` | counter | | streams opened since start |
@@ -48,10 +56,12 @@
 //! | `slmd_api_connections_evicted_total` | counter | | idle connections closed to admit a new one at the cap |
 //! | `slmd_api_connections_timed_out_total` | counter | | connections closed for a slow or oversized request head, or idleness |
 //!
-//! Device health (battery, clock skew) is in `/v1/status` only.
+//! Device health is here, in `/v1/status` and in the fleet heartbeat,
+//! never in records.
 
 use super::{ApiError, ApiState, lock_fleet, routes};
 use crate::fanout::LinkState;
+use crate::record::MeterState;
 use crate::uplink::FleetState;
 use axum::extract::State;
 use axum::http::header;
@@ -76,13 +86,87 @@ const FLEET_STATES: [FleetState; 8] = [
     FleetState::Failed,
 ];
 
-fn link_state_name(state: LinkState) -> &'static str {
-    match state {
-        LinkState::Connecting => "connecting",
-        LinkState::Connected => "connected",
-        LinkState::Down => "down",
+/// Health the meter reports (a gauge only where it was read) and what
+/// meter care did.
+fn device_health(page: &mut Page, devices: &[crate::device::DeviceStatus]) {
+    page.family(
+        "slmd_device_run_state",
+        "gauge",
+        "1 for the meter's run state as last reported (measuring, stopped, paused, unknown), 0 for the others.",
+    );
+    for d in devices {
+        for state in RUN_STATES {
+            page.sample(
+                "slmd_device_run_state",
+                &[("device", &d.id), ("state", state.as_str())],
+                u8::from(d.run_state == state),
+            );
+        }
+    }
+    page.family(
+        "slmd_device_battery_info",
+        "gauge",
+        "Always 1: the battery as the meter words it (absent where the family cannot report it or before it is read).",
+    );
+    for d in devices {
+        if let Some(battery) = d.health.battery.value() {
+            page.sample(
+                "slmd_device_battery_info",
+                &[("device", &d.id), ("battery", battery)],
+                1,
+            );
+        }
+    }
+    page.family(
+        "slmd_device_sd_free_percent",
+        "gauge",
+        "Free space on the meter's SD card, percent (absent where unknown).",
+    );
+    for d in devices {
+        if let Some(percent) = d.health.sd_free_percent.value() {
+            page.sample("slmd_device_sd_free_percent", &[("device", &d.id)], percent);
+        }
+    }
+    page.family(
+        "slmd_device_clock_offset_seconds",
+        "gauge",
+        "The meter's clock minus the gateway's, seconds (absent where unknown).",
+    );
+    for d in devices {
+        if let Some(offset) = d.health.clock_offset_s.value() {
+            page.sample(
+                "slmd_device_clock_offset_seconds",
+                &[("device", &d.id)],
+                offset,
+            );
+        }
+    }
+    page.family(
+        "slmd_device_care_total",
+        "counter",
+        "Meter care since start: measurements started again (measure_restarts, keep_measuring), meter clocks set (clock_syncs, sync_clock).",
+    );
+    for d in devices {
+        for (kind, n) in [
+            ("measure_restarts", d.care.measure_restarts),
+            ("clock_syncs", d.care.clock_syncs),
+        ] {
+            page.sample(
+                "slmd_device_care_total",
+                &[("device", &d.id), ("kind", kind)],
+                n,
+            );
+        }
     }
 }
+
+/// Every run state, for `slmd_device_run_state`.
+const RUN_STATES: [MeterState; 4] = [
+    MeterState::Measuring,
+    MeterState::Stopped,
+    MeterState::Paused,
+    MeterState::Unknown,
+];
 
 /// A metrics page being written.
 #[derive(Debug, Default)]
@@ -208,7 +292,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
         for s in LINK_STATES {
             page.sample(
                 "slmd_device_state",
-                &[("device", &d.id), ("state", link_state_name(s))],
+                &[("device", &d.id), ("state", s.as_str())],
                 u8::from(d.state == s),
             );
         }
@@ -255,6 +339,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
             );
         }
     }
+    device_health(&mut page, &devices);
     page.family(
         "slmd_device_connects_total",
         "counter",
@@ -428,6 +513,26 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
         "Records the fleet rejected as malformed, kept in quarantine, since the buffer was created.",
         fleet.quarantined,
     );
+    page.single(
+        "slmd_fleet_heartbeats_total",
+        "counter",
+        "Heartbeats the fleet accepted since start.",
+        fleet.heartbeat.sent,
+    );
+    page.single(
+        "slmd_fleet_heartbeat_failures_total",
+        "counter",
+        "Heartbeat tries that failed since start.",
+        fleet.heartbeat.failures,
+    );
+    if let Some(t) = &fleet.heartbeat.last_at {
+        page.single(
+            "slmd_fleet_last_heartbeat_timestamp_seconds",
+            "gauge",
+            "When the fleet last accepted a heartbeat, Unix seconds.",
+            unix_seconds(t),
+        );
+    }
     if let Some(t) = &fleet.last_push_at {
         page.single(
             "slmd_fleet_last_push_timestamp_seconds",

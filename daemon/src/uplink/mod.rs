@@ -38,6 +38,7 @@
 //!   uplinks never push at once, and the new one starts from the buffer's
 //!   cursor (a batch cut short is sent again, which the fleet de-duplicates).
 
+pub mod heartbeat;
 pub mod tokens;
 pub mod wire;
 
@@ -147,6 +148,24 @@ pub struct FleetStatus {
     pub quarantined: u64,
     /// Records per request now (below `batch_max` after a `413`).
     pub batch_size: usize,
+    /// The heartbeat.
+    pub heartbeat: HeartbeatStatus,
+}
+
+/// The heartbeat part of the fleet status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeartbeatStatus {
+    /// Heartbeats the fleet accepted since start.
+    pub sent: u64,
+    /// Heartbeats that failed (each try counts).
+    pub failures: u64,
+    /// When the fleet last accepted one.
+    #[serde(serialize_with = "crate::record::rfc3339_millis_opt")]
+    pub last_at: Option<DateTime<Utc>>,
+    /// Bytes of the last one on the wire.
+    pub last_bytes: usize,
+    /// The last failure, until one is accepted.
+    pub last_error: Option<String>,
 }
 
 impl FleetStatus {
@@ -165,6 +184,7 @@ impl FleetStatus {
             duplicates: 0,
             quarantined: 0,
             batch_size: 0,
+            heartbeat: HeartbeatStatus::default(),
         }
     }
 }

@@ -62,6 +62,11 @@ pub fn encode(
         serde_json::to_writer(&mut json, record)?;
     }
     json.extend_from_slice(b"]}");
+    compress(json, gzip)
+}
+
+/// A JSON request body, gzipped when `gzip`.
+pub fn compress(json: Vec<u8>, gzip: bool) -> std::io::Result<Body> {
     if !gzip {
         return Ok(Body { bytes: json, gzip });
     }
