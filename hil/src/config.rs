@@ -1,12 +1,16 @@
 //! What a simulated meter is and which faults it injects.
 //!
 //! [`SimConfig`] is fixed for the life of a [`crate::Simulator`]; the meter's
-//! own settings (measuring, echo, clock) start from it and then change only
-//! through commands, as on a real meter. This module also owns the text forms
+//! own settings (measuring, echo, clock, sleep mode) start from it and then
+//! change only through commands, power cycles and key presses, as on a real
+//! meter. This module also owns the text forms
 //! the `slm-sim` command line accepts for durations (`500ms`, `5s`) and stalls
 //! (`0.1:4s`).
 
 use std::time::Duration;
+
+/// How long an NL-43 with sleep mode On stays awake by default.
+pub const DEFAULT_SLEEP_AFTER: Duration = Duration::from_secs(30);
 
 /// Which meter family the simulator plays (its personality).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
@@ -81,9 +85,34 @@ pub struct SimConfig {
     /// integrated values appear one second after start without a
     /// `Measure,Start`.
     pub start_measuring: bool,
-    /// The meter's clock minus real UTC, in seconds (default 0). `Clock?`
-    /// answers UTC shifted by this; `Clock,...` changes it.
+    /// The meter's clock minus real UTC at power-up, in seconds (default
+    /// 0): the meter's time zone as a host reads it (`utc_offset` in
+    /// `slmd.toml`), plus any error. `Clock?` answers UTC shifted by this
+    /// (then by the drift); `Clock,...` sets the clock. Readings' UTC
+    /// `device_time` is the meter's clock minus this, so a drifted or re-set
+    /// clock shows in it as it would in a host's records.
     pub clock_offset_secs: i64,
+    /// How fast the meter's clock runs, in parts per million off real time
+    /// (default 0): the clock advances `1 + ppm·1e-6` seconds per real
+    /// second from power-up and from each `Clock,...`, e.g. 200 000 gains
+    /// 0.2 s a second, −50 loses 4.3 s a day. Values at or below
+    /// −1 000 000 would run the clock backwards: the CLI refuses them
+    /// ([`parse_drift_ppm`]), the library treats them as a stopped clock.
+    /// Used by the families that show a clock (NL-43, Casella).
+    pub clock_drift_ppm: f64,
+    /// NL-43: accept `Clock,...` while measuring. By default the meter
+    /// answers `R+0004` then, **a guess** (setting the clock mid-measurement
+    /// would split it; Rion's guide is not at hand): this flag is the
+    /// other answer.
+    pub clock_set_while_measuring: bool,
+    /// NL-43: sleep (eco) mode is On at first power-up (default Off). With
+    /// sleep mode On the meter falls asleep [`SimConfig::sleep_after`]
+    /// after it powered up, was woken, or had sleep mode turned on.
+    pub sleep_mode: bool,
+    /// NL-43: how long the meter stays awake with sleep mode On (default
+    /// 30 s), whatever the traffic on the link: eco mode is timed from the
+    /// last key press and commands are not key presses (**a guess**).
+    pub sleep_after: Duration,
 }
 
 impl Default for SimConfig {
@@ -97,6 +126,10 @@ impl Default for SimConfig {
             faults: Faults::default(),
             start_measuring: true,
             clock_offset_secs: 0,
+            clock_drift_ppm: 0.0,
+            clock_set_while_measuring: false,
+            sleep_mode: false,
+            sleep_after: DEFAULT_SLEEP_AFTER,
         }
     }
 }
@@ -154,6 +187,11 @@ pub enum ParseError {
     /// A probability outside 0..=1.
     #[error("`{0}` is not a probability: expected a number from 0 to 1, e.g. 0.3")]
     Probability(String),
+    /// Not a clock drift the meter can have.
+    #[error(
+        "`{0}` is not a clock drift: expected parts per million above -1000000, e.g. 200000 or -50"
+    )]
+    Drift(String),
     /// Not a meter family.
     #[error("`{0}` is not a meter family: expected nl43, xl2, svantek or casella")]
     Family(String),
@@ -186,6 +224,15 @@ pub fn parse_probability(text: &str) -> Result<f64, ParseError> {
     match text.trim().parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(ParseError::Probability(text.to_owned())),
+    }
+}
+
+/// Parses a clock drift in parts per million: a finite number above
+/// −1 000 000 (at −1 000 000 the clock would stand still).
+pub fn parse_drift_ppm(text: &str) -> Result<f64, ParseError> {
+    match text.trim().parse::<f64>() {
+        Ok(ppm) if ppm.is_finite() && ppm > -1_000_000.0 => Ok(ppm),
+        _ => Err(ParseError::Drift(text.to_owned())),
     }
 }
 
@@ -231,5 +278,15 @@ mod tests {
         assert_eq!(parse_probability("0.3"), Ok(0.3));
         assert!(parse_probability("1.5").is_err());
         assert!(parse_probability("NaN").is_err());
+    }
+
+    #[test]
+    fn drifts() {
+        assert_eq!(parse_drift_ppm("200000"), Ok(200_000.0));
+        assert_eq!(parse_drift_ppm("-50"), Ok(-50.0));
+        assert_eq!(parse_drift_ppm("1.5"), Ok(1.5));
+        for bad in ["", "x", "-1000000", "-2e6", "inf", "NaN"] {
+            assert!(parse_drift_ppm(bad).is_err(), "{bad}");
+        }
     }
 }

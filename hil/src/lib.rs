@@ -37,6 +37,16 @@
 //! persists across connections. Link-level faults (`drop_every`) are applied
 //! by whoever serves the link; the silence window runs from
 //! [`Simulator::new`].
+//!
+//! Meter care (what slmd's `keep_measuring`, `no_sleep` and `sync_clock`
+//! are tested against): [`Simulator::power_cycle`] ends the link being
+//! served (a pty is re-created, as on `drop_every`) and brings the meter
+//! back stopped; an NL-43 with sleep mode On falls asleep `sleep_after`
+//! after power-up or [`Simulator::wake`], which closes a TCP link (later
+//! ones are accepted and never answered) and leaves a pty read and
+//! ignored. Both reach the sessions through one watch channel of `Power`
+//! counts; falling asleep on time is a task started with the first link
+//! served, like the silence window's.
 
 pub mod cli;
 pub mod config;
@@ -50,7 +60,8 @@ mod session;
 mod tcp;
 
 pub use config::{
-    Family, Faults, ParseError, SimConfig, parse_duration, parse_probability, parse_stall,
+    DEFAULT_SLEEP_AFTER, Family, Faults, ParseError, SimConfig, parse_drift_ppm, parse_duration,
+    parse_probability, parse_stall,
 };
 pub use meter::Recording;
 pub use pty::PtyMeter;
@@ -62,6 +73,7 @@ use session::Session;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +107,24 @@ pub(crate) struct Shared {
     pub(crate) recorder: Recorder,
     /// The task that announces the silence window has been started (once).
     silence_clock: AtomicBool,
+    /// Power cycles and sleeps so far: a link ends when they change (see
+    /// [`Simulator::run_link`]).
+    power: watch::Sender<Power>,
+    /// Wakes the sleep task when the moment the NL-43 falls asleep may have
+    /// moved earlier (sleep mode turned on, a wake, a power cycle).
+    sleep_timer: Notify,
+    /// The task that puts the NL-43 to sleep on time has been started (once).
+    sleep_clock: AtomicBool,
+}
+
+/// Counts of the events that end a link, as the sessions watch them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Power {
+    /// Power cycles so far: every link ends.
+    cycles: u64,
+    /// Times the NL-43 fell asleep: a link that can be turned off (TCP, a
+    /// stream) ends; a pty stays, read and ignored.
+    sleeps: u64,
 }
 
 impl Shared {
@@ -116,6 +146,41 @@ impl Shared {
         self.silent_window()
             .is_some_and(|(start, end)| start <= at && at < end)
     }
+
+    /// Whether the NL-43 is asleep at `now` (never for other families).
+    /// Falls asleep first if that is due, and then announces it and ends
+    /// the links that sleep turns off: whoever looks first does it.
+    pub(crate) fn asleep(&self, now: Instant) -> bool {
+        if self.personality.is_some() {
+            return false;
+        }
+        let (asleep, fell) = {
+            let mut meter = self.meter();
+            let fell = meter.fall_asleep_if_due(now);
+            (meter.is_asleep(), fell)
+        };
+        if fell {
+            tracing::info!("the meter fell asleep");
+            self.recorder.event(SimEvent::Asleep);
+            self.power.send_modify(|p| p.sleeps += 1);
+        }
+        asleep
+    }
+
+    /// The moment the meter falls asleep may have moved: the sleep task
+    /// looks again.
+    pub(crate) fn sleep_timer_changed(&self) {
+        self.sleep_timer.notify_one();
+    }
+}
+
+/// What a link is, for what ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkKind {
+    /// A link sleep turns off (TCP, the NX-43EX's LAN; any stream).
+    Network,
+    /// A serial line (pty): it stays while the meter sleeps.
+    Serial,
 }
 
 /// Why serving one link ended.
@@ -125,6 +190,10 @@ pub(crate) enum LinkEnd {
     Closed(std::io::Result<()>),
     /// The `drop_every` fault closed it.
     Dropped,
+    /// The meter was power-cycled.
+    PowerCycled,
+    /// The meter fell asleep (a network link only).
+    Asleep,
     /// Shutdown was requested.
     Shutdown,
 }
@@ -143,8 +212,66 @@ impl Simulator {
                 personality,
                 recorder: Recorder::new(),
                 silence_clock: AtomicBool::new(false),
+                power: watch::Sender::new(Power::default()),
+                sleep_timer: Notify::new(),
+                sleep_clock: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Power off and on, now: the link being served ends (TCP: the
+    /// connection is closed; pty: it is torn down and re-created behind its
+    /// link, as on `drop_every`), and the meter comes back stopped, with
+    /// nothing integrated and an empty error queue and snapshot (XL2),
+    /// awake. Its clock (a battery-backed RTC), settings and stored records
+    /// are kept, and so are the simulator's counters. The Casella, which
+    /// has no start command, comes back measuring and pushes again. With
+    /// `asleep` an NL-43 comes back with sleep mode On (else its setting is
+    /// kept); other families have no sleep mode and ignore it.
+    ///
+    /// Announced as [`SimEvent::PowerCycle`] (then [`SimEvent::Awake`] if a
+    /// sleeping NL-43 was cycled), counted in `power_cycles`.
+    pub fn power_cycle(&self, asleep: bool) {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let family = shared.config.family;
+        let (asleep, was_asleep) = match &shared.personality {
+            None => (asleep, shared.meter().power_cycle(now, asleep)),
+            Some(meter) => {
+                let mut meter = meter.lock().unwrap_or_else(PoisonError::into_inner);
+                meter.power_cycle(now);
+                (false, false)
+            }
+        };
+        tracing::info!(%family, asleep, "power cycle");
+        shared.recorder.record(|s| {
+            s.power_cycles += 1;
+            Some(SimEvent::PowerCycle { family, asleep })
+        });
+        if was_asleep {
+            shared.recorder.event(SimEvent::Awake);
+        }
+        shared.power.send_modify(|p| p.cycles += 1);
+        shared.sleep_timer_changed();
+    }
+
+    /// A key press, now (NL-43): wakes a sleeping meter (announced as
+    /// [`SimEvent::Awake`]) and restarts its sleep timer either way, so
+    /// with sleep mode On it falls asleep again `sleep_after` from now.
+    /// Links accepted while it slept are answered from now on. Other
+    /// families do not sleep: nothing happens.
+    pub fn wake(&self) {
+        if self.shared.personality.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        // A sleep that was due has happened, even if nobody looked yet.
+        self.shared.asleep(now);
+        if self.shared.meter().wake(now) {
+            tracing::info!("the meter woke up");
+            self.shared.recorder.event(SimEvent::Awake);
+        }
+        self.shared.sleep_timer_changed();
     }
 
     /// The configuration it was created with.
@@ -174,7 +301,7 @@ impl Simulator {
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        self.start_silence_clock(&shutdown);
+        self.start_clocks(&shutdown);
         tcp::serve(self, listener, shutdown).await
     }
 
@@ -187,19 +314,22 @@ impl Simulator {
 
     /// Serves one connection over any byte stream (e.g. a
     /// `tokio::io::duplex` in tests) until the peer closes it, `drop_every`
-    /// closes it, or `shutdown`. Counted as a connection; it does not take
+    /// closes it, a power cycle or the meter falling asleep ends it (as a
+    /// TCP link), or `shutdown`. Counted as a connection; it does not take
     /// the TCP client slot.
     pub async fn serve_stream<S>(&self, io: S, shutdown: CancellationToken) -> std::io::Result<()>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        self.start_silence_clock(&shutdown);
+        self.start_clocks(&shutdown);
         let number = self.connected();
-        let end = self.run_link(io, number, &shutdown).await;
+        let end = self
+            .run_link(io, number, LinkKind::Network, &shutdown)
+            .await;
         self.disconnected(&end);
         match end {
             LinkEnd::Closed(result) => result,
-            LinkEnd::Dropped | LinkEnd::Shutdown => Ok(()),
+            LinkEnd::Dropped | LinkEnd::PowerCycled | LinkEnd::Asleep | LinkEnd::Shutdown => Ok(()),
         }
     }
 
@@ -226,23 +356,47 @@ impl Simulator {
                 });
             }
             LinkEnd::Closed(Err(e)) => tracing::debug!("link failed: {e}"),
-            LinkEnd::Closed(Ok(())) | LinkEnd::Shutdown => {}
+            LinkEnd::Closed(Ok(()))
+            | LinkEnd::PowerCycled
+            | LinkEnd::Asleep
+            | LinkEnd::Shutdown => {}
         }
         self.shared.recorder.event(SimEvent::Disconnected);
     }
 
     /// Runs a session on `io` until it ends, the `drop_every` fault fires,
-    /// or `shutdown`.
+    /// the meter is power-cycled or (a network link) falls asleep, or
+    /// `shutdown`.
     pub(crate) async fn run_link<S>(
         &self,
         io: S,
         number: u64,
+        kind: LinkKind,
         shutdown: &CancellationToken,
     ) -> LinkEnd
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let shared = &*self.shared;
+        // Subscribed before the session starts: only what happens from now
+        // on ends this link (one accepted while the meter sleeps stays).
+        let mut power = shared.power.subscribe();
+        let at_start = *power.borrow_and_update();
+        let power_off = async move {
+            loop {
+                if power.changed().await.is_err() {
+                    // Cannot happen: `shared` holds the sender.
+                    std::future::pending::<()>().await;
+                }
+                let now = *power.borrow_and_update();
+                if now.cycles != at_start.cycles {
+                    return LinkEnd::PowerCycled;
+                }
+                if kind == LinkKind::Network && now.sleeps != at_start.sleeps {
+                    return LinkEnd::Asleep;
+                }
+            }
+        };
         let session = async move {
             match &shared.personality {
                 None => Session::new(shared, io, number).run().await,
@@ -270,9 +424,50 @@ impl Simulator {
             result = session => LinkEnd::Closed(result),
             // The drop fault: the session (and with it the link) is dropped mid-whatever.
             () = dropped => LinkEnd::Dropped,
+            // A power cycle, or sleep turning the LAN off: the same, for the meter's reasons.
+            end = power_off => end,
             // Shutdown wins over anything in progress.
             () = shutdown.cancelled() => LinkEnd::Shutdown,
         }
+    }
+
+    /// Starts (once each) the tasks that keep time for the meter: the
+    /// silence window's and the NL-43's sleep.
+    pub(crate) fn start_clocks(&self, shutdown: &CancellationToken) {
+        self.start_silence_clock(shutdown);
+        self.start_sleep_clock(shutdown);
+    }
+
+    /// Starts (once, NL-43 only) the task that puts the meter to sleep on
+    /// time, so a link is closed and `asleep` announced even when nothing
+    /// is said on it.
+    fn start_sleep_clock(&self, shutdown: &CancellationToken) {
+        if self.shared.personality.is_some() || self.shared.sleep_clock.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let due = shared.meter().sleep_due();
+                let at_due = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    // Sleep mode on, a wake, a power cycle: look again.
+                    () = shared.sleep_timer.notified() => {}
+                    // Due (unless the timer moved since: `asleep` checks).
+                    () = at_due => {
+                        shared.asleep(Instant::now());
+                    }
+                }
+            }
+        });
     }
 
     /// Starts (once) the task that announces the silence window as it opens

@@ -14,8 +14,22 @@
 //!   the 1 s window: a host retrying 1 s after its last answered poll is served.
 //! - Result codes: unknown or `$`-prefixed command `R+0001`, bad parameter
 //!   `R+0002`, designation `R+0003`, not possible now `R+0004` (stop while
-//!   stopped, start while started, sleep while measuring, pause while
-//!   stopped).
+//!   stopped, start while started, `Sleep Mode,On|Off` while measuring,
+//!   pause while stopped, and `Clock,...` while measuring unless
+//!   `clock_set_while_measuring`: a guess).
+//! - The clock ([`Rtc`]) runs at `1 + clock_drift_ppm·1e-6` times real time
+//!   from power-up (UTC + `clock_offset_secs`) and from each accepted
+//!   `Clock,...`; a power cycle keeps it (it has a battery).
+//! - Sleep: with sleep mode On the meter falls asleep `sleep_after` after
+//!   the latest of power-up, a wake ("a key press") and sleep mode being
+//!   turned on, whatever the traffic (commands are not key presses: a
+//!   guess). `Sleep Mode,Off` before then cancels it. Falling asleep is
+//!   lazy, like sampling: [`Meter::fall_asleep_if_due`] makes it happen
+//!   for whoever looks first (the session before a command, the
+//!   simulator's sleep task at the deadline), and the caller announces it.
+//! - A power cycle stops the meter and forgets the measurement (no last
+//!   result, dashes), the `DOD?` pacing and a sleep; settings (echo, sleep
+//!   mode), the clock and the stored records are kept.
 //! - Levels are sampled at 10 Hz in (tokio) time, lazily: the samples since
 //!   the last command are generated when the next one arrives. Two `DOD?`
 //!   answers in a row never show the same Lp.
@@ -44,11 +58,17 @@ use tokio::time::Instant;
 pub const ANSWER_GAP: Duration = Duration::from_millis(200);
 /// Minimum time between two `DOD?` polls.
 pub const DOD_INTERVAL: Duration = Duration::from_secs(1);
+/// `SD Card Percentage?` (and the `DRD?status` field): free space, a plain
+/// integer percentage.
+pub const SD_CARD_PERCENTAGE: u8 = 87;
 /// Slack on both pacing rules for transport jitter.
 pub const PACING_TOLERANCE: Duration = Duration::from_millis(25);
 /// The longest gap between commands for which samples are generated one by
 /// one; a longer idle meter resumes sampling from the last day.
 const MAX_CATCH_UP: Duration = Duration::from_secs(24 * 3600);
+/// Whether `Sleep Mode,On|Off` is refused (`R+0004`) while measuring; the
+/// note's "sleep while measuring → R+0004" [device] is read as both.
+const SLEEP_SETTING_REFUSED_WHILE_MEASURING: bool = true;
 /// How old the first stored record is, relative to the simulator's start.
 const REPLAY_AGE_SECS: i64 = 3600;
 /// Seconds of measurement already integrated in the first stored record.
@@ -188,6 +208,65 @@ impl Iterator for Recording {
     }
 }
 
+/// A meter's real-time clock: set to some meter-local time at some real
+/// moment, it runs at `rate` times real time from then on. Times are Unix
+/// seconds with a fraction; meter-local ones carry no zone (the meter
+/// shows them as they are).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rtc {
+    /// Real UTC when it was last set (power-up or `Clock,...`).
+    set_at: f64,
+    /// The meter-local time it was set to then.
+    set_to: f64,
+    /// Meter seconds per real second: `1 + ppm·1e-6`, never negative.
+    rate: f64,
+}
+
+impl Rtc {
+    /// The clock of a meter powered up now as `config` says.
+    pub(crate) fn new(config: &SimConfig) -> Rtc {
+        let now = utc_now();
+        Rtc::starting(
+            now,
+            now + config.clock_offset_secs as f64,
+            config.clock_drift_ppm,
+        )
+    }
+
+    /// A clock showing `local` at real time `utc`, drifting by `ppm`.
+    fn starting(utc: f64, local: f64, ppm: f64) -> Rtc {
+        Rtc {
+            set_at: utc,
+            set_to: local,
+            rate: (1.0 + ppm * 1e-6).max(0.0),
+        }
+    }
+
+    /// What it shows at real time `utc`.
+    fn local_at(&self, utc: f64) -> f64 {
+        self.set_to + (utc - self.set_at) * self.rate
+    }
+
+    /// What it shows now, in whole seconds (as the meter displays it).
+    pub(crate) fn now_secs(&self) -> i64 {
+        // `as` saturates: a clock beyond i64 seconds cannot be shown anyway.
+        self.local_at(utc_now()).floor() as i64
+    }
+
+    /// Sets it to `local` (whole seconds) now; the drift goes on from there.
+    /// Returns the offsets before and after.
+    pub(crate) fn set(&mut self, local: i64) -> (f64, f64) {
+        self.set_at_utc(utc_now(), local)
+    }
+
+    fn set_at_utc(&mut self, utc: f64, local: i64) -> (f64, f64) {
+        let before = self.local_at(utc) - utc;
+        self.set_at = utc;
+        self.set_to = local as f64;
+        (before, self.set_to - utc)
+    }
+}
+
 /// The simulated NL-43.
 #[derive(Debug)]
 pub struct Meter {
@@ -206,10 +285,22 @@ pub struct Meter {
     last_result: Option<ChannelValues>,
     /// Echo each command line before its result.
     echo: bool,
-    /// `Sleep Mode` setting (answered, not otherwise simulated).
+    /// `Sleep Mode` setting.
     sleep: bool,
-    /// Meter clock minus UTC, seconds.
-    clock_offset: i64,
+    /// Whether the meter is asleep (it then answers nothing).
+    asleep: bool,
+    /// When the sleep timer last started: power-up, a wake, or sleep mode
+    /// turned on; with sleep mode On it falls asleep `sleep_after` later.
+    awake_since: Instant,
+    /// How long it stays awake with sleep mode On.
+    sleep_after: Duration,
+    /// Accept `Clock,...` while measuring (else `R+0004`).
+    clock_set_while_measuring: bool,
+    /// The clock.
+    clock: Rtc,
+    /// The offsets before and after the last accepted `Clock,...`, until
+    /// the session takes them to announce.
+    clock_set: Option<(f64, f64)>,
     /// Arrival of the last answered `DOD?`, for the 1 s rule.
     last_dod_at: Option<Instant>,
     /// `Serial Number?` answer, derived from the seed.
@@ -223,7 +314,8 @@ impl Meter {
     pub fn new(config: &SimConfig, now: Instant) -> Meter {
         let mut source = LevelSource::new(config.seed);
         let lp = source.next_sample().lp;
-        let meter_now = utc_now_secs().saturating_add(config.clock_offset_secs);
+        let clock = Rtc::new(config);
+        let meter_now = clock.now_secs();
         let mut meter = Meter {
             source,
             next_sample: now + SAMPLE_PERIOD,
@@ -232,8 +324,13 @@ impl Meter {
             run: None,
             last_result: None,
             echo: config.faults.echo,
-            sleep: false,
-            clock_offset: config.clock_offset_secs,
+            sleep: config.sleep_mode,
+            asleep: false,
+            awake_since: now,
+            sleep_after: config.sleep_after,
+            clock_set_while_measuring: config.clock_set_while_measuring,
+            clock,
+            clock_set: None,
             last_dod_at: None,
             serial: format!("{:08}", config.seed % 100_000_000),
             store: Store::new(config.seed, meter_now.saturating_sub(REPLAY_AGE_SECS)),
@@ -247,9 +344,53 @@ impl Meter {
         meter
     }
 
-    /// The meter's clock minus UTC, seconds (changed by `Clock,...`).
-    pub fn clock_offset(&self) -> i64 {
-        self.clock_offset
+    /// Whether a measurement runs.
+    pub fn running(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// The offsets (seconds, before and after) of a `Clock,...` accepted
+    /// since the last call.
+    pub fn take_clock_set(&mut self) -> Option<(f64, f64)> {
+        self.clock_set.take()
+    }
+
+    /// When the meter will fall asleep, if sleep mode is On and it is awake.
+    pub fn sleep_due(&self) -> Option<Instant> {
+        (self.sleep && !self.asleep).then(|| self.awake_since + self.sleep_after)
+    }
+
+    /// Falls asleep if that is due at `now`; `true` if it just did.
+    pub fn fall_asleep_if_due(&mut self, now: Instant) -> bool {
+        let due = self.sleep_due().is_some_and(|at| at <= now);
+        if due {
+            self.asleep = true;
+        }
+        due
+    }
+
+    /// Whether the meter is asleep (as of the last look).
+    pub fn is_asleep(&self) -> bool {
+        self.asleep
+    }
+
+    /// A key press at `now`: wakes the meter and restarts the sleep timer.
+    /// `true` if it was asleep.
+    pub fn wake(&mut self, now: Instant) -> bool {
+        self.awake_since = now;
+        std::mem::replace(&mut self.asleep, false)
+    }
+
+    /// Power off and on at `now`: stopped, nothing integrated, awake (sleep
+    /// mode On if `sleep_on`, else as it was), clock and settings kept.
+    /// `true` if it was asleep.
+    pub fn power_cycle(&mut self, now: Instant, sleep_on: bool) -> bool {
+        self.advance(now);
+        self.run = None;
+        self.last_result = None;
+        self.last_dod_at = None;
+        self.sleep |= sleep_on;
+        self.wake(now)
     }
 
     /// Whether echo is on.
@@ -277,7 +418,7 @@ impl Meter {
         };
         match command {
             Command::Request(item) => self.request(item, arrival, link),
-            Command::Set(item, param) => Reply::Result(self.set(item, param)),
+            Command::Set(item, param) => Reply::Result(self.set(item, param, arrival)),
         }
     }
 
@@ -297,7 +438,7 @@ impl Meter {
                 let secs = match (link.replay_clock, link.replay_left) {
                     (Some(old), _) => old,
                     (None, left) if left > 0 => self.store.next_time,
-                    (None, _) => self.clock_secs(),
+                    (None, _) => self.clock.now_secs(),
                 };
                 match MeterClock::from_local_epoch_seconds(secs) {
                     Some(clock) => Reply::Data(clock.to_string()),
@@ -306,7 +447,7 @@ impl Meter {
                 }
             }
             Item::BatteryLevel => Reply::Data("Full".to_owned()),
-            Item::SdCardPercentage => Reply::Data("87".to_owned()),
+            Item::SdCardPercentage => Reply::Data(SD_CARD_PERCENTAGE.to_string()),
             Item::SdCardFreeSize => Reply::Data("27812".to_owned()),
             Item::SleepMode => on_off(self.sleep),
             Item::Echo => on_off(self.echo),
@@ -346,7 +487,7 @@ impl Meter {
         }
     }
 
-    fn set(&mut self, item: Item, param: &str) -> ResultCode {
+    fn set(&mut self, item: Item, param: &str, now: Instant) -> ResultCode {
         let word = param.trim();
         let on_off = || {
             if word.eq_ignore_ascii_case("On") {
@@ -386,8 +527,14 @@ impl Meter {
             },
             Item::SleepMode => match on_off() {
                 None => ResultCode::ParameterError,
-                Some(true) if self.run.is_some() => ResultCode::StatusError,
+                Some(_) if SLEEP_SETTING_REFUSED_WHILE_MEASURING && self.run.is_some() => {
+                    ResultCode::StatusError
+                }
                 Some(on) => {
+                    if on && !self.sleep {
+                        // The timer counts from the moment eco mode is on.
+                        self.awake_since = now;
+                    }
                     self.sleep = on;
                     ResultCode::Ok
                 }
@@ -400,11 +547,14 @@ impl Meter {
                 }
             },
             Item::Clock => match MeterClock::parse(param.as_bytes()) {
+                Err(_) => ResultCode::ParameterError,
+                Ok(_) if self.run.is_some() && !self.clock_set_while_measuring => {
+                    ResultCode::StatusError
+                }
                 Ok(clock) => {
-                    self.clock_offset = clock.local_epoch_seconds() - utc_now_secs();
+                    self.clock_set = Some(self.clock.set(clock.local_epoch_seconds()));
                     ResultCode::Ok
                 }
-                Err(_) => ResultCode::ParameterError,
             },
             // `Command::parse` only builds settings for settable items.
             _ => ResultCode::DesignationError,
@@ -435,11 +585,11 @@ impl Meter {
             flag(v.under_range),
         );
         if status {
-            let clock = MeterClock::from_local_epoch_seconds(self.clock_secs())
+            let clock = MeterClock::from_local_epoch_seconds(self.clock.now_secs())
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "----/--/-- --:--:--".to_owned());
             line.push_str(&format!(
-                ",{clock},Battery,Full,87,{}",
+                ",{clock},Battery,Full,{SD_CARD_PERCENTAGE},{}",
                 self.measure_state().word()
             ));
         }
@@ -479,10 +629,6 @@ impl Meter {
             self.next_sample += SAMPLE_PERIOD;
         }
     }
-
-    fn clock_secs(&self) -> i64 {
-        utc_now_secs().saturating_add(self.clock_offset)
-    }
 }
 
 /// The 64-field line (without CR LF) with `main` on channel 0 and the other
@@ -504,13 +650,20 @@ fn encode_dod(main: ChannelValues) -> String {
 }
 
 /// UTC now as Unix seconds.
+#[cfg(test)]
 fn utc_now_secs() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+/// UTC now as Unix seconds with a fraction (microseconds).
+fn utc_now() -> f64 {
+    chrono::Utc::now().timestamp_micros() as f64 * 1e-6
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_SLEEP_AFTER;
     use firmware_bridge::nl43::DrdLine;
 
     fn meter() -> (Meter, LinkState, Instant) {
@@ -641,6 +794,157 @@ mod tests {
         ));
         let after = clock_of(&mut m, &mut link, t0 + Duration::from_millis(3500)).expect("clock");
         assert!((after - utc_now_secs()).abs() <= 2);
+    }
+
+    #[test]
+    fn the_clock_drifts_and_a_setting_restarts_it() {
+        let mut clock = Rtc::starting(1_000.0, 1_060.0, 200_000.0);
+        assert!((clock.local_at(1_010.0) - 1_072.0).abs() < 1e-9);
+        let (before, after) = clock.set_at_utc(1_010.0, 5_000);
+        assert!((before - 62.0).abs() < 1e-9, "{before}");
+        assert!((after - 3_990.0).abs() < 1e-9, "{after}");
+        assert!((clock.local_at(1_020.0) - 5_012.0).abs() < 1e-9);
+        let slow = Rtc::starting(0.0, 0.0, -50.0);
+        assert!((slow.local_at(86_400.0) - (86_400.0 - 4.32)).abs() < 1e-6);
+        let stopped = Rtc::starting(0.0, 7.0, -2e6);
+        assert_eq!(stopped.local_at(100.0), 7.0);
+    }
+
+    #[test]
+    fn the_clock_is_set_only_while_stopped_unless_configured() {
+        let (mut m, mut link, t0) = meter();
+        let mut t = t0;
+        let mut next = |m: &mut Meter, line: &str| {
+            t += Duration::from_millis(300);
+            answer(m, &mut link, line, t).code()
+        };
+        let set = "Clock,2030/01/02 03:04:05";
+        assert_eq!(next(&mut m, set), ResultCode::StatusError);
+        assert_eq!(m.take_clock_set(), None);
+        assert_eq!(next(&mut m, "Measure,Stop"), ResultCode::Ok);
+        assert_eq!(next(&mut m, set), ResultCode::Ok);
+        let target = MeterClock::parse(b"2030/01/02 03:04:05")
+            .expect("valid")
+            .local_epoch_seconds();
+        let (before, after) = m.take_clock_set().expect("a setting");
+        assert!(before.abs() < 2.0, "{before}");
+        let expected = (target - utc_now_secs()) as f64;
+        assert!((after - expected).abs() < 2.0, "{after} vs {expected}");
+        assert_eq!(m.take_clock_set(), None);
+
+        let config = SimConfig {
+            clock_set_while_measuring: true,
+            ..SimConfig::default()
+        };
+        let mut m = Meter::new(&config, t0);
+        let mut link = LinkState::new(0);
+        assert_eq!(answer(&mut m, &mut link, set, t0).code(), ResultCode::Ok);
+        assert!(m.running());
+    }
+
+    fn sleepy(start_measuring: bool) -> (Meter, LinkState, Instant) {
+        let config = SimConfig {
+            start_measuring,
+            sleep_mode: true,
+            sleep_after: Duration::from_secs(1),
+            ..SimConfig::default()
+        };
+        let now = Instant::now();
+        (Meter::new(&config, now), LinkState::new(0), now)
+    }
+
+    #[test]
+    fn sleep_falls_due_and_a_wake_restarts_the_timer() {
+        let (mut m, _, t0) = sleepy(true);
+        let second = Duration::from_secs(1);
+        assert_eq!(m.sleep_due(), Some(t0 + second));
+        assert!(!m.fall_asleep_if_due(t0 + second / 2));
+        assert!(m.fall_asleep_if_due(t0 + second));
+        assert!(m.is_asleep() && m.sleep_due().is_none());
+        assert!(!m.fall_asleep_if_due(t0 + 2 * second), "once");
+        assert!(m.wake(t0 + 2 * second));
+        assert!(!m.is_asleep());
+        assert_eq!(m.sleep_due(), Some(t0 + 3 * second));
+        assert!(!m.wake(t0 + 2 * second), "not asleep any more");
+        assert!(m.running(), "sleep does not stop a measurement");
+    }
+
+    #[test]
+    fn sleep_mode_off_cancels_and_on_restarts_the_timer() {
+        let (mut m, mut link, t0) = sleepy(false);
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(
+            answer(&mut m, &mut link, "Sleep Mode,Off", t1).code(),
+            ResultCode::Ok
+        );
+        assert_eq!(m.sleep_due(), None);
+        assert!(!m.fall_asleep_if_due(t0 + Duration::from_secs(5)));
+        let t2 = t0 + Duration::from_secs(6);
+        assert_eq!(
+            answer(&mut m, &mut link, "Sleep Mode,On", t2).code(),
+            ResultCode::Ok
+        );
+        assert_eq!(m.sleep_due(), Some(t2 + Duration::from_secs(1)));
+        let t3 = t2 + Duration::from_millis(300);
+        assert_eq!(
+            answer(&mut m, &mut link, "Sleep Mode?", t3),
+            Reply::Data("On".into())
+        );
+
+        // While measuring, the setting is refused either way.
+        let (mut m, mut link, t0) = sleepy(true);
+        assert_eq!(
+            answer(&mut m, &mut link, "Sleep Mode,Off", t0).code(),
+            ResultCode::StatusError
+        );
+        assert!(m.sleep_due().is_some());
+    }
+
+    #[test]
+    fn a_power_cycle_stops_forgets_and_keeps_settings() {
+        let (mut m, mut link, t0) = meter();
+        let t1 = t0 + Duration::from_secs(3);
+        let Reply::Dod { line, .. } = answer(&mut m, &mut link, "DOD?", t1) else {
+            panic!("a DOD answer");
+        };
+        let integrated = |line: &str| DodReading::parse(line.as_bytes()).expect("DOD").main().leq;
+        assert!(integrated(&line).is_some(), "{line}");
+        assert!(!m.power_cycle(t1, true));
+        let mut link = LinkState::new(0);
+        let t2 = t1 + Duration::from_millis(100);
+        assert_eq!(
+            answer(&mut m, &mut link, "Measure?", t2),
+            Reply::Data("Stop".into())
+        );
+        // The 1 s between polls starts again with the power.
+        let t3 = t2 + Duration::from_millis(300);
+        let Reply::Dod { line, .. } = answer(&mut m, &mut link, "DOD?", t3) else {
+            panic!("a DOD answer right after power-up");
+        };
+        assert_eq!(integrated(&line), None, "{line}");
+        let t4 = t3 + Duration::from_millis(300);
+        assert_eq!(
+            answer(&mut m, &mut link, "Sleep Mode?", t4),
+            Reply::Data("On".into())
+        );
+        assert_eq!(m.sleep_due(), Some(t1 + DEFAULT_SLEEP_AFTER));
+        let t5 = t4 + Duration::from_millis(300);
+        let Reply::Data(clock) = answer(&mut m, &mut link, "Clock?", t5) else {
+            panic!("a clock");
+        };
+        let shown = MeterClock::parse(clock.as_bytes())
+            .expect("clock")
+            .local_epoch_seconds();
+        assert!((shown - utc_now_secs()).abs() <= 2, "{clock}");
+    }
+
+    #[test]
+    fn sd_card_percentage_is_a_plain_integer() {
+        let (mut m, mut link, t0) = meter();
+        assert_eq!(
+            answer(&mut m, &mut link, "SD Card Percentage?", t0),
+            Reply::Data("87".into())
+        );
     }
 
     #[test]

@@ -18,11 +18,13 @@
 //!   temporary name and renamed into place. On a `drop_every` the new pty is
 //!   created first (so it gets a different `/dev/pts` number), the link is
 //!   re-pointed, and then the old pty is closed: a host holding the old one
-//!   open sees end of file or EIO, as when a USB device vanishes. The link is
+//!   open sees end of file or EIO, as when a USB device vanishes. A power
+//!   cycle does the same. (A sleeping meter keeps its pty: serial lines are
+//!   not turned off by sleep; the session reads and ignores.) The link is
 //!   removed on shutdown (and when the [`PtyMeter`] is dropped), unless it no
 //!   longer points at this simulator's pty.
 
-use crate::{LinkEnd, Simulator};
+use crate::{LinkEnd, LinkKind, Simulator};
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::pty::{OpenptyResult, openpty};
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
@@ -91,7 +93,7 @@ impl PtyMeter {
     }
 
     /// Serves the meter until `shutdown`, re-creating the pty on each
-    /// `drop_every`. Removes the link before returning.
+    /// `drop_every` and power cycle. Removes the link before returning.
     pub async fn serve(self, shutdown: CancellationToken) -> io::Result<()> {
         let PtyMeter {
             sim,
@@ -99,21 +101,22 @@ impl PtyMeter {
             mut link,
             path: _,
         } = self;
-        sim.start_silence_clock(&shutdown);
+        sim.start_clocks(&shutdown);
         loop {
             let number = sim.connected();
             let io = PtyIo::new(pty.master)?;
-            let end = sim.run_link(io, number, &shutdown).await;
+            let end = sim.run_link(io, number, LinkKind::Serial, &shutdown).await;
             sim.disconnected(&end);
             match end {
                 LinkEnd::Shutdown => break,
-                LinkEnd::Dropped => {
+                // A serial link never ends for sleep; were it to, a new pty is harmless.
+                LinkEnd::Dropped | LinkEnd::PowerCycled | LinkEnd::Asleep => {
                     // The old master was closed with the session; the new pty
                     // is created while the old slave is still held, so its
                     // number differs. Replacing `pty` closes the old slave.
                     let next = RawPty::create()?;
                     link.point_at(&next.path)?;
-                    tracing::info!(tty = %next.path.display(), "pty re-created after a drop");
+                    tracing::info!(tty = %next.path.display(), "pty re-created after {end:?}");
                     pty = next;
                 }
                 LinkEnd::Closed(result) => {

@@ -37,6 +37,10 @@ pub struct SimStats {
     pub readings: u64,
     /// Bytes a push-only meter (Casella) received and ignored.
     pub ignored_bytes: u64,
+    /// Power cycles ([`crate::Simulator::power_cycle`], `SIGUSR1`).
+    pub power_cycles: u64,
+    /// Clock settings the meter accepted (NL-43 `Clock,...`).
+    pub clock_sets: u64,
 }
 
 /// A reading's metrics, in the order they were on the wire; serialised as a
@@ -93,7 +97,7 @@ impl Serialize for Metrics {
 }
 
 /// One thing that happened, as `slm-sim` prints it (one JSON object a line).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SimEvent {
     /// A connection is being served (`total` = connections accepted so far).
@@ -148,6 +152,45 @@ pub enum SimEvent {
         /// What the fault did.
         kind: String,
     },
+    /// A command changed the run state: NL-43 `Measure,Start|Stop`, XL2
+    /// `INIT START|STOP` (and `*RST` of a running meter), Svantek
+    /// `#1,S1;` / `#1,S0;`. Sent when the meter acts on the command, before
+    /// its answer is written. (A power cycle stops a meter without one: its
+    /// own event says so.)
+    Measure {
+        /// The family whose meter it is.
+        family: Family,
+        /// Whether a measurement runs now.
+        running: bool,
+    },
+    /// The meter accepted a clock setting (NL-43 `Clock,...`). Offsets are
+    /// the meter's clock minus real UTC, in seconds, just before and just
+    /// after the setting (to the millisecond).
+    ClockSet {
+        /// The family whose meter it is.
+        family: Family,
+        /// The offset the setting corrected.
+        offset_before_s: f64,
+        /// The offset it left (the setting has whole seconds).
+        offset_after_s: f64,
+    },
+    /// The meter lost power and came back ([`crate::Simulator::power_cycle`]):
+    /// the link was dropped and the meter is stopped (the Casella, which has
+    /// no start command, measures again).
+    PowerCycle {
+        /// The family whose meter it is.
+        family: Family,
+        /// Whether it came back with sleep mode On (NL-43 only; always
+        /// `false` for the others).
+        asleep: bool,
+    },
+    /// The NL-43 fell asleep (sleep mode On, `sleep_after` without a key
+    /// press): a TCP link is closed, later ones are never answered, a pty
+    /// is read and ignored.
+    Asleep,
+    /// The NL-43 woke up ([`crate::Simulator::wake`], `SIGUSR2`, or a power
+    /// cycle of a sleeping meter).
+    Awake,
 }
 
 /// Updates the counters and sends the matching events.
@@ -207,6 +250,24 @@ impl Recorder {
                 metrics,
                 device_time,
                 replayed,
+            })
+        });
+    }
+
+    /// Announces a change of the run state.
+    pub(crate) fn measure(&self, family: Family, running: bool) {
+        self.event(SimEvent::Measure { family, running });
+    }
+
+    /// Counts and announces an accepted clock setting (offsets in seconds).
+    pub(crate) fn clock_set(&self, family: Family, before: f64, after: f64) {
+        let millis = |s: f64| (s * 1000.0).round() / 1000.0;
+        self.record(|s| {
+            s.clock_sets += 1;
+            Some(SimEvent::ClockSet {
+                family,
+                offset_before_s: millis(before),
+                offset_after_s: millis(after),
             })
         });
     }
@@ -276,5 +337,38 @@ mod tests {
             .as_deref(),
             Some(r#"{"event":"fault","kind":"junk"}"#)
         );
+    }
+
+    #[test]
+    fn meter_care_events_serialise() {
+        let cases = [
+            (
+                SimEvent::Measure {
+                    family: Family::Nl43,
+                    running: true,
+                },
+                r#"{"event":"measure","family":"nl43","running":true}"#,
+            ),
+            (
+                SimEvent::ClockSet {
+                    family: Family::Nl43,
+                    offset_before_s: 12.5,
+                    offset_after_s: -0.25,
+                },
+                r#"{"event":"clock_set","family":"nl43","offset_before_s":12.5,"offset_after_s":-0.25}"#,
+            ),
+            (
+                SimEvent::PowerCycle {
+                    family: Family::Xl2,
+                    asleep: false,
+                },
+                r#"{"event":"power_cycle","family":"xl2","asleep":false}"#,
+            ),
+            (SimEvent::Asleep, r#"{"event":"asleep"}"#),
+            (SimEvent::Awake, r#"{"event":"awake"}"#),
+        ];
+        for (event, json) in cases {
+            assert_eq!(serde_json::to_string(&event).ok().as_deref(), Some(json));
+        }
     }
 }

@@ -16,7 +16,8 @@
 //!   apart.
 //! - A SUB byte (0x1A) ends `DRD?` output; outside `DRD?` it is ignored.
 //!   While `DRD?` runs every other byte is ignored.
-//! - While the meter is silent (fault), lines are read, counted and ignored.
+//! - While the meter is silent (fault) or asleep, lines are read, counted
+//!   and ignored (and `DRD?` output pauses).
 //!
 //! An answer is written as: echo line (if echo was on when the command
 //! arrived, so `Echo,Off` is itself echoed and `Echo,On` is not), junk
@@ -27,7 +28,9 @@
 //! `Reading` (read back from the line as written: the main channel's `lp
 //! leq le lmax lmin l5 l10 l50 l90 l95 lpeak`, no device time). Each `DRD?`
 //! line gives a `Reading` of `lp leq lmax lmin lpeak`, with the line's own
-//! clock (in UTC) as device time for `DRD?status`.
+//! clock (in UTC: minus `clock_offset_secs`) as device time for `DRD?status`.
+//! A command that changes the run state (`Measure`) or sets the clock is
+//! announced when the meter acts on it, before its answer is written.
 
 use crate::Shared;
 use crate::config::Family;
@@ -166,11 +169,31 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             tracing::debug!(%command, "silent: command ignored");
             return Ok(());
         }
-        let (reply, echo) = {
+        if self.shared.asleep(arrival) {
+            tracing::debug!(%command, "asleep: command ignored");
+            return Ok(());
+        }
+        let (reply, echo, changed) = {
             let mut meter = self.shared.meter();
             let echo = meter.echo();
-            (meter.handle(line, arrival, &mut self.link), echo)
+            let (running, sleep_due) = (meter.running(), meter.sleep_due());
+            let reply = meter.handle(line, arrival, &mut self.link);
+            let changed = Changed {
+                running: (meter.running() != running).then(|| meter.running()),
+                clock_set: meter.take_clock_set(),
+                sleep_timer: meter.sleep_due() != sleep_due,
+            };
+            (reply, echo, changed)
         };
+        if let Some(running) = changed.running {
+            self.shared.recorder.measure(Family::Nl43, running);
+        }
+        if let Some((before, after)) = changed.clock_set {
+            self.shared.recorder.clock_set(Family::Nl43, before, after);
+        }
+        if changed.sleep_timer {
+            self.shared.sleep_timer_changed();
+        }
         let code = reply.code();
         let mut out = Vec::with_capacity(600);
         if echo {
@@ -274,15 +297,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 }
                 Wake::Tick => {
                     let now = Instant::now();
-                    if self.shared.is_silent(now) {
+                    if self.shared.is_silent(now) || self.shared.asleep(now) {
                         continue;
                     }
                     counter = counter % DRD_COUNTER_MAX + 1;
-                    let (line, offset) = {
-                        let mut meter = self.shared.meter();
-                        (meter.drd_line(now, counter, status), meter.clock_offset())
-                    };
+                    let line = self.shared.meter().drd_line(now, counter, status);
                     self.send(line.as_bytes()).await?;
+                    let offset = self.shared.config.clock_offset_secs;
                     let (metrics, device_time) = drd_metrics(line.trim_end(), offset);
                     self.shared
                         .recorder
@@ -327,6 +348,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 }
 
+/// What one command changed that the session announces.
+struct Changed {
+    /// The run state, if it changed.
+    running: Option<bool>,
+    /// The offsets before and after an accepted `Clock,...`.
+    clock_set: Option<(f64, f64)>,
+    /// Whether the moment the meter falls asleep moved.
+    sleep_timer: bool,
+}
+
 /// Adds a level as written (`None`: dashes).
 fn push_level(metrics: &mut Metrics, name: &str, level: Option<Deci>) {
     let text = level.map(|d| d.to_string());
@@ -357,7 +388,7 @@ fn dod_metrics(line: &str) -> Metrics {
 }
 
 /// A `DRD?` line's levels as written, and the UTC time of a `DRD?status`
-/// line's clock (the meter's clock is UTC + `offset` seconds).
+/// line's clock (the meter's clock reads as UTC + `offset` seconds).
 fn drd_metrics(line: &str, offset: i64) -> (Metrics, Option<String>) {
     let mut metrics = Metrics::new();
     let Ok(drd) = DrdLine::parse(line.as_bytes()) else {

@@ -6,8 +6,13 @@
 //! so a host that closes and reconnects straight away is not refused because
 //! the old session had not yet seen its close. TCP_NODELAY is set so split
 //! answers go out in their pieces.
+//!
+//! A power cycle closes the client's connection; so does an NL-43 falling
+//! asleep. While it sleeps, clients are still accepted (the slot rule
+//! holds) but never answered: a host sees answer timeouts where the real
+//! meter, whose LAN is off, would let its connects time out.
 
-use crate::{LinkEnd, Simulator};
+use crate::{LinkEnd, LinkKind, Simulator};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -61,9 +66,13 @@ pub(crate) async fn serve(
         let sim = sim.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
-            let end = sim.run_link(socket, number, &shutdown).await;
+            let end = sim
+                .run_link(socket, number, LinkKind::Network, &shutdown)
+                .await;
             match &end {
                 LinkEnd::Dropped => tracing::info!(%peer, "client dropped (fault)"),
+                LinkEnd::PowerCycled => tracing::info!(%peer, "client dropped (power cycle)"),
+                LinkEnd::Asleep => tracing::info!(%peer, "client dropped (the meter fell asleep)"),
                 LinkEnd::Closed(_) => tracing::info!(%peer, "client disconnected"),
                 LinkEnd::Shutdown => {}
             }

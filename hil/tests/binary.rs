@@ -277,3 +277,127 @@ async fn slm_sim_rejects_a_bad_command_line() {
         .expect("run slm-sim");
     assert_eq!(status.code(), Some(2), "clap usage error");
 }
+
+/// The next stdout event named `name` (others are skipped).
+async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>, name: &str) -> Value {
+    loop {
+        let event = next_json(lines)
+            .await
+            .unwrap_or_else(|| panic!("stdout closed before a {name} event"));
+        if event["event"] == name {
+            return event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn slm_sim_power_cycles_on_sigusr1_and_wakes_on_sigusr2() {
+    let (mut child, mut lines) = spawn(slm_sim().args([
+        "--listen",
+        "127.0.0.1:0",
+        "--power-cycle-asleep",
+        "--sleep-after",
+        "1s",
+    ]));
+    let listening = next_json(&mut lines).await.expect("listening line");
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad addr: {listening}"));
+    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
+
+    let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    assert_eq!(
+        client.ask("Measure?").await,
+        (ResultCode::Ok, Some("Start".into()))
+    );
+
+    kill(pid, Signal::SIGUSR1).expect("SIGUSR1");
+    assert_eq!(
+        next_event(&mut lines, "power_cycle").await,
+        serde_json::json!({"event": "power_cycle", "family": "nl43", "asleep": true})
+    );
+    assert_eq!(
+        client.try_line(DEADLINE).await,
+        None,
+        "the link was dropped"
+    );
+    // Back with sleep mode On: asleep a second after the power came back.
+    next_event(&mut lines, "asleep").await;
+    kill(pid, Signal::SIGUSR2).expect("SIGUSR2");
+    next_event(&mut lines, "awake").await;
+
+    // Within a second of the wake, sleep mode off (stopped: allowed).
+    let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    assert_eq!(client.ask("Sleep Mode,Off").await.0, ResultCode::Ok);
+    assert_eq!(
+        client.ask("Measure?").await,
+        (ResultCode::Ok, Some("Stop".into()))
+    );
+    assert_eq!(client.ask("Measure,Start").await.0, ResultCode::Ok);
+    assert_eq!(
+        next_event(&mut lines, "measure").await,
+        serde_json::json!({"event": "measure", "family": "nl43", "running": true})
+    );
+
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    let tail = rest(&mut lines).await;
+    let stats = tail.last().expect("a stats line");
+    assert_eq!(stats["event"], "stats", "{tail:?}");
+    assert_eq!(
+        (&stats["power_cycles"], &stats["clock_sets"]),
+        (&1.into(), &0.into()),
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn slm_sim_prints_clock_sets_with_the_drift_they_corrected() {
+    let (mut child, mut lines) = spawn(slm_sim().args([
+        "--listen",
+        "127.0.0.1:0",
+        "--stopped",
+        "--clock-offset",
+        "-30",
+        "--clock-drift-ppm",
+        "200000",
+    ]));
+    let listening = next_json(&mut lines).await.expect("listening line");
+    let addr: std::net::SocketAddr = listening["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad addr: {listening}"));
+    let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    let now = chrono::Utc::now().timestamp();
+    let clock = firmware_bridge::nl43::MeterClock::from_local_epoch_seconds(now).expect("clock");
+    assert_eq!(
+        client.ask(&format!("Clock,{clock}")).await.0,
+        ResultCode::Ok
+    );
+    let set = next_event(&mut lines, "clock_set").await;
+    assert_eq!(set["family"], "nl43", "{set}");
+    let before = set["offset_before_s"].as_f64().expect("a number");
+    let after = set["offset_after_s"].as_f64().expect("a number");
+    // 30 s behind at power-up, gaining since (a fraction of a second here).
+    assert!((-30.0..-27.0).contains(&before), "{set}");
+    assert!((-1.5..=0.5).contains(&after), "{set}");
+
+    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    let tail = rest(&mut lines).await;
+    let stats = tail.last().expect("a stats line");
+    assert_eq!(
+        (&stats["power_cycles"], &stats["clock_sets"]),
+        (&0.into(), &1.into()),
+        "{stats}"
+    );
+}

@@ -397,6 +397,12 @@ async fn clock_follows_the_offset_and_can_be_set() {
         "meter {meter} vs utc {utc}"
     );
 
+    // Not while measuring (the simulator's guess): stopped, it is taken.
+    assert_eq!(
+        client.ask("Clock,2030/01/02 03:04:05").await.0,
+        ResultCode::StatusError
+    );
+    assert_eq!(client.ask("Measure,Stop").await.0, ResultCode::Ok);
     assert_eq!(
         client.ask("Clock,2030/01/02 03:04:05").await.0,
         ResultCode::Ok

@@ -8,6 +8,10 @@
 //! The first line is `{"event":"listening","addr":...}` or
 //! `{"event":"pty","path":...,"link":...}`, then every simulator event, and
 //! last `{"event":"stats",...}`. Diagnostics go to stderr.
+//!
+//! SIGUSR1 power-cycles the meter (`--power-cycle-asleep`: it comes back
+//! with sleep mode On); SIGUSR2 is a key press that wakes it. Both are
+//! watched before the first line is printed.
 
 use clap::{ArgGroup, CommandFactory, Parser};
 use serde::Serialize;
@@ -34,7 +38,9 @@ Families (see hil/README.md and shared/protocols/):
            --period; input is ignored
 Faults work the same for every family; --prompts, --echo and --replay are
 NL-43 only. Every reading sent is announced as
-  {\"event\":\"reading\",\"family\":...,\"n\":...,\"metrics\":{...},\"device_time\":...,\"replayed\":...}")]
+  {\"event\":\"reading\",\"family\":...,\"n\":...,\"metrics\":{...},\"device_time\":...,\"replayed\":...}
+Signals: SIGUSR1 power-cycles the meter (link dropped, meter stopped;
+{\"event\":\"power_cycle\",...}); SIGUSR2 wakes a sleeping NL-43 (a key press).")]
 #[command(group(ArgGroup::new("transport").required(true).args(["listen", "pty"])))]
 struct Cli {
     /// Serve TCP on this address (e.g. 127.0.0.1:0 for any free port).
@@ -73,6 +79,29 @@ struct Cli {
         allow_negative_numbers = true
     )]
     clock_offset: i64,
+    /// How fast the meter clock runs off real time, parts per million
+    /// (200000: gains 0.2 s a second; may be negative, above -1000000).
+    #[arg(
+        long,
+        value_name = "PPM",
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        value_parser = slmd_hil::parse_drift_ppm
+    )]
+    clock_drift_ppm: f64,
+    /// NL-43: accept `Clock,...` while measuring (default: R+0004, a guess).
+    #[arg(long)]
+    clock_set_while_measuring: bool,
+    /// NL-43: power up with sleep (eco) mode On.
+    #[arg(long)]
+    sleep: bool,
+    /// NL-43: with sleep mode On, fall asleep this long after power-up or
+    /// the last wake (SIGUSR2), whatever the traffic.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = slmd_hil::parse_duration)]
+    sleep_after: Duration,
+    /// NL-43: a power cycle (SIGUSR1) brings the meter back with sleep mode On.
+    #[arg(long)]
+    power_cycle_asleep: bool,
     /// Close the link every DURATION (e.g. 5s).
     #[arg(long, value_name = "DURATION", value_parser = slmd_hil::parse_duration)]
     drop_every: Option<Duration>,
@@ -120,6 +149,16 @@ impl Cli {
                 (self.prompts, "--prompts"),
                 (self.echo, "--echo"),
                 (self.replay > 0, "--replay"),
+                (
+                    self.clock_set_while_measuring,
+                    "--clock-set-while-measuring",
+                ),
+                (self.sleep, "--sleep"),
+                (
+                    self.sleep_after != slmd_hil::DEFAULT_SLEEP_AFTER,
+                    "--sleep-after",
+                ),
+                (self.power_cycle_asleep, "--power-cycle-asleep"),
             ] {
                 if set {
                     misfits.push(flag);
@@ -171,6 +210,10 @@ impl Cli {
             },
             start_measuring: !self.stopped,
             clock_offset_secs: self.clock_offset,
+            clock_drift_ppm: self.clock_drift_ppm,
+            clock_set_while_measuring: self.clock_set_while_measuring,
+            sleep_mode: self.sleep,
+            sleep_after: self.sleep_after,
         }
     }
 }
@@ -207,6 +250,7 @@ async fn main() -> ExitCode {
     let shutdown = CancellationToken::new();
     // Before the first line is printed: whoever reads it may signal at once.
     watch_signals(shutdown.clone());
+    watch_meter_signals(&sim, cli.power_cycle_asleep, shutdown.clone());
 
     let server = if let Some(addr) = cli.listen {
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -254,6 +298,36 @@ async fn main() -> ExitCode {
         });
     };
     print_until_stopped("slm-sim", events, shutdown, server, stats).await
+}
+
+/// SIGUSR1 power-cycles `sim` (with sleep mode On if `asleep`), SIGUSR2
+/// wakes it, until `shutdown`. The handlers are installed before this
+/// returns, so a signal sent right after cannot kill the process.
+fn watch_meter_signals(sim: &Simulator, asleep: bool, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (usr1, usr2) = match (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) {
+        (Ok(usr1), Ok(usr2)) => (usr1, usr2),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot watch SIGUSR1/SIGUSR2: {e}");
+            return;
+        }
+    };
+    let sim = sim.clone();
+    tokio::spawn(async move {
+        let (mut usr1, mut usr2) = (usr1, usr2);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                // SIGUSR1: the power goes off and on.
+                Some(()) = usr1.recv() => sim.power_cycle(asleep),
+                // SIGUSR2: somebody presses a key.
+                Some(()) = usr2.recv() => sim.wake(),
+            }
+        }
+    });
 }
 
 /// Cancels `shutdown` when stdin reaches end of file. A plain thread: a
@@ -314,9 +388,27 @@ mod tests {
             "6s",
             "--replay",
             "4",
+            "--clock-drift-ppm",
+            "-200000",
+            "--clock-set-while-measuring",
+            "--sleep",
+            "--sleep-after",
+            "1s",
+            "--power-cycle-asleep",
         ])
         .expect("valid command line");
+        assert_eq!(cli.check(), Ok(()));
+        assert!(cli.power_cycle_asleep);
         let config = cli.config(9);
+        assert_eq!(
+            (
+                config.clock_drift_ppm,
+                config.clock_set_while_measuring,
+                config.sleep_mode,
+                config.sleep_after
+            ),
+            (-200_000.0, true, true, Duration::from_secs(1))
+        );
         let f = &config.faults;
         assert_eq!(
             (
@@ -375,6 +467,22 @@ mod tests {
             &[
                 "slm-sim", "--pty", "--family", "casella", "--period", "500ms",
             ],
+            &["slm-sim", "--pty", "--family", "xl2", "--sleep"],
+            &["slm-sim", "--pty", "--family", "xl2", "--sleep-after", "5s"],
+            &[
+                "slm-sim",
+                "--pty",
+                "--family",
+                "svantek",
+                "--power-cycle-asleep",
+            ],
+            &[
+                "slm-sim",
+                "--pty",
+                "--family",
+                "casella",
+                "--clock-set-while-measuring",
+            ],
         ] {
             let cli = Cli::try_parse_from(args).expect("parses");
             assert!(cli.check().is_err(), "{args:?}");
@@ -391,6 +499,14 @@ mod tests {
             &["slm-sim", "--listen", "127.0.0.1:0", "--junk", "2"],
             &["slm-sim", "--listen", "127.0.0.1:0", "--silent-after", "3s"],
             &["slm-sim", "--listen", "127.0.0.1:0", "--drop-every", "5"],
+            &[
+                "slm-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--clock-drift-ppm",
+                "-1000000",
+            ],
+            &["slm-sim", "--listen", "127.0.0.1:0", "--sleep-after", "5"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -3,7 +3,8 @@
 //! The meter pushes; nobody polls. Input is counted (`ignored_bytes`) and
 //! otherwise ignored. While measuring, every logging period
 //! (`SimConfig::log_period`) it writes one group of lines, all with the same
-//! date and time (meter-local: UTC + `clock_offset_secs`), each ending in
+//! date and time (meter-local: the clock, which starts at UTC +
+//! `clock_offset_secs` and drifts by `clock_drift_ppm`), each ending in
 //! CR LF:
 //!
 //! ```text
@@ -23,16 +24,21 @@
 //! a meter that is not measuring (`--stopped`) pushes nothing (input cannot
 //! start it). The octave line is not a reading.
 //!
+//! A power cycle leaves it measuring and pushing from scratch (a fresh
+//! integration), even after `--stopped`: it has no start command, so a
+//! stopped Casella would never push again; its clock is kept.
+//!
 //! The serial framing (8 data bits, 2 stop bits, no parity) is not
 //! simulated: a pty carries bytes, not bits.
 //!
 //! Reading event: one per group: `LAeq`→`leq`, `LAFmax`→`lmax`, `LAFmin`→
 //! `lmin`, `LAF`→`lp`, `LCpeak`→`lpeak`, device time = the lines' time in
-//! UTC (minus the clock offset).
+//! UTC (minus `clock_offset_secs`, the meter's zone as a host reads it).
 
 use super::{Framing, Output, Personality, Reading, Walk, family_seed, junk_bytes};
 use crate::config::{Family, SimConfig};
 use crate::levels::Integrator;
+use crate::meter::Rtc;
 use crate::report::{Metrics, utc_text};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -70,7 +76,10 @@ pub(crate) struct Casella {
     period: Integrator,
     /// The logging period.
     every: Duration,
-    /// Meter clock minus UTC, seconds.
+    /// The clock the lines' times come from.
+    clock: Rtc,
+    /// The meter's clock minus UTC at power-up, seconds: readings' device
+    /// time is the lines' time minus this.
     clock_offset: i64,
     /// Meter-local Unix seconds of the last group.
     last_time: Option<i64>,
@@ -90,6 +99,7 @@ impl Casella {
             walk: Walk::new(seed, now, config.start_measuring),
             period: Integrator::default(),
             every: config.log_period.max(Duration::from_millis(100)),
+            clock: Rtc::new(config),
             clock_offset: config.clock_offset_secs,
             last_time: None,
         }
@@ -147,6 +157,15 @@ impl Personality for Casella {
         None
     }
 
+    fn running(&self) -> bool {
+        self.walk.running()
+    }
+
+    fn power_cycle(&mut self, now: Instant) {
+        self.walk.power_up(now, true);
+        self.period = Integrator::default();
+    }
+
     fn connected(&mut self, now: Instant) {
         // The first group covers one whole period from the link's start.
         self.walk.advance(now, |_| {});
@@ -158,9 +177,7 @@ impl Personality for Casella {
     }
 
     fn push(&mut self, now: Instant) -> Option<Output> {
-        let local = chrono::Utc::now()
-            .timestamp()
-            .saturating_add(self.clock_offset);
+        let local = self.clock.now_secs();
         self.group(now, local)
     }
 
@@ -215,5 +232,23 @@ mod tests {
             .expect("a group");
         let next = String::from_utf8(next.bytes).expect("ascii");
         assert!(next.starts_with("<LAeq>, 2026-12-02, 15:23:46, "), "{next}");
+    }
+
+    #[test]
+    fn a_power_cycle_measures_again_from_scratch() {
+        let t0 = Instant::now();
+        let mut m = Casella::new(
+            &SimConfig {
+                family: Family::Casella,
+                start_measuring: false,
+                ..SimConfig::default()
+            },
+            t0,
+        );
+        m.connected(t0);
+        assert!(m.group(t0 + Duration::from_secs(1), 1_000).is_none());
+        m.power_cycle(t0 + Duration::from_secs(1));
+        assert!(m.running());
+        assert!(m.group(t0 + Duration::from_secs(2), 1_001).is_some());
     }
 }

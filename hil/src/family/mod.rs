@@ -21,7 +21,10 @@
 //!
 //! The meter's state (measurement, error queue, snapshot, logging clock)
 //! lives in the personality, shared by every connection, locked only for
-//! synchronous work.
+//! synchronous work. A command that changes the run state is announced
+//! (`measure`) by the session, which compares [`Personality::running`]
+//! before and after the answer; a power cycle
+//! ([`Personality::power_cycle`]) is the simulator's to announce.
 
 pub(crate) mod casella;
 pub(crate) mod svantek;
@@ -84,6 +87,12 @@ pub(crate) trait Personality: Send {
     /// The answer to one frame (a line without its terminator, or a whole
     /// `#…;` frame) that arrived at `now`; `None` answers nothing.
     fn answer(&mut self, frame: &[u8], now: Instant) -> Option<Output>;
+    /// Whether a measurement runs.
+    fn running(&self) -> bool;
+    /// The meter loses power and comes back at `now`: stopped (except a
+    /// meter that has no start command), nothing integrated, volatile state
+    /// (error queue, snapshot) gone; its clock and counters are kept.
+    fn power_cycle(&mut self, now: Instant);
     /// A new link starts being served at `now`.
     fn connected(&mut self, _now: Instant) {}
     /// How often [`Personality::push`] is called while a link is served.
@@ -158,6 +167,14 @@ impl Walk {
     /// Starts a new measurement (the previous result is kept until it ends).
     pub fn start(&mut self) {
         self.run = Some(Integrator::default());
+    }
+
+    /// Powers up again at `now`: measuring from then if `measuring`, with
+    /// no previous result (the walk itself goes on).
+    pub fn power_up(&mut self, now: Instant, measuring: bool) {
+        self.advance(now, |_| {});
+        self.run = measuring.then(Integrator::default);
+        self.last = None;
     }
 
     /// Ends the measurement; its result stays shown.
@@ -376,7 +393,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> FamilySession<'a, S> {
             tracing::debug!(command = %String::from_utf8_lossy(frame), "silent: command ignored");
             return Ok(());
         }
-        let output = self.personality().answer(frame, arrival);
+        let (output, family, changed) = {
+            let mut p = self.personality();
+            let running = p.running();
+            let output = p.answer(frame, arrival);
+            let changed = (p.running() != running).then(|| p.running());
+            (output, p.family(), changed)
+        };
+        if let Some(running) = changed {
+            self.shared.recorder.measure(family, running);
+        }
         match output {
             Some(output) => self.deliver(output).await,
             None => Ok(()),

@@ -26,6 +26,8 @@
 //!   [`STATE_PAUSED`] (a guess shared with the daemon's codec).
 //! - Anything else (unknown function, code or argument) answers nothing.
 //!
+//! A power cycle leaves it stopped with no results (`#2,?;`).
+//!
 //! Levels: the walk is in tenths; the hundredths digit of a level is a
 //! fixed function of its tenths (so ordering survives), Leq and LE are
 //! rounded to hundredths from the integration, Leq kept within Lmin..=Lmax.
@@ -226,6 +228,14 @@ impl Personality for Svantek {
         Framing::Hash
     }
 
+    fn running(&self) -> bool {
+        self.walk.running()
+    }
+
+    fn power_cycle(&mut self, now: Instant) {
+        self.walk.power_up(now, false);
+    }
+
     fn answer(&mut self, frame: &[u8], now: Instant) -> Option<Output> {
         let text = std::str::from_utf8(frame).ok()?;
         let body = text.strip_prefix('#')?.strip_suffix(';')?;
@@ -321,6 +331,17 @@ mod tests {
             t0,
         );
         assert_eq!(ask(&mut m, "#2;", t0).as_deref(), Some("#2,?;"));
+    }
+
+    #[test]
+    fn a_power_cycle_stops_and_forgets_the_results() {
+        let t0 = Instant::now();
+        let mut m = Svantek::new(&SimConfig::default(), t0);
+        let t1 = t0 + Duration::from_secs(3);
+        m.power_cycle(t1);
+        assert!(!m.running());
+        assert_eq!(ask(&mut m, "#1,S?;", t1).as_deref(), Some("#1,S0;"));
+        assert_eq!(ask(&mut m, "#2;", t1).as_deref(), Some("#2,?;"));
     }
 
     #[test]

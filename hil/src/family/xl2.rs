@@ -10,7 +10,8 @@
 //! - `*IDN?` → `NTiAudio,XL2,A2A-<serial>-E0,V4.71` (serial: the seed's last
 //!   five digits);
 //! - `*RST`: clears the error queue and the snapshot, stops measuring and
-//!   forgets the last result (answers nothing); `*CLS` clears the queue;
+//!   forgets the last result (answers nothing); `*CLS` clears the queue
+//!   (a power cycle does what `*RST` does);
 //! - `INITiate START` / `INITiate STOP` (a start while running and a stop
 //!   while stopped are ignored); `INITiate:STATe?` → `RUNNING` / `STOPPED`
 //!   (`SETTLING`, `FROZEN`, `PAUSED` are not simulated);
@@ -297,6 +298,16 @@ impl Personality for Xl2 {
         Framing::Lines
     }
 
+    fn running(&self) -> bool {
+        self.walk.running()
+    }
+
+    fn power_cycle(&mut self, now: Instant) {
+        self.walk.power_up(now, false);
+        self.errors.clear();
+        self.snapshot = None;
+    }
+
     fn answer(&mut self, frame: &[u8], now: Instant) -> Option<Output> {
         let text = String::from_utf8_lossy(frame);
         let text = text.trim();
@@ -492,6 +503,22 @@ mod tests {
         assert!(items[0].ends_with(" dB") && items[0].contains(','), "{a}");
         assert_eq!(items[1], "OK");
         assert_eq!(a.matches('\n').count(), 1);
+    }
+
+    #[test]
+    fn a_power_cycle_stops_and_forgets() {
+        let (mut m, t0) = xl2(SimConfig::default());
+        let t1 = t0 + Duration::from_secs(3);
+        assert_eq!(ask(&mut m, "BAD", t1), None);
+        assert_eq!(ask(&mut m, "MEAS:INIT", t1), None);
+        m.power_cycle(t1);
+        assert!(!m.running());
+        assert_eq!(ask(&mut m, "SYST:ERRO?", t1).as_deref(), Some("0\n"));
+        assert_eq!(ask(&mut m, "INIT:STATE?", t1).as_deref(), Some("STOPPED\n"));
+        assert_eq!(
+            ask(&mut m, "MEAS:SLM:123? LAEQ", t1).as_deref(),
+            Some("-.- dB, OK\n")
+        );
     }
 
     #[test]
