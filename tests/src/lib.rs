@@ -334,6 +334,19 @@ impl Sim {
             .collect()
     }
 
+    /// Power-cycles the meter (SIGUSR1): the link drops and the meter
+    /// comes back stopped (with `--power-cycle-asleep`, with sleep mode
+    /// On). Wait for the `power_cycle` event to know it happened.
+    pub fn power_cycle(&self) {
+        self.proc.signal(nix::sys::signal::Signal::SIGUSR1);
+    }
+
+    /// Presses a key on the meter (SIGUSR2): a sleeping NL-43 wakes
+    /// (`awake` event) and its sleep timer restarts.
+    pub fn wake(&self) {
+        self.proc.signal(nix::sys::signal::Signal::SIGUSR2);
+    }
+
     /// Stops the simulator and returns its final stats line.
     pub fn stop(&mut self) -> Value {
         self.proc.terminate(START_TIMEOUT);
