@@ -534,3 +534,82 @@ impl<'a> Meter<'a> {
         self.produced.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::Hub;
+
+    fn task(care: &str) -> DeviceTask {
+        let text = format!(
+            "[[device]]\nid = \"m\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:2255\"\n{care}"
+        );
+        let config = match crate::config::parse(&text, std::path::Path::new("t.toml")) {
+            Ok(mut c) => c.devices.remove(0),
+            Err(e) => panic!("{e}"),
+        };
+        DeviceTask::new(config, Hub::new(1)).with_clock_trusted(true)
+    }
+
+    fn pending(task: &DeviceTask) -> Option<String> {
+        lock_status(&task.status).care.pending.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_meter_clock_is_set_at_most_once_a_day_when_off_by_more_than_2_s() {
+        let task = task("sync_clock = \"daily\"");
+        let meter = Meter::new(&task);
+        assert!(!meter.clock_sync_due(2, true), "2 s is within tolerance");
+        assert!(!meter.clock_sync_due(-2, true));
+        assert!(meter.clock_sync_due(3, true));
+        assert!(meter.clock_sync_due(-30, true));
+        meter.clock_set(-30);
+        assert_eq!(lock_status(&task.status).care.clock_syncs, 1);
+        // Drifted off again within the day: waits, and says so.
+        tokio::time::advance(Duration::from_secs(23 * 3600)).await;
+        assert!(!meter.clock_sync_due(-5, true));
+        let waits = pending(&task).unwrap_or_default();
+        assert!(waits.contains("at most once a day"), "{waits}");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(meter.clock_sync_due(-5, true), "a day later");
+        // A later link of the same task remembers the last setting.
+        meter.clock_set(-5);
+        let next_link = Meter::new(&task);
+        assert!(!next_link.clock_sync_due(-9, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_meter_clock_waits_for_a_moment_the_meter_takes_it() {
+        let task = task("sync_clock = \"daily\"");
+        let meter = Meter::new(&task);
+        assert!(!meter.clock_sync_due(40, false));
+        let waits = pending(&task).unwrap_or_default();
+        assert!(waits.contains("split the measurement"), "{waits}");
+        assert!(meter.clock_sync_due(40, true));
+        // Back within tolerance: nothing waits.
+        assert!(!meter.clock_sync_due(1, true));
+        assert_eq!(pending(&task), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_sync_clock_the_meter_clock_is_never_set() {
+        let task = task("");
+        let meter = Meter::new(&task);
+        assert!(!meter.clock_sync_due(3600, true));
+        assert_eq!(pending(&task), None);
+    }
+
+    #[test]
+    fn a_start_is_asked_for_only_with_keep_measuring_and_counted() {
+        let plain = task("");
+        assert!(!Meter::new(&plain).found_stopped());
+        assert_eq!(lock_status(&plain.status).run_state, MeterState::Stopped);
+        let kept = task("keep_measuring = true");
+        let meter = Meter::new(&kept);
+        assert!(meter.found_stopped());
+        meter.measurement_started();
+        let status = lock_status(&kept.status);
+        assert_eq!(status.care.measure_restarts, 1);
+        assert_eq!(status.run_state, MeterState::Measuring);
+    }
+}

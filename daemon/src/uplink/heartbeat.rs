@@ -473,4 +473,79 @@ mod tests {
         );
         assert!(matches!(classify(404, None), Answer::Retry { .. }));
     }
+
+    #[test]
+    fn a_snapshot_names_every_meter_with_its_state_last_seq_and_health() {
+        use crate::device::DeviceTask;
+        use crate::device::health::HealthValue;
+        use crate::record::{MeterState, Reading};
+        let text = "[[device]]\nid = \"north\"\nprotocol = \"nl43\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:2255\"\n\
+                    [[device]]\nid = \"east\"\nprotocol = \"xl2\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:2256\"\n";
+        let config = match crate::config::parse(text, std::path::Path::new("t.toml")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let hub = Hub::new(41);
+        let cells: Vec<_> = config
+            .devices
+            .iter()
+            .map(|d| DeviceTask::new(d.clone(), hub.clone()).status)
+            .collect();
+        {
+            let mut north = lock_status(&cells[0]);
+            north.state = LinkState::Connected;
+            north.run_state = MeterState::Stopped;
+            north.last_error = Some("an old failure".into());
+            north.health.battery = HealthValue::Read("Full".into());
+            let mut east = lock_status(&cells[1]);
+            east.state = LinkState::Down;
+            east.last_error = Some("no answer within 1.5s".into());
+        }
+        hub.publish(Reading {
+            device: Arc::from("north"),
+            received_at: Utc::now(),
+            device_time: None,
+            metrics: vec![("lp", Some(50.0))],
+            state: MeterState::Stopped,
+            flags: vec![],
+        });
+        let sources = Sources {
+            gateway: "gw-1".into(),
+            started: std::time::Instant::now(),
+            hub,
+            meters: Arc::new(std::sync::Mutex::new(cells)),
+            buffer: BufferSlot::default(),
+        };
+        let body = serde_json::to_value(sources.snapshot(Duration::from_secs(60))).expect("json");
+        assert_eq!(body["gateway"], "gw-1");
+        assert_eq!(body["interval_s"], 60.0);
+        let north = &body["meters"][0];
+        assert_eq!(north["id"], "north");
+        assert_eq!(north["state"], "connected");
+        assert_eq!(north["run_state"], "stopped");
+        assert_eq!(north["last_seq"], 41);
+        assert_eq!(
+            north["last_error"],
+            serde_json::Value::Null,
+            "connected: no error shown"
+        );
+        assert_eq!(
+            north["health"],
+            serde_json::json!({"battery": "Full", "sd_free_percent": null, "clock_offset_s": null})
+        );
+        let east = &body["meters"][1];
+        assert_eq!(east["protocol"], "xl2");
+        assert_eq!(east["state"], "down");
+        assert_eq!(east["last_seq"], serde_json::Value::Null);
+        assert_eq!(east["last_error"], "no answer within 1.5s");
+        assert_eq!(
+            east["health"],
+            serde_json::json!({"battery": "unknown", "sd_free_percent": "unknown", "clock_offset_s": "unknown"}),
+            "the XL2 reports no health"
+        );
+        assert_eq!(
+            body["buffer"],
+            serde_json::json!({"records": 0, "unsent": 0, "oldest_unsent": null})
+        );
+    }
 }
