@@ -23,8 +23,9 @@
 //! Records on `live`, `history` and the stream are the record of SPEC §3
 //! and nothing else: `seq`, `device`, `received_at`, `device_time`,
 //! `metrics`, `state`, `flags` ([`Record`](crate::record::Record) has no
-//! other field). Device health (battery, clock skew, error counters) is in
-//! `/v1/status` only.
+//! other field). Device health (battery, SD card, clock offset, error
+//! counters) is in `/v1/status` and `/metrics` (and the fleet heartbeat),
+//! never in a record.
 //!
 //! # The stream
 //!
