@@ -413,6 +413,16 @@ impl Daemon {
             .collect()
     }
 
+    /// How many lines of its log (stderr) so far contain `text`.
+    pub fn log_lines(&self, text: &str) -> usize {
+        self.proc
+            .stderr
+            .lines()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
     /// Waits for `n` records of `device` at or after line `from`.
     pub fn records(&self, device: &str, n: usize, timeout: Duration) -> Vec<Value> {
         self.proc.stdout.wait_count(n, timeout, |v| {

@@ -95,16 +95,6 @@ fn fill_completely(tmpfs: &Tmpfs, filler: &Path) {
     assert_eq!(tmpfs.available(), 0, "the disk is full");
 }
 
-fn count_lines(daemon: &Daemon, text: &str) -> usize {
-    daemon
-        .proc
-        .stderr
-        .lines()
-        .iter()
-        .filter(|l| l.contains(text))
-        .count()
-}
-
 fn seqs(records: &[Value]) -> BTreeSet<i64> {
     records.iter().filter_map(|r| r["seq"].as_i64()).collect()
 }
@@ -188,13 +178,13 @@ fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itsel
         daemon.proc.transcript()
     );
     assert_eq!(
-        count_lines(&daemon, "buffer write failed"),
+        daemon.log_lines("buffer write failed"),
         1,
         "the write failure is logged once, not once per retry\n{}",
         daemon.proc.transcript()
     );
     assert_eq!(
-        count_lines(&daemon, "buffer writes resumed"),
+        daemon.log_lines("buffer writes resumed"),
         0,
         "{}",
         daemon.proc.transcript()
@@ -259,7 +249,7 @@ fn a_full_disk_keeps_the_live_feed_and_the_readings_and_writing_resumes_by_itsel
     assert!(committed(&daemon).0 > before.0);
     assert!(resumed.contains("buffer writes resumed"));
     assert_eq!(
-        count_lines(&daemon, "buffer write failed"),
+        daemon.log_lines("buffer write failed"),
         1,
         "one failure line for the whole episode\n{}",
         daemon.proc.transcript()

@@ -58,17 +58,6 @@ fn power_cycle(sim: &Sim) -> usize {
     sim_event(sim, from, "power_cycle", |_| true).0
 }
 
-/// Journal lines (stderr) of the daemon containing `text`.
-fn log_lines(daemon: &Daemon, text: &str) -> usize {
-    daemon
-        .proc
-        .stderr
-        .lines()
-        .iter()
-        .filter(|l| l.contains(text))
-        .count()
-}
-
 #[test]
 fn a_power_cycled_meter_measures_again_with_keep_measuring_and_says_so_once() {
     let north = Sim::tcp(&[]);
@@ -118,10 +107,10 @@ fn a_power_cycled_meter_measures_again_with_keep_measuring_and_says_so_once() {
             });
     }
     let restarted = "started the measurement again (keep_measuring)";
-    assert_eq!(log_lines(&daemon, "meter north was found stopped"), 1);
-    assert_eq!(log_lines(&daemon, "meter east was found stopped"), 1);
+    assert_eq!(daemon.log_lines("meter north was found stopped"), 1);
+    assert_eq!(daemon.log_lines("meter east was found stopped"), 1);
     assert_eq!(
-        log_lines(&daemon, restarted),
+        daemon.log_lines(restarted),
         2,
         "{}",
         daemon.proc.transcript()
@@ -130,9 +119,7 @@ fn a_power_cycled_meter_measures_again_with_keep_measuring_and_says_so_once() {
     // A second power cut is a second episode: one more line.
     let cut = power_cycle(&north);
     sim_event(&north, cut, "measure", |v| v["running"] == true);
-    let logged = poll_until(TIMEOUT, || {
-        (log_lines(&daemon, restarted) == 3).then_some(())
-    });
+    let logged = poll_until(TIMEOUT, || (daemon.log_lines(restarted) == 3).then_some(()));
     assert!(logged.is_some(), "{}", daemon.proc.transcript());
     let api = api_address(&daemon.proc);
     let status = wait_status(&api, TIMEOUT);
@@ -204,7 +191,7 @@ fn without_keep_measuring_a_stopped_meter_shows_stopped_in_status_and_heartbeat(
         "records carry the run state"
     );
     assert_eq!(
-        log_lines(&daemon, "meter north is not measuring"),
+        daemon.log_lines("meter north is not measuring"),
         1,
         "{}",
         daemon.proc.transcript()
@@ -263,7 +250,7 @@ fn no_sleep_keeps_a_power_cycled_meter_awake() {
         awake.proc.transcript()
     );
     assert_eq!(
-        log_lines(&daemon, "meter awake: sleep mode was on"),
+        daemon.log_lines("meter awake: sleep mode was on"),
         1,
         "{}",
         daemon.proc.transcript()
@@ -350,7 +337,7 @@ fn a_drifting_meter_clock_is_set_at_most_once_a_day_and_only_with_sync_clock() {
         "without sync_clock the meter clock is never set"
     );
     assert_eq!(
-        log_lines(&daemon, "meter synced: its clock was +"),
+        daemon.log_lines("meter synced: its clock was +"),
         1,
         "{}",
         daemon.proc.transcript()

@@ -10,9 +10,9 @@
 //!
 //! # What it shares with the push, and what it does not
 //! - Same tokens and failover: a `401` retries the same heartbeat with the
-//!   other token at once ([`TokenRing`], its own copy: which token works is
-//!   learnt the same way); reloaded tokens and token-file edits reach it
-//!   as they reach the push.
+//!   other token at once ([`TokenSource`], its own copy: which token works
+//!   is learnt the same way); reloaded tokens and token-file edits reach
+//!   it as they reach the push.
 //! - Its own task, HTTP client and backoff (from `retry_min`, capped at
 //!   the interval): a fleet that is down, slow or hanging on heartbeats
 //!   never blocks or delays the record push, and the reverse. Each try
@@ -20,9 +20,9 @@
 //! - Health (battery, SD card, clock offset) goes here and into status,
 //!   never into records.
 
-use super::tokens::{self, Token, TokenRing};
+use super::tokens::{Token, TokenSource};
 use super::wire::{self, RETRY_AFTER_MAX};
-use super::{FleetStatusCell, describe, human, load_tokens};
+use super::{FleetStatusCell, describe, human};
 use crate::buffer::BufferSlot;
 use crate::config::FleetConfig;
 use crate::device::health::Health;
@@ -216,10 +216,8 @@ pub struct Heartbeat {
     endpoint: String,
     /// Its own HTTP client: a hung heartbeat holds no push connection.
     client: reqwest::Client,
-    /// Tokens and which one works.
-    ring: TokenRing,
-    /// The token file's stamp when last read.
-    token_file_stamp: Option<tokens::FileStamp>,
+    /// Tokens, which one works, and where they come from.
+    tokens: TokenSource,
     /// What goes into a heartbeat.
     sources: Sources,
     /// Where its state is shown (the fleet part of status).
@@ -247,15 +245,14 @@ impl Heartbeat {
                 .timeout
                 .min(config.heartbeat_interval.max(Duration::from_secs(5))),
         )?;
-        let token_file_stamp = config.token_file.as_deref().and_then(tokens::stamp);
-        let ring = TokenRing::new(load_tokens(&config).unwrap_or_default(), config.token_retry);
+        // The push logs a missing token; the heartbeat waits for one too.
+        let (tokens, _) = TokenSource::new(&config);
         let backoff = new_backoff(&config);
         Ok(Heartbeat {
             config,
             endpoint,
             client,
-            ring,
-            token_file_stamp,
+            tokens,
             sources,
             status,
             reload,
@@ -312,15 +309,15 @@ impl Heartbeat {
             Ok(encoded) => encoded,
             Err(e) => return self.failed(format!("cannot encode the heartbeat: {e}"), None),
         };
-        let order = self.ring.order(Instant::now());
+        let order = self.tokens.ring.order(Instant::now());
         let mut rejected = 0;
         for slot in order {
-            let Some(token) = self.ring.get(slot).cloned() else {
+            let Some(token) = self.tokens.ring.get(slot).cloned() else {
                 continue;
             };
             match self.post(&encoded, &token).await {
                 Answer::Ok => {
-                    self.ring.accepted(slot, Instant::now());
+                    self.tokens.ring.accepted(slot, Instant::now());
                     self.succeeded(encoded.bytes.len());
                     return interval;
                 }
@@ -417,31 +414,14 @@ impl Heartbeat {
         wait
     }
 
+    /// Reloaded tokens; errors are the push's to log.
     fn reload_tokens(&mut self, config: &FleetConfig) {
-        self.config.token_file.clone_from(&config.token_file);
-        self.config.tokens.clone_from(&config.tokens);
-        self.token_file_stamp = config.token_file.as_deref().and_then(tokens::stamp);
-        if let Ok(tokens) = load_tokens(config) {
-            if tokens.as_slice() != self.ring.tokens() {
-                self.ring.replace(tokens);
-            }
-        }
+        let _ = self.tokens.reload(config);
     }
 
+    /// An edited token file; errors are the push's to log.
     fn token_file_changed(&mut self) {
-        let Some(path) = self.config.token_file.clone() else {
-            return;
-        };
-        let stamp = tokens::stamp(&path);
-        if stamp.is_none() || stamp == self.token_file_stamp {
-            return;
-        }
-        self.token_file_stamp = stamp;
-        if let Ok(tokens) = tokens::read_token_file(&path) {
-            if tokens.as_slice() != self.ring.tokens() {
-                self.ring.replace(tokens);
-            }
-        }
+        let _ = self.tokens.reread_file();
     }
 }
 

@@ -50,7 +50,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokens::{Token, TokenRing};
+use tokens::{Token, TokenSource};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -281,14 +281,6 @@ pub enum UplinkError {
     NoUrl,
 }
 
-/// Tokens as configured: inline, or read from `token_file`.
-pub fn load_tokens(config: &FleetConfig) -> Result<Vec<Token>, tokens::TokenError> {
-    match &config.token_file {
-        Some(path) => tokens::read_token_file(path),
-        None => Ok(config.tokens.iter().map(|t| Token::new(t)).collect()),
-    }
-}
-
 /// The HTTP client: rustls with the system's CA store (certificate
 /// verification always on), one connection kept alive between pushes.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, UplinkError> {
@@ -313,10 +305,8 @@ pub struct Uplink {
     endpoint: String,
     /// The HTTP client.
     client: reqwest::Client,
-    /// Tokens and which one works.
-    ring: TokenRing,
-    /// The token file's stamp when last read.
-    token_file_stamp: Option<tokens::FileStamp>,
+    /// Tokens, which one works, and where they come from.
+    tokens: TokenSource,
     /// Where the buffer appears once open.
     buffer: BufferSlot,
     /// Shared status.
@@ -385,21 +375,19 @@ impl Uplink {
         let url = config.url.clone().ok_or(UplinkError::NoUrl)?;
         let endpoint = format!("{}{INGEST_PATH}", url.trim_end_matches('/'));
         let client = http_client(config.timeout)?;
-        let token_file_stamp = config.token_file.as_deref().and_then(tokens::stamp);
         // A token file that is missing or broken at start does not stop the
         // daemon: readings buffer, and the file is read again when it changes.
-        let tokens = load_tokens(&config).unwrap_or_else(|e| {
+        let (tokens, error) = TokenSource::new(&config);
+        if let Some(e) = error {
             tracing::error!(
                 "no fleet token: {e}; pushing waits for a token, readings keep buffering"
             );
-            Vec::new()
-        });
-        let ring = TokenRing::new(tokens, config.token_retry);
+        }
         let batch_size = config.batch_max.max(1) as usize;
         *status.lock().unwrap_or_else(PoisonError::into_inner) = FleetStatus {
             enabled: true,
             state: FleetState::Starting,
-            tokens: ring.fingerprints(),
+            tokens: tokens.ring.fingerprints(),
             batch_size,
             ..FleetStatus::disabled()
         };
@@ -410,8 +398,7 @@ impl Uplink {
             gateway,
             endpoint,
             client,
-            ring,
-            token_file_stamp,
+            tokens,
             buffer,
             status: status.clone(),
             events: events.clone(),
@@ -615,9 +602,9 @@ impl Uplink {
 
     /// Posts one body, failing over between tokens on `401`.
     async fn send_with_failover(&mut self, body: &wire::Body, records: usize) -> Sent {
-        let order = self.ring.order(Instant::now());
+        let order = self.tokens.ring.order(Instant::now());
         for slot in order {
-            let Some(token) = self.ring.get(slot).cloned() else {
+            let Some(token) = self.tokens.ring.get(slot).cloned() else {
                 continue;
             };
             match self.post(body, &token, records).await {
@@ -628,7 +615,7 @@ impl Uplink {
                         "the fleet rejected token {} (slot {}){}",
                         token.fingerprint(),
                         slot + 1,
-                        if self.ring.tokens().len() > 1 {
+                        if self.tokens.ring.tokens().len() > 1 {
                             "; trying the other one for the same batch"
                         } else {
                             ""
@@ -643,7 +630,7 @@ impl Uplink {
                     accepted,
                     duplicates,
                 } => {
-                    if self.ring.accepted(slot, Instant::now()) {
+                    if self.tokens.ring.accepted(slot, Instant::now()) {
                         tracing::info!(
                             token = token.fingerprint(),
                             slot = slot + 1,
@@ -750,6 +737,7 @@ impl Uplink {
         }
         let backlog = buffer.counters().unsent;
         let token = self
+            .tokens
             .ring
             .get(slot)
             .map(|t| t.fingerprint().to_owned())
@@ -836,7 +824,7 @@ impl Uplink {
     }
 
     fn auth_failed(&mut self) -> Round {
-        let fingerprints = self.ring.fingerprints();
+        let fingerprints = self.tokens.ring.fingerprints();
         let wait = self.config.auth_retry;
         if fingerprints.is_empty() {
             self.set_state(FleetState::AuthFailed);
@@ -904,43 +892,27 @@ impl Uplink {
 
     /// Applies reloaded tokens; true when they changed.
     fn reload_tokens(&mut self, config: &FleetConfig) -> bool {
-        self.config.token_file.clone_from(&config.token_file);
-        self.config.tokens.clone_from(&config.tokens);
-        self.token_file_stamp = config.token_file.as_deref().and_then(tokens::stamp);
-        match load_tokens(config) {
-            Ok(tokens) => self.install_tokens(tokens, "reload"),
-            Err(e) => {
-                tracing::error!("fleet tokens not reloaded: {e}; keeping the ones in use");
-                false
-            }
-        }
+        let changed = self.tokens.reload(config);
+        self.tokens_changed(changed, "reload")
     }
 
     /// Re-reads the token file if it changed; true when the tokens changed.
     fn token_file_changed(&mut self) -> bool {
-        let Some(path) = self.config.token_file.clone() else {
-            return false;
-        };
-        let stamp = tokens::stamp(&path);
-        if stamp.is_none() || stamp == self.token_file_stamp {
-            return false;
-        }
-        self.token_file_stamp = stamp;
-        match tokens::read_token_file(&path) {
-            Ok(tokens) => self.install_tokens(tokens, "token file changed"),
-            Err(e) => {
-                tracing::error!("fleet tokens not reloaded: {e}; keeping the ones in use");
-                false
-            }
-        }
+        let changed = self.tokens.reread_file();
+        self.tokens_changed(changed, "token file changed")
     }
 
-    fn install_tokens(&mut self, tokens: Vec<Token>, why: &str) -> bool {
-        if tokens.as_slice() == self.ring.tokens() {
-            return false;
+    /// Says so when new tokens are in use; true then.
+    fn tokens_changed(&mut self, changed: Result<bool, tokens::TokenError>, why: &str) -> bool {
+        match changed {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::error!("fleet tokens not reloaded: {e}; keeping the ones in use");
+                return false;
+            }
         }
-        self.ring.replace(tokens);
-        let fingerprints = self.ring.fingerprints();
+        let fingerprints = self.tokens.ring.fingerprints();
         tracing::info!(
             tokens = fingerprints.join(","),
             "fleet tokens reloaded ({why}): {}",

@@ -160,6 +160,77 @@ pub fn stamp(path: &Path) -> Option<FileStamp> {
     })
 }
 
+/// Tokens as configured: inline, or read from `token_file`.
+pub fn load(config: &crate::config::FleetConfig) -> Result<Vec<Token>, TokenError> {
+    match &config.token_file {
+        Some(path) => read_token_file(path),
+        None => Ok(config.tokens.iter().map(|t| Token::new(t)).collect()),
+    }
+}
+
+/// Where the tokens come from (inline, or `token_file` and its stamp when
+/// last read) and the ring over them: what the push and the heartbeat each
+/// hold, so both follow a reload or an edited token file the same way.
+#[derive(Debug)]
+pub struct TokenSource {
+    /// The tokens and which one works.
+    pub ring: TokenRing,
+    /// `token_file`, when the tokens come from a file.
+    token_file: Option<std::path::PathBuf>,
+    /// The file's stamp when last read.
+    stamp: Option<FileStamp>,
+}
+
+impl TokenSource {
+    /// The tokens `config` names. A missing or broken token file gives no
+    /// token (and its error): the daemon runs, and the file is read again
+    /// when it changes.
+    pub fn new(config: &crate::config::FleetConfig) -> (TokenSource, Option<TokenError>) {
+        let (tokens, error) = match load(config) {
+            Ok(tokens) => (tokens, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        let source = TokenSource {
+            ring: TokenRing::new(tokens, config.token_retry),
+            token_file: config.token_file.clone(),
+            stamp: config.token_file.as_deref().and_then(stamp),
+        };
+        (source, error)
+    }
+
+    /// A reloaded `[fleet]`: whether the tokens changed (then the ring
+    /// starts again with the preferred one). On error the tokens in use
+    /// stay.
+    pub fn reload(&mut self, config: &crate::config::FleetConfig) -> Result<bool, TokenError> {
+        self.token_file.clone_from(&config.token_file);
+        self.stamp = config.token_file.as_deref().and_then(stamp);
+        Ok(self.install(load(config)?))
+    }
+
+    /// Reads the token file again if it changed since last read; whether
+    /// the tokens changed. On error the tokens in use stay.
+    pub fn reread_file(&mut self) -> Result<bool, TokenError> {
+        let Some(path) = &self.token_file else {
+            return Ok(false);
+        };
+        let now = stamp(path);
+        if now.is_none() || now == self.stamp {
+            return Ok(false);
+        }
+        self.stamp = now;
+        let tokens = read_token_file(path)?;
+        Ok(self.install(tokens))
+    }
+
+    fn install(&mut self, tokens: Vec<Token>) -> bool {
+        if tokens.as_slice() == self.ring.tokens() {
+            return false;
+        }
+        self.ring.replace(tokens);
+        true
+    }
+}
+
 /// The tokens in preference order and which one the fleet accepts.
 #[derive(Debug)]
 pub struct TokenRing {
@@ -283,6 +354,34 @@ mod tests {
 
         let e = read_token_file(&dir.path().join("missing")).expect_err("missing");
         assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn a_token_source_follows_its_file_and_keeps_its_tokens_on_a_broken_edit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fleet.token");
+        std::fs::write(&path, "t1\n").expect("write");
+        let config = crate::config::FleetConfig {
+            token_file: Some(path.clone()),
+            ..Default::default()
+        };
+        let (mut source, error) = TokenSource::new(&config);
+        assert!(error.is_none());
+        assert_eq!(source.ring.tokens(), [Token::new("t1")]);
+        assert_eq!(source.reread_file().ok(), Some(false), "unchanged");
+        std::fs::write(&path, "t2\nt1\n").expect("write");
+        assert_eq!(source.reread_file().ok(), Some(true));
+        assert_eq!(source.ring.tokens(), [Token::new("t2"), Token::new("t1")]);
+        std::fs::write(&path, "a\nb\nc\n").expect("write");
+        assert!(source.reread_file().is_err(), "three tokens");
+        assert_eq!(source.ring.tokens().len(), 2, "the tokens in use stay");
+        let inline = crate::config::FleetConfig {
+            tokens: vec!["t3".into()],
+            ..Default::default()
+        };
+        assert_eq!(source.reload(&inline).ok(), Some(true));
+        assert_eq!(source.ring.tokens(), [Token::new("t3")]);
+        assert_eq!(source.reread_file().ok(), Some(false), "no file any more");
     }
 
     #[test]
