@@ -8,6 +8,7 @@ use firmware_bridge::nl43::ResultCode;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -54,15 +55,48 @@ fn spawn(command: &mut Command) -> (Child, Lines<BufReader<ChildStdout>>) {
     (child, BufReader::new(stdout).lines())
 }
 
+/// The address in the first stdout line, the `listening` one.
+async fn listening_addr(lines: &mut Lines<BufReader<ChildStdout>>) -> SocketAddr {
+    let listening = next_json(lines).await.expect("listening line");
+    assert_eq!(listening["event"], "listening", "{listening}");
+    listening["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad addr: {listening}"))
+}
+
+/// The process id of a running `child`.
+fn pid(child: &Child) -> Pid {
+    Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"))
+}
+
+/// Waits for `child` to exit successfully in time; then every remaining
+/// stdout line.
+async fn exits_cleanly(child: &mut Child, lines: &mut Lines<BufReader<ChildStdout>>) -> Vec<Value> {
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    rest(lines).await
+}
+
+/// The next stdout event named `name` (others are skipped).
+async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>, name: &str) -> Value {
+    loop {
+        let event = next_json(lines)
+            .await
+            .unwrap_or_else(|| panic!("stdout closed before a {name} event"));
+        if event["event"] == name {
+            return event;
+        }
+    }
+}
+
 #[tokio::test]
 async fn slm_sim_serves_tcp_and_stops_on_sigterm() {
     let (mut child, mut lines) = spawn(slm_sim().args(["--listen", "127.0.0.1:0", "--seed", "42"]));
-    let listening = next_json(&mut lines).await.expect("listening line");
-    assert_eq!(listening["event"], "listening", "{listening}");
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad addr: {listening}"));
+    let addr = listening_addr(&mut lines).await;
     assert_ne!(addr.port(), 0, "the real bound port");
 
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -121,15 +155,8 @@ async fn slm_sim_serves_tcp_and_stops_on_sigterm() {
     let error = next_json(&mut lines).await.expect("event");
     assert_eq!(error["code"], "R+0001", "{error}");
 
-    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
-    kill(pid, Signal::SIGTERM).expect("SIGTERM");
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
-    assert!(status.success(), "{status}");
-
-    let tail = rest(&mut lines).await;
+    kill(pid(&child), Signal::SIGTERM).expect("SIGTERM");
+    let tail = exits_cleanly(&mut child, &mut lines).await;
     let stats = tail.last().expect("a stats line");
     assert_eq!(stats["event"], "stats", "{tail:?}");
     assert_eq!(stats["connections_accepted"], 1, "{stats}");
@@ -154,12 +181,7 @@ async fn slm_sim_exits_on_stdin_eof_when_asked() {
         "listening"
     );
     drop(child.stdin.take());
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
-    assert!(status.success(), "{status}");
-    let tail = rest(&mut lines).await;
+    let tail = exits_cleanly(&mut child, &mut lines).await;
     assert_eq!(
         tail.last().map(|s| s["event"].clone()),
         Some("stats".into()),
@@ -185,14 +207,8 @@ async fn slm_sim_on_a_pty_prints_its_path_and_stops_on_sigint() {
     let mut client = Client::new(common::PtyClient::open(&link).expect("open the link"));
     assert_eq!(client.ask("Type?").await.1.as_deref(), Some("NL-43"));
 
-    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
-    kill(pid, Signal::SIGINT).expect("SIGINT");
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
-    assert!(status.success(), "{status}");
-    let tail = rest(&mut lines).await;
+    kill(pid(&child), Signal::SIGINT).expect("SIGINT");
+    let tail = exits_cleanly(&mut child, &mut lines).await;
     assert_eq!(
         tail.last().map(|s| s["event"].clone()),
         Some("stats".into()),
@@ -214,23 +230,14 @@ async fn slm_sim_family_svantek_prints_reading_events() {
         "--seed",
         "7",
     ]));
-    let listening = next_json(&mut lines).await.expect("listening line");
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad addr: {listening}"));
+    let addr = listening_addr(&mut lines).await;
     let mut wire =
         common::family::Wire::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
     wire.send(b"#1,N?;#2,s;").await;
     assert_eq!(wire.frame().await, "#1,N00007;");
     let frame = wire.frame().await;
     assert!(frame.starts_with("#2,1,T"), "{frame}");
-    let reading = loop {
-        let event = next_json(&mut lines).await.expect("event");
-        if event["event"] == "reading" {
-            break event;
-        }
-    };
+    let reading = next_event(&mut lines, "reading").await;
     assert_eq!(reading["family"], "svantek", "{reading}");
     assert_eq!(reading["n"], 1, "{reading}");
     let lp = frame
@@ -243,14 +250,8 @@ async fn slm_sim_family_svantek_prints_reading_events() {
         "{reading} vs {frame}"
     );
 
-    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
-    kill(pid, Signal::SIGTERM).expect("SIGTERM");
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
-    assert!(status.success(), "{status}");
-    let tail = rest(&mut lines).await;
+    kill(pid(&child), Signal::SIGTERM).expect("SIGTERM");
+    let tail = exits_cleanly(&mut child, &mut lines).await;
     let stats = tail.last().expect("a stats line");
     assert_eq!(stats["readings"], 1, "{stats}");
     assert_eq!(stats["commands"], 2, "{stats}");
@@ -278,18 +279,6 @@ async fn slm_sim_rejects_a_bad_command_line() {
     assert_eq!(status.code(), Some(2), "clap usage error");
 }
 
-/// The next stdout event named `name` (others are skipped).
-async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>, name: &str) -> Value {
-    loop {
-        let event = next_json(lines)
-            .await
-            .unwrap_or_else(|| panic!("stdout closed before a {name} event"));
-        if event["event"] == name {
-            return event;
-        }
-    }
-}
-
 #[tokio::test]
 async fn slm_sim_power_cycles_on_sigusr1_and_wakes_on_sigusr2() {
     let (mut child, mut lines) = spawn(slm_sim().args([
@@ -299,12 +288,8 @@ async fn slm_sim_power_cycles_on_sigusr1_and_wakes_on_sigusr2() {
         "--sleep-after",
         "1s",
     ]));
-    let listening = next_json(&mut lines).await.expect("listening line");
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad addr: {listening}"));
-    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
+    let addr = listening_addr(&mut lines).await;
+    let pid = pid(&child);
 
     let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
     assert_eq!(
@@ -341,12 +326,7 @@ async fn slm_sim_power_cycles_on_sigusr1_and_wakes_on_sigusr2() {
     );
 
     kill(pid, Signal::SIGTERM).expect("SIGTERM");
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
-    assert!(status.success(), "{status}");
-    let tail = rest(&mut lines).await;
+    let tail = exits_cleanly(&mut child, &mut lines).await;
     let stats = tail.last().expect("a stats line");
     assert_eq!(stats["event"], "stats", "{tail:?}");
     assert_eq!(
@@ -367,11 +347,7 @@ async fn slm_sim_prints_clock_sets_with_the_drift_they_corrected() {
         "--clock-drift-ppm",
         "200000",
     ]));
-    let listening = next_json(&mut lines).await.expect("listening line");
-    let addr: std::net::SocketAddr = listening["addr"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad addr: {listening}"));
+    let addr = listening_addr(&mut lines).await;
     let mut client = Client::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
     let now = chrono::Utc::now().timestamp();
     let clock = firmware_bridge::nl43::MeterClock::from_local_epoch_seconds(now).expect("clock");
@@ -387,13 +363,8 @@ async fn slm_sim_prints_clock_sets_with_the_drift_they_corrected() {
     assert!((-30.0..-27.0).contains(&before), "{set}");
     assert!((-1.5..=0.5).contains(&after), "{set}");
 
-    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid fits"));
-    kill(pid, Signal::SIGTERM).expect("SIGTERM");
-    tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits in time")
-        .expect("wait");
-    let tail = rest(&mut lines).await;
+    kill(pid(&child), Signal::SIGTERM).expect("SIGTERM");
+    let tail = exits_cleanly(&mut child, &mut lines).await;
     let stats = tail.last().expect("a stats line");
     assert_eq!(
         (&stats["power_cycles"], &stats["clock_sets"]),

@@ -6,7 +6,7 @@
 mod common;
 
 use common::family::{PtySim, Wire, config};
-use common::{Client, DEADLINE, TcpSim, eventually, wait_event};
+use common::{Client, DEADLINE, TcpSim, closed, eventually, wait_event};
 use firmware_bridge::nl43::{DodReading, MeterClock, ResultCode};
 use slmd_hil::{Family, SimConfig, SimEvent};
 use std::time::Duration;
@@ -42,21 +42,6 @@ fn clock_command(secs: i64) -> String {
 /// UTC now, Unix seconds with a fraction.
 fn utc_now() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 * 1e-6
-}
-
-/// Whether the NL-43 client's link reads end of file within [`DEADLINE`].
-async fn link_closed(client: &mut Client<TcpStream>) -> bool {
-    let mut buf = [0u8; 256];
-    let read = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match client.io.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    read.unwrap_or(false)
 }
 
 /// Whether nothing at all arrives on `io` within [`QUIET`].
@@ -246,7 +231,7 @@ async fn a_power_cycle_drops_the_tcp_link_and_the_nl43_comes_back_stopped() {
     assert_eq!(client.ask("Echo,On").await.0, ResultCode::Ok);
 
     sim.sim.power_cycle(false);
-    assert!(link_closed(&mut client).await, "the link was dropped");
+    assert!(closed(&mut client.io).await, "the link was dropped");
     assert_eq!(
         wait_event(&mut events, "power_cycle", |e| matches!(
             e,
@@ -475,7 +460,7 @@ async fn asleep_the_nl43_closes_tcp_and_answers_nothing_until_woken() {
 
     // Commands are not key presses: it falls asleep on time, mid-link.
     wait_event(&mut events, "asleep", |e| matches!(e, SimEvent::Asleep)).await;
-    assert!(link_closed(&mut client).await, "sleep turned the LAN off");
+    assert!(closed(&mut client.io).await, "sleep turned the LAN off");
 
     // A new connection is accepted and never answered.
     let mut client = sim.client().await;
@@ -579,7 +564,7 @@ async fn a_power_cycle_asleep_brings_sleep_mode_back_and_wakes_a_sleeper() {
     );
 
     sim.sim.power_cycle(true);
-    assert!(link_closed(&mut client).await);
+    assert!(closed(&mut client.io).await);
     wait_event(&mut events, "power_cycle", |e| {
         *e == SimEvent::PowerCycle {
             family: Family::Nl43,

@@ -5,91 +5,20 @@
 //! binary's lines. No fixed sleeps: every wait is on an event, a line or a
 //! poll with a deadline.
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+mod fleet_common;
+
+use fleet_common::{
+    DEADLINE, Fleet, GW, Reply, Stdout, client, drain, gzip, next_json, spawn_fleet_sim, start,
+    stop_fleet_sim,
+};
 use serde_json::{Value, json};
 use slmd_hil::fleet::{
-    FleetEvent, FleetSim, FleetSimConfig, GatewayLiveness, Route, TokenRole, fingerprint,
+    FleetEvent, FleetSim, FleetSimConfig, GatewayLiveness, HeartbeatLine, Route, TokenRole,
+    fingerprint,
 };
-use std::io::Write as _;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStdout, Command};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-/// How long any single wait in a test may take before it fails.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A gateway id.
-const GW: &str = "gw-0042";
-
-/// A fleet simulator served on 127.0.0.1 and a client for it.
-struct Fleet {
-    /// The simulator (the same fleet the server serves).
-    sim: FleetSim,
-    /// `http://127.0.0.1:port`.
-    base: String,
-    /// Stops the server.
-    shutdown: CancellationToken,
-    /// The server task.
-    server: JoinHandle<std::io::Result<()>>,
-    /// A client without a timeout of its own (each wait has a deadline).
-    client: reqwest::Client,
-}
-
-/// An answer: status, `Retry-After`, `Content-Type`, the body.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    retry_after: Option<String>,
-    content_type: Option<String>,
-    text: String,
-}
-
-impl Reply {
-    /// The body as JSON; fails the test when it is not.
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
-    }
-}
-
-fn client(timeout: Option<Duration>) -> reqwest::Client {
-    // reqwest is built without a crypto provider; plain HTTP needs none, but
-    // the builder insists on one being installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder().no_proxy();
-    if let Some(timeout) = timeout {
-        builder = builder.timeout(timeout);
-    }
-    builder.build().expect("a reqwest client")
-}
-
-async fn start(config: FleetSimConfig) -> Fleet {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("bound address");
-    let sim = FleetSim::new(config);
-    let shutdown = CancellationToken::new();
-    let server = {
-        let (sim, shutdown) = (sim.clone(), shutdown.clone());
-        tokio::spawn(async move { sim.serve(listener, shutdown).await })
-    };
-    Fleet {
-        sim,
-        base: format!("http://{addr}"),
-        shutdown,
-        server,
-        client: client(None),
-    }
-}
 
 /// The heartbeat body of SPEC §7 as the daemon sends it, from `gateway`.
 fn beat(gateway: &str) -> Value {
@@ -110,129 +39,29 @@ fn beat(gateway: &str) -> Value {
 
 /// [`beat`] with `interval_s` set (or removed, with `None`).
 fn beat_every(gateway: &str, interval_s: Option<f64>) -> Value {
-    let mut body = beat(gateway);
-    match interval_s {
-        Some(s) => body["interval_s"] = json!(s),
+    with(beat(gateway), "/interval_s", interval_s.map(|s| json!(s)))
+}
+
+/// `body` with the value at JSON pointer `at` set to `value`, or removed
+/// with `None`.
+fn with(mut body: Value, at: &str, value: Option<Value>) -> Value {
+    match value {
+        Some(value) => *body.pointer_mut(at).unwrap_or_else(|| panic!("no {at}")) = value,
         None => {
-            body.as_object_mut()
-                .expect("an object")
-                .remove("interval_s");
+            let (parent, key) = at.rsplit_once('/').expect("a pointer");
+            body.pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .unwrap_or_else(|| panic!("no object at `{parent}`"))
+                .remove(key);
         }
     }
     body
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
-    encoder.write_all(bytes).expect("gzip");
-    encoder.finish().expect("gzip")
-}
-
-/// A record as SPEC §3 shows it.
-fn record(seq: u64) -> Value {
-    json!({"seq": seq, "device": "nl43-north", "received_at": "2026-11-22T14:15:17.123Z",
-           "device_time": "2026-11-22T14:15:16Z", "metrics": {"lp": 52.1},
-           "state": "measuring", "flags": []})
-}
-
 impl Fleet {
-    /// Sends `request` and reads the whole answer in time.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let response = tokio::time::timeout(DEADLINE, request.send())
-            .await
-            .expect("an answer in time")
-            .expect("an answer");
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .map(|v: &reqwest::header::HeaderValue| {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
-                })
-        };
-        let (retry_after, content_type) = (header("retry-after"), header("content-type"));
-        let status = response.status().as_u16();
-        let text = tokio::time::timeout(DEADLINE, response.text())
-            .await
-            .expect("a body in time")
-            .expect("a body");
-        Reply {
-            status,
-            retry_after,
-            content_type,
-            text,
-        }
-    }
-
-    /// A request to `path` with `bytes`, the token (if any) and `headers`.
-    fn post(
-        &self,
-        client: &reqwest::Client,
-        path: &str,
-        token: Option<&str>,
-        headers: &[(&str, &str)],
-        bytes: Vec<u8>,
-    ) -> reqwest::RequestBuilder {
-        let mut request = client.post(format!("{}{path}", self.base)).body(bytes);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        request
-    }
-
     /// Sends `body` as a JSON heartbeat with `token`.
     async fn heartbeat(&self, token: &str, body: &Value) -> Reply {
-        let request = self.post(
-            &self.client,
-            "/api/fleet/heartbeat",
-            Some(token),
-            &[("content-type", "application/json")],
-            body.to_string().into_bytes(),
-        );
-        self.send(request).await
-    }
-
-    /// Pushes records `seqs` from [`GW`] with `token`.
-    async fn push(&self, token: &str, seqs: &[u64]) -> Reply {
-        let records: Vec<Value> = seqs.iter().map(|&s| record(s)).collect();
-        let body = json!({"gateway": GW, "records": records});
-        let request = self.post(
-            &self.client,
-            "/api/fleet/ingest",
-            Some(token),
-            &[("content-type", "application/json")],
-            body.to_string().into_bytes(),
-        );
-        self.send(request).await
-    }
-
-    /// An admin request that must succeed; its JSON answer.
-    async fn admin(&self, method: &str, path: &str, body: &Value) -> Value {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let request = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        let reply = self.send(request).await;
-        assert_eq!(reply.status, 200, "{method} {path} {body}: {}", reply.text);
-        reply.json()
-    }
-
-    /// A GET; its reply whatever the status.
-    async fn get_raw(&self, path: &str) -> Reply {
-        self.send(self.client.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    /// An admin GET that must succeed.
-    async fn get(&self, path: &str) -> Value {
-        let reply = self.get_raw(path).await;
-        assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
-        reply.json()
+        self.post_json("/api/fleet/heartbeat", token, body).await
     }
 
     /// Queues `fault` over the admin route.
@@ -256,16 +85,6 @@ impl Fleet {
             .as_array()
             .and_then(|list| list.iter().find(|g| g["gateway"] == gateway).cloned())
             .unwrap_or_else(|| panic!("{gateway} not in {all}"))
-    }
-
-    /// Stops the server; it must return in time.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(DEADLINE, self.server)
-            .await
-            .expect("the server stops in time")
-            .expect("the server task")
-            .expect("the server");
     }
 }
 
@@ -292,6 +111,15 @@ async fn wait_event<T>(
     .unwrap_or_else(|_| panic!("no {what} event in time"))
 }
 
+/// The line of the next `heartbeat` event.
+async fn next_heartbeat(events: &mut broadcast::Receiver<FleetEvent>) -> HeartbeatLine {
+    wait_event(events, "heartbeat", |e| match e {
+        FleetEvent::Heartbeat(line) => Some(line),
+        _ => None,
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_heartbeat_is_accepted_with_204_and_read_back() {
     let fleet = start(FleetSimConfig::new("t")).await;
@@ -304,11 +132,7 @@ async fn a_heartbeat_is_accepted_with_204_and_read_back() {
     assert_eq!(reply.status, 204, "{}", reply.text);
     assert_eq!(reply.text, "", "204 has no body");
 
-    let line = wait_event(&mut events, "heartbeat", |e| match e {
-        FleetEvent::Heartbeat(line) => Some(line),
-        _ => None,
-    })
-    .await;
+    let line = next_heartbeat(&mut events).await;
     assert_eq!(line.gateway, GW);
     assert_eq!(line.meters, 2);
     assert_eq!(
@@ -368,7 +192,7 @@ async fn a_heartbeat_is_accepted_with_204_and_read_back() {
     assert_eq!(log[0]["outcome"], "accepted");
     assert_eq!(log[0]["gateway"], GW);
     assert_eq!(log[0]["meters"], 2);
-    assert_eq!(fleet.push("t", &[1]).await.status, 200);
+    assert_eq!(fleet.push_seqs("t", &[1]).await.status, 200);
     let log = fleet.get("/admin/requests").await;
     assert_eq!(log[2]["route"], "ingest");
     assert!(log[2].get("meters").is_none(), "{}", log[2]);
@@ -389,53 +213,59 @@ async fn a_heartbeat_is_accepted_with_204_and_read_back() {
 #[tokio::test]
 async fn bad_heartbeat_bodies_are_400_naming_the_field() {
     let fleet = start(FleetSimConfig::new("t")).await;
-    let mut cases: Vec<(Value, &str)> = Vec::new();
-    let mut missing = beat(GW);
-    missing.as_object_mut().expect("object").remove("gateway");
-    cases.push((missing, "gateway: missing field"));
-    let mut empty = beat(GW);
-    empty["gateway"] = json!("");
-    cases.push((empty, "gateway: expected a non-empty string"));
-    let mut state = beat(GW);
-    state["meters"][1]["state"] = json!("asleep");
-    cases.push((
-        state,
-        "meters[1].state: expected one of connected, connecting, down, failed",
-    ));
-    let mut run_state = beat(GW);
-    run_state["meters"][0]["run_state"] = json!("running");
-    cases.push((run_state, "meters[0].run_state: expected one of measuring"));
-    let mut uptime = beat(GW);
-    uptime["uptime_s"] = json!(-3);
-    cases.push((uptime, "uptime_s: expected an unsigned integer"));
-    let mut sent_at = beat(GW);
-    sent_at["sent_at"] = json!("2026-12-02 15:00");
-    cases.push((sent_at, "sent_at: `2026-12-02 15:00` is not an RFC 3339"));
-    let mut interval = beat(GW);
-    interval["interval_s"] = json!(0);
-    cases.push((interval, "interval_s: expected a positive number"));
-    let mut health = beat(GW);
-    health["meters"][0]["health"]["battery"] = json!({"level": 3});
-    cases.push((
-        health,
-        "meters[0].health.battery: expected a number, a string or null",
-    ));
-    let mut serial = beat(GW);
-    serial["meters"][0]["identity"]["serial"] = json!(412_345);
-    cases.push((
-        serial,
-        "meters[0].identity.serial: expected a string or null",
-    ));
-    let mut buffer = beat(GW);
-    buffer["buffer"]
-        .as_object_mut()
-        .expect("object")
-        .remove("unsent");
-    cases.push((buffer, "buffer.unsent: missing field"));
-    let mut oldest = beat(GW);
-    oldest["buffer"]["oldest_unsent"] = json!(17);
-    cases.push((oldest, "buffer.oldest_unsent: expected an RFC 3339"));
-    cases.push((json!([1, 2]), "expected an object"));
+    let cases: Vec<(Value, &str)> = [
+        ("/gateway", None, "gateway: missing field"),
+        (
+            "/gateway",
+            Some(json!("")),
+            "gateway: expected a non-empty string",
+        ),
+        (
+            "/meters/1/state",
+            Some(json!("asleep")),
+            "meters[1].state: expected one of connected, connecting, down, failed",
+        ),
+        (
+            "/meters/0/run_state",
+            Some(json!("running")),
+            "meters[0].run_state: expected one of measuring",
+        ),
+        (
+            "/uptime_s",
+            Some(json!(-3)),
+            "uptime_s: expected an unsigned integer",
+        ),
+        (
+            "/sent_at",
+            Some(json!("2026-12-02 15:00")),
+            "sent_at: `2026-12-02 15:00` is not an RFC 3339",
+        ),
+        (
+            "/interval_s",
+            Some(json!(0)),
+            "interval_s: expected a positive number",
+        ),
+        (
+            "/meters/0/health/battery",
+            Some(json!({"level": 3})),
+            "meters[0].health.battery: expected a number, a string or null",
+        ),
+        (
+            "/meters/0/identity/serial",
+            Some(json!(412_345)),
+            "meters[0].identity.serial: expected a string or null",
+        ),
+        ("/buffer/unsent", None, "buffer.unsent: missing field"),
+        (
+            "/buffer/oldest_unsent",
+            Some(json!(17)),
+            "buffer.oldest_unsent: expected an RFC 3339",
+        ),
+        ("", Some(json!([1, 2])), "expected an object"),
+    ]
+    .into_iter()
+    .map(|(at, value, detail)| (with(beat(GW), at, value), detail))
+    .collect();
 
     for (body, detail) in &cases {
         let reply = fleet.heartbeat("t", body).await;
@@ -573,7 +403,7 @@ async fn faults_apply_only_to_their_route() {
         .fault(json!({"kind": "status", "status": 503, "retry_after": 2, "route": "heartbeat"}))
         .await;
     assert_eq!(pending["pending"][0]["route"], "heartbeat");
-    assert_eq!(fleet.push("t", &[1]).await.status, 200);
+    assert_eq!(fleet.push_seqs("t", &[1]).await.status, 200);
     let hit = fleet.heartbeat("t", &beat(GW)).await;
     assert_eq!(hit.status, 503);
     assert_eq!(hit.retry_after.as_deref(), Some("2"));
@@ -584,18 +414,18 @@ async fn faults_apply_only_to_their_route() {
     let pending = fleet.fault(json!({"kind": "status", "status": 500})).await;
     assert_eq!(pending["pending"][0]["route"], "ingest");
     assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
-    assert_eq!(fleet.push("t", &[2]).await.status, 500);
-    assert_eq!(fleet.push("t", &[2]).await.status, 200);
+    assert_eq!(fleet.push_seqs("t", &[2]).await.status, 500);
+    assert_eq!(fleet.push_seqs("t", &[2]).await.status, 200);
 
     // `all`: one count shared by both routes, before the token.
     fleet
         .fault(json!({"kind": "status", "status": 429, "count": 3, "route": "all"}))
         .await;
     assert_eq!(fleet.heartbeat("unknown", &beat(GW)).await.status, 429);
-    assert_eq!(fleet.push("t", &[3]).await.status, 429);
+    assert_eq!(fleet.push_seqs("t", &[3]).await.status, 429);
     assert_eq!(fleet.heartbeat("t", &json!({})).await.status, 429);
     assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
-    assert_eq!(fleet.push("t", &[3]).await.status, 200);
+    assert_eq!(fleet.push_seqs("t", &[3]).await.status, 200);
 
     // The fleet is down, then back.
     fleet
@@ -603,7 +433,7 @@ async fn faults_apply_only_to_their_route() {
         .await;
     for _ in 0..3 {
         assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 503);
-        assert_eq!(fleet.push("t", &[4]).await.status, 503);
+        assert_eq!(fleet.push_seqs("t", &[4]).await.status, 503);
     }
     let waiting = fleet.get("/admin/faults").await;
     assert_eq!(waiting["pending"][0]["count"], 100_000 - 6);
@@ -613,7 +443,7 @@ async fn faults_apply_only_to_their_route() {
         json!({"dropped": 1})
     );
     assert_eq!(fleet.heartbeat("t", &beat(GW)).await.status, 204);
-    assert_eq!(fleet.push("t", &[4]).await.status, 200);
+    assert_eq!(fleet.push_seqs("t", &[4]).await.status, 200);
 
     // A heartbeat not_json fault: kept, answered 200 HTML.
     fleet
@@ -716,11 +546,7 @@ async fn a_gzip_heartbeat_is_accepted() {
     );
     let mut events = fleet.sim.events();
     assert_eq!(fleet.send(request).await.status, 204);
-    let line = wait_event(&mut events, "heartbeat", |e| match e {
-        FleetEvent::Heartbeat(line) => Some(line),
-        _ => None,
-    })
-    .await;
+    let line = next_heartbeat(&mut events).await;
     assert!(line.gzip);
     assert_eq!(line.bytes, wire, "bytes on the wire");
     assert_eq!(fleet.sim.heartbeats(GW)[0].body, body);
@@ -851,7 +677,7 @@ async fn a_silent_gateway_is_marked_offline_and_online_again() {
         );
         tokio::time::sleep_until(sent + Duration::from_millis(100)).await;
     }
-    while let Ok(event) = events.try_recv() {
+    for event in drain(&mut events) {
         assert!(
             !matches!(event, FleetEvent::GatewayOffline { .. }),
             "{event:?}"
@@ -888,17 +714,8 @@ async fn without_interval_s_the_configured_interval_applies() {
     fleet.stop().await;
 }
 
-/// The next stdout line of `fleet-sim` as JSON, `None` at end of output.
-async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Option<Value> {
-    let line = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("a line from fleet-sim in time")
-        .expect("read stdout")?;
-    Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
-}
-
 /// The next stdout line whose event is `event`.
-async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>, event: &str) -> Value {
+async fn next_event(lines: &mut Stdout, event: &str) -> Value {
     loop {
         let line = next_json(lines)
             .await
@@ -912,38 +729,34 @@ async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>, event: &str) -> V
 #[tokio::test]
 async fn the_fleet_sim_binary_prints_heartbeats_and_liveness() {
     let token = "hb-secret-token";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            token,
-            "--heartbeat-interval",
-            "200ms",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn fleet-sim");
-    let stdout = child.stdout.take().expect("stdout piped");
-    let mut lines = BufReader::new(stdout).lines();
+    let (child, mut lines) = spawn_fleet_sim(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        token,
+        "--heartbeat-interval",
+        "200ms",
+    ]);
     let listening = next_json(&mut lines).await.expect("listening line");
     let addr = listening["addr"].as_str().expect("addr").to_owned();
     let http = client(None);
+    // A heartbeat with `token`, answered in time.
     let send = |token: &str, body: Value| {
-        http.post(format!("http://{addr}/api/fleet/heartbeat"))
+        let request = http
+            .post(format!("http://{addr}/api/fleet/heartbeat"))
             .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json")
             .body(body.to_string())
-            .send()
+            .send();
+        async {
+            tokio::time::timeout(DEADLINE, request)
+                .await
+                .expect("in time")
+                .expect("an answer")
+        }
     };
 
-    let refused = tokio::time::timeout(DEADLINE, send("hb-secret-wrong", beat(GW)))
-        .await
-        .expect("in time")
-        .expect("an answer");
+    let refused = send("hb-secret-wrong", beat(GW)).await;
     assert_eq!(refused.status().as_u16(), 401);
     let line = next_event(&mut lines, "heartbeat_refused").await;
     assert_eq!(line["status"], 401);
@@ -952,10 +765,7 @@ async fn the_fleet_sim_binary_prints_heartbeats_and_liveness() {
 
     let body = beat_every(GW, None);
     let sent = Instant::now();
-    let accepted = tokio::time::timeout(DEADLINE, send(token, body.clone()))
-        .await
-        .expect("in time")
-        .expect("an answer");
+    let accepted = send(token, body.clone()).await;
     assert_eq!(accepted.status().as_u16(), 204);
     let line = next_event(&mut lines, "heartbeat").await;
     assert_eq!(line["gateway"], GW);
@@ -975,10 +785,7 @@ async fn the_fleet_sim_binary_prints_heartbeats_and_liveness() {
     assert_eq!(offline["interval_ms"], 200);
     assert!(offline["last_heartbeat_at"].is_string(), "{offline}");
 
-    let again = tokio::time::timeout(DEADLINE, send(token, body.clone()))
-        .await
-        .expect("in time")
-        .expect("an answer");
+    let again = send(token, body.clone()).await;
     assert_eq!(again.status().as_u16(), 204);
     let online = next_event(&mut lines, "gateway_online").await;
     assert_eq!(online["gateway"], GW);
@@ -995,24 +802,8 @@ async fn the_fleet_sim_binary_prints_heartbeats_and_liveness() {
     assert_eq!(liveness["gateways"][0]["online"], true);
     assert_eq!(liveness["gateways"][0]["offline_episodes"], 1);
 
-    let pid = Pid::from_raw(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .expect("pid"),
-    );
-    kill(pid, Signal::SIGTERM).expect("SIGTERM");
-    let mut rest = Vec::new();
-    while let Some(value) = next_json(&mut lines).await {
-        rest.push(value);
-    }
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("fleet-sim exits in time")
-        .expect("wait");
-    assert!(status.success(), "{status}");
+    let rest = stop_fleet_sim(child, lines).await;
     let stats = rest.last().expect("a stats line");
-    assert_eq!(stats["event"], "stats", "{rest:?}");
     assert_eq!(stats["heartbeats"], 2);
     assert_eq!(stats["heartbeat_requests"], 3);
     assert_eq!(stats["requests"], 0);

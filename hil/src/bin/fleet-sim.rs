@@ -204,52 +204,26 @@ mod tests {
             &["fleet-sim", "--listen", "127.0.0.1:0"],
             &["fleet-sim", "--token", "t"],
             &["fleet-sim", "--listen", "127.0.0.1:0", "--token", " "],
-            &[
-                "fleet-sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                "t",
-                "--grace",
-                "5",
-            ],
-            &[
-                "fleet-sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                "t",
-                "--max-records",
-                "0",
-            ],
-            &[
-                "fleet-sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                "t",
-                "--poison",
-                "x",
-            ],
-            &[
-                "fleet-sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                "t",
-                "--heartbeat-interval",
-                "0s",
-            ],
-            &[
-                "fleet-sim",
-                "--listen",
-                "127.0.0.1:0",
-                "--token",
-                "t",
-                "--heartbeat-interval",
-                "60",
-            ],
         ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        // A valid command line but for one option's value.
+        for (option, value) in [
+            ("--grace", "5"),
+            ("--max-records", "0"),
+            ("--poison", "x"),
+            ("--heartbeat-interval", "0s"),
+            ("--heartbeat-interval", "60"),
+        ] {
+            let args = [
+                "fleet-sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                "t",
+                option,
+                value,
+            ];
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
     }

@@ -326,13 +326,37 @@ struct Prepared {
 
 /// `POST /api/fleet/ingest`.
 async fn ingest(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    receive(app, Route::Ingest, headers, body, handle).await
+}
+
+/// Answers and logs a request of one route (`handle` or
+/// `handle_heartbeat`); `None` when a `hang` fault holds it.
+type Handler = fn(
+    &FleetSim,
+    &HeaderMap,
+    Option<Fault>,
+    Option<TokenDigest>,
+    Encoding,
+    &Wire,
+    RequestLog,
+) -> Option<Response>;
+
+/// Takes a request on `route` (its fault, token and body) and has `handle`
+/// answer it; a request `handle` holds is answered at shutdown.
+async fn receive(
+    app: App,
+    route: Route,
+    headers: HeaderMap,
+    body: Body,
+    handle: Handler,
+) -> Response {
     let at = Utc::now();
     // Taken on arrival, so faults hit requests in the order they arrive.
-    let fault = app.sim.take_fault(Route::Ingest);
+    let fault = app.sim.take_fault(route);
     let presented = bearer(&headers);
     let encoding = encoding(&headers);
     let wire = read_body(body, MAX_BODY_BYTES).await;
-    let log = new_log(at, Route::Ingest, &presented, &fault, &wire, &encoding);
+    let log = new_log(at, route, &presented, &fault, &wire, &encoding);
     if let Some(response) = handle(&app.sim, &headers, fault, presented, encoding, &wire, log) {
         return response;
     }
@@ -416,6 +440,22 @@ fn handle(
         log.epoch = body.epoch.0;
         log.skipped = body.skipped.iter().map(|s| [s.from, s.to]).collect();
     }
+    by_fault(sim, fault, log, |log, not_json| {
+        process(sim, presented, parsed, log, not_json)
+    })
+}
+
+/// Answers a request as its `fault` says: a `status` fault in its place, a
+/// `hang` not at all (`None`); a `not_json` fault processes it normally and
+/// replaces only the answer, like a proxy that swallows it. Without a fault,
+/// `process`'s answer. `process(log, not_json)` checks, keeps and logs the
+/// request (with `not_json`, logged as answered `200`).
+fn by_fault<A: IntoResponse>(
+    sim: &FleetSim,
+    fault: Option<Fault>,
+    log: RequestLog,
+    process: impl FnOnce(RequestLog, bool) -> A,
+) -> Option<Response> {
     match fault {
         Some(Fault::Status {
             status,
@@ -427,12 +467,10 @@ fn handle(
             None
         }
         Some(Fault::NotJson { .. }) => {
-            // Processed normally; only the answer is replaced, like a proxy
-            // that swallows it.
-            let _ = process(sim, presented, parsed, log, true);
+            let _ = process(log, true);
             Some(captive_portal())
         }
-        None => Some(process(sim, presented, parsed, log, false).into_response()),
+        None => Some(process(log, false).into_response()),
     }
 }
 
@@ -505,15 +543,8 @@ fn process(
     mut log: RequestLog,
     not_json: bool,
 ) -> Answer {
-    let checked = match presented.and_then(|presented| sim.check_token(&presented)) {
-        Some(role) => {
-            log.token_role = Some(role);
-            parsed
-        }
-        None => Err(Answer::unknown_token()),
-    };
-    match checked {
-        Ok(body) => {
+    match authorize(sim, presented, parsed, &mut log) {
+        Ok((body, _)) => {
             let gateway = body.gateway.0.into_owned();
             let (epoch, skipped) = (body.epoch.0, body.skipped);
             // Interned without the state lock; storing takes it.
@@ -536,14 +567,26 @@ fn process(
             )
         }
         Err(answer) => {
-            let status = if not_json {
-                200
-            } else {
-                answer.status.as_u16()
-            };
-            sim.settle(log, answer.outcome, Some(status), answer.detail.clone());
+            sim.refuse(log, &answer, not_json);
             answer
         }
+    }
+}
+
+/// The token, before the body: the body with the token's role (noted in
+/// `log`), or `401` when the token is not honoured.
+fn authorize<T>(
+    sim: &FleetSim,
+    presented: Option<TokenDigest>,
+    parsed: Result<T, Answer>,
+    log: &mut RequestLog,
+) -> Result<(T, TokenRole), Answer> {
+    match presented.and_then(|presented| sim.check_token(&presented)) {
+        Some(role) => {
+            log.token_role = Some(role);
+            parsed.map(|parsed| (parsed, role))
+        }
+        None => Err(Answer::unknown_token()),
     }
 }
 
@@ -642,6 +685,17 @@ impl FleetSim {
         answer
     }
 
+    /// Logs a request refused with `answer`; with `not_json` the client
+    /// saw `200` (the caller answers HTML).
+    fn refuse(&self, log: RequestLog, answer: &Answer, not_json: bool) {
+        let status = if not_json {
+            200
+        } else {
+            answer.status.as_u16()
+        };
+        self.settle(log, answer.outcome, Some(status), answer.detail.clone());
+    }
+
     /// Logs a request that ends before storing.
     fn settle(
         &self,
@@ -696,20 +750,7 @@ type ParsedHeartbeat = Result<(serde_json::Value, Checked), Answer>;
 
 /// `POST /api/fleet/heartbeat`.
 async fn heartbeat(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
-    let at = Utc::now();
-    // Taken on arrival, so faults hit requests in the order they arrive.
-    let fault = app.sim.take_fault(Route::Heartbeat);
-    let presented = bearer(&headers);
-    let encoding = encoding(&headers);
-    let wire = read_body(body, MAX_BODY_BYTES).await;
-    let log = new_log(at, Route::Heartbeat, &presented, &fault, &wire, &encoding);
-    if let Some(response) =
-        handle_heartbeat(&app.sim, &headers, fault, presented, encoding, &wire, log)
-    {
-        return response;
-    }
-    drop(wire);
-    held(&app).await
+    receive(app, Route::Heartbeat, headers, body, handle_heartbeat).await
 }
 
 /// Answers and logs a heartbeat request; `None` when a `hang` fault holds
@@ -736,27 +777,12 @@ fn handle_heartbeat(
     if let Ok((_, checked)) = &parsed {
         log.meters = Some(checked.states.len());
     }
-    match fault {
-        Some(Fault::Status {
-            status,
-            retry_after,
-            ..
-        }) => Some(status_fault(sim, log, status, retry_after)),
-        Some(Fault::Hang { .. }) => {
-            sim.settle(log, Outcome::Hang, None, None);
-            None
+    by_fault(sim, fault, log, |log, not_json| {
+        match process_heartbeat(sim, presented, parsed, log, not_json) {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(answer) => answer.into_response(),
         }
-        Some(Fault::NotJson { .. }) => {
-            let _ = process_heartbeat(sim, presented, parsed, log, true);
-            Some(captive_portal())
-        }
-        None => Some(
-            match process_heartbeat(sim, presented, parsed, log, false) {
-                Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                Err(answer) => answer.into_response(),
-            },
-        ),
-    }
+    })
 }
 
 /// The token, then the body, then keeping it; logs the request. With
@@ -768,25 +794,13 @@ fn process_heartbeat(
     mut log: RequestLog,
     not_json: bool,
 ) -> Result<(), Answer> {
-    let checked = match presented.and_then(|presented| sim.check_token(&presented)) {
-        Some(role) => {
-            log.token_role = Some(role);
-            parsed.map(|parsed| (parsed, role))
-        }
-        None => Err(Answer::unknown_token()),
-    };
-    match checked {
+    match authorize(sim, presented, parsed, &mut log) {
         Ok(((body, checked), role)) => {
             sim.accept_heartbeat(body, checked, role, log, not_json);
             Ok(())
         }
         Err(answer) => {
-            let status = if not_json {
-                200
-            } else {
-                answer.status.as_u16()
-            };
-            sim.settle(log, answer.outcome, Some(status), answer.detail.clone());
+            sim.refuse(log, &answer, not_json);
             Err(answer)
         }
     }

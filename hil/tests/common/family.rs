@@ -101,17 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// Whether the link reads end of file (or fails) within [`DEADLINE`].
     pub async fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 256];
-        let read = tokio::time::timeout(DEADLINE, async {
-            loop {
-                match self.io.read(&mut buf).await {
-                    Ok(0) | Err(_) => return true,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        read.unwrap_or(false)
+        super::closed(&mut self.io).await
     }
 }
 

@@ -159,6 +159,22 @@ pub fn is_fault(event: &SimEvent, kind: &str) -> bool {
     matches!(event, SimEvent::Fault { kind: k } if k == kind)
 }
 
+/// Whether `io` reads end of file (or fails) within [`DEADLINE`]; data
+/// read before is dropped.
+pub async fn closed<S: AsyncRead + Unpin>(io: &mut S) -> bool {
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    read.unwrap_or(false)
+}
+
 /// Polls `check` until it holds, failing after [`DEADLINE`].
 pub async fn eventually(what: &str, check: impl Fn() -> bool) {
     let start = Instant::now();
