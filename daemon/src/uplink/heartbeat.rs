@@ -325,12 +325,19 @@ impl Heartbeat {
                 Answer::Retry { error, retry_after } => return self.failed(error, retry_after),
             }
         }
+        // Every token rejected (or none loaded): the push says so in the
+        // journal and status; the heartbeat waits quietly and tries again.
         let error = if rejected == 0 {
             "no fleet token to send the heartbeat with".to_owned()
         } else {
-            format!("the fleet rejected every token ({rejected}) for the heartbeat")
+            format!("no token accepted for the heartbeat ({rejected} tried)")
         };
-        self.failed(error, Some(self.config.auth_retry.min(interval * 5)))
+        tracing::debug!(event = "heartbeat_unauthorized", "{error}");
+        let wait = self.config.auth_retry.min(interval * 5);
+        let mut status = super::lock(&self.status);
+        status.heartbeat.failures += 1;
+        status.heartbeat.last_error = Some(error);
+        wait
     }
 
     /// One request.

@@ -836,9 +836,9 @@ impl Uplink {
                 tokens = fingerprints.join(","),
                 "the fleet rejected every token ({}); pushing is paused and readings keep buffering. \
                  Install a valid token in the config or token file and reload (systemctl reload slmd); \
-                 retrying every {}s",
+                 retrying every {}",
                 fingerprints.join(", "),
-                wait.as_secs()
+                human(wait)
             );
         }
         self.set_state(FleetState::AuthFailed);

@@ -122,11 +122,23 @@ pub fn read_token_file(path: &Path) -> Result<Vec<Token>, TokenError> {
     }
 }
 
+/// Warns once per file and mode: the push and the heartbeat read the same
+/// file, and a re-read of an unchanged file is not news.
 fn warn_if_exposed(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
+    static WARNED: std::sync::Mutex<Vec<(std::path::PathBuf, u32)>> =
+        std::sync::Mutex::new(Vec::new());
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode();
         if mode & 0o007 != 0 {
+            let mut warned = WARNED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = (path.to_owned(), mode);
+            if warned.contains(&key) {
+                return;
+            }
+            warned.push(key);
             tracing::warn!(
                 file = %path.display(),
                 mode = format!("{:o}", mode & 0o777),

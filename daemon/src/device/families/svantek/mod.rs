@@ -167,7 +167,15 @@ async fn run(meter: &Meter<'_>, link: Link) -> Result<std::convert::Infallible, 
             Some(frame) => {
                 meter.answered();
                 match Results::parse(&frame) {
-                    Ok(ResultsReply::Results(results)) => meter.publish(reading(&results)),
+                    Ok(ResultsReply::Results(results)) => {
+                        let reading = reading(&results);
+                        if reading.state == MeterState::Stopped {
+                            // Said once per episode; no start command is
+                            // known, so keep_measuring is refused for it.
+                            meter.found_stopped();
+                        }
+                        meter.publish(reading);
+                    }
                     Ok(ResultsReply::NoResults) => {}
                     Err(e) => meter.bad_answer("#2", &e),
                 }
