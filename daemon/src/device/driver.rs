@@ -281,10 +281,13 @@ impl<'a> Meter<'a> {
         if state == MeterState::Unknown {
             return;
         }
-        let previous = {
-            let mut status = lock_status(&self.task.status);
-            std::mem::replace(&mut status.run_state, state)
-        };
+        let previous = std::mem::replace(&mut lock_status(&self.task.status).run_state, state);
+        self.run_state_changed(previous, state);
+    }
+
+    /// Announces a run state that differs from `previous`, and ends a
+    /// stopped episode when the meter measures again.
+    fn run_state_changed(&self, previous: MeterState, state: MeterState) {
         if previous == state {
             return;
         }
@@ -513,7 +516,6 @@ impl<'a> Meter<'a> {
                 flags.push(Flag::ClockUnsynced);
             }
         }
-        self.run_state(state);
         self.task.hub.publish(Reading {
             device: self.task.id.clone(),
             received_at,
@@ -522,10 +524,16 @@ impl<'a> Meter<'a> {
             state,
             flags,
         });
-        let mut status = lock_status(&self.task.status);
-        status.readings_total += 1;
-        status.last_reading_at = Some(received_at);
-        drop(status);
+        // One lock per reading: the counters and the run state together.
+        let previous = {
+            let mut status = lock_status(&self.task.status);
+            status.readings_total += 1;
+            status.last_reading_at = Some(received_at);
+            (state != MeterState::Unknown).then(|| std::mem::replace(&mut status.run_state, state))
+        };
+        if let Some(previous) = previous {
+            self.run_state_changed(previous, state);
+        }
         self.produced.store(true, Ordering::Relaxed);
     }
 

@@ -22,7 +22,7 @@
 
 use super::tokens::{Token, TokenSource};
 use super::wire::{self, RETRY_AFTER_MAX};
-use super::{FleetStatusCell, describe, human};
+use super::{FleetStatusCell, describe, human, post_json, retry_after};
 use crate::buffer::BufferSlot;
 use crate::config::FleetConfig;
 use crate::device::health::Health;
@@ -333,33 +333,17 @@ impl Heartbeat {
             format!("no token accepted for the heartbeat ({rejected} tried)")
         };
         tracing::debug!(event = "heartbeat_unauthorized", "{error}");
-        let wait = self.config.auth_retry.min(interval * 5);
-        let mut status = super::lock(&self.status);
-        status.heartbeat.failures += 1;
-        status.heartbeat.last_error = Some(error);
-        wait
+        self.count_failure(error);
+        self.config.auth_retry.min(interval * 5)
     }
 
     /// One request.
     async fn post(&self, body: &wire::Body, token: &Token) -> Answer {
-        let mut request = self
-            .client
-            .post(&self.endpoint)
-            .bearer_auth(token.secret())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.bytes.clone());
-        if body.gzip {
-            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
-        }
-        match request.send().await {
-            Ok(response) => {
-                let retry_after = response
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                classify(response.status().as_u16(), retry_after.as_deref())
-            }
+        match post_json(&self.client, &self.endpoint, body, token).await {
+            Ok(response) => classify(
+                response.status().as_u16(),
+                retry_after(&response).as_deref(),
+            ),
             Err(e) => Answer::Retry {
                 error: format!("heartbeat: {}", describe(&e)),
                 retry_after: None,
@@ -415,10 +399,15 @@ impl Heartbeat {
                 }
             }
         }
+        self.count_failure(error);
+        wait
+    }
+
+    /// Counts a failed heartbeat in status, with its reason.
+    fn count_failure(&self, error: String) {
         let mut status = super::lock(&self.status);
         status.heartbeat.failures += 1;
         status.heartbeat.last_error = Some(error);
-        wait
     }
 
     /// Reloaded tokens; errors are the push's to log.

@@ -663,16 +663,7 @@ impl Uplink {
 
     /// One request.
     async fn post(&self, body: &wire::Body, token: &Token, records: usize) -> Answer {
-        let mut request = self
-            .client
-            .post(&self.endpoint)
-            .bearer_auth(token.secret())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.bytes.clone());
-        if body.gzip {
-            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
-        }
-        let response = match request.send().await {
+        let response = match post_json(&self.client, &self.endpoint, body, token).await {
             Ok(r) => r,
             Err(e) => {
                 return Answer::Retry {
@@ -682,11 +673,7 @@ impl Uplink {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let retry_after = retry_after(&response);
         match response.bytes().await {
             Ok(bytes) => wire::classify(status, retry_after.as_deref(), &bytes, records),
             Err(e) => Answer::Retry {
@@ -998,6 +985,34 @@ async fn blocking<T: Send + 'static>(
             source: std::io::Error::other(join.to_string()),
         }),
     }
+}
+
+/// POSTs a JSON body (gzipped or not) to the fleet with `token`: the push
+/// and the heartbeat send the same way.
+async fn post_json(
+    client: &reqwest::Client,
+    endpoint: &str,
+    body: &wire::Body,
+    token: &Token,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut request = client
+        .post(endpoint)
+        .bearer_auth(token.secret())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.bytes.clone());
+    if body.gzip {
+        request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+    }
+    request.send().await
+}
+
+/// The answer's `Retry-After` header, as text.
+fn retry_after(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// A reqwest error in words a field tech can act on (its `Display` alone
