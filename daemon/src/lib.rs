@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod fanout;
+pub mod limits;
 pub mod logging;
 pub mod mqtt;
 pub mod notify;
