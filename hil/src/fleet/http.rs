@@ -141,6 +141,7 @@ fn router(app: App) -> Router {
         .route("/admin/max-records", put(set_max_records).get(max_records))
         .route("/admin/poison", put(set_poison).get(poison))
         .route("/admin/received", get(received))
+        .route("/admin/intervals", get(intervals))
         .route("/admin/seqs", get(seqs))
         .route("/admin/conflicts", get(conflicts))
         .route("/admin/skipped", get(skipped))
@@ -642,6 +643,7 @@ impl FleetSim {
                     Ok(stored) => {
                         let stats = &mut state.stats;
                         stats.unique += stored.accepted as u64;
+                        stats.intervals += stored.intervals as u64;
                         stats.out_of_order += stored.out_of_order as u64;
                         stats.skipped_numbers =
                             stats.skipped_numbers.saturating_add(stored.skipped_numbers);
@@ -1098,12 +1100,36 @@ async fn received(
     State(app): State<App>,
     query: Result<Query<GatewayQuery>, QueryRejection>,
 ) -> Result<Response, AdminError> {
+    records_answer(&app, query, false)
+}
+
+/// `GET /admin/intervals?gateway=...`: the interval records only.
+async fn intervals(
+    State(app): State<App>,
+    query: Result<Query<GatewayQuery>, QueryRejection>,
+) -> Result<Response, AdminError> {
+    records_answer(&app, query, true)
+}
+
+/// `{"records": [...]}` of the records `query` selects (interval records
+/// only, with `intervals_only`).
+fn records_answer(
+    app: &App,
+    query: Result<Query<GatewayQuery>, QueryRejection>,
+    intervals_only: bool,
+) -> Result<Response, AdminError> {
     let query = gateway_query(query)?;
     let bytes = {
         let state = app.sim.state();
         let records = state
             .store
-            .records_json(&query.gateway, query.epoch, query.from, query.limit)
+            .records_json(
+                &query.gateway,
+                query.epoch,
+                query.from,
+                query.limit,
+                intervals_only,
+            )
             .collect();
         serde_json::to_vec(&RecordsAnswer { records })
             .map_err(|e| AdminError::Encode(e.to_string()))?

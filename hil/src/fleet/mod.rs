@@ -65,7 +65,7 @@ pub mod tokens;
 pub use audit::{Audit, Conflict, EpochAudit, Hole, SkippedRange};
 pub use faults::{Fault, FaultKind, FaultRoute, InvalidFault, RoutedFault};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, GatewayLiveness, HEARTBEATS_KEPT, Heartbeat};
-pub use record::{RecordState, StoredRecord};
+pub use record::{IntervalFields, RecordKind, RecordState, StoredRecord};
 pub use report::{FleetEvent, FleetStats, HeartbeatLine, Outcome, RequestLog, Route};
 pub use tokens::{RotateReport, TokenRole, TokenStatus, fingerprint};
 
@@ -355,6 +355,12 @@ impl FleetSim {
     /// `gateway`'s unique records of `epoch` in first-arrival order.
     pub fn received_in(&self, gateway: &str, epoch: u64) -> Vec<StoredRecord> {
         self.state().store.records(gateway, Some(epoch), 0, None)
+    }
+
+    /// `gateway`'s unique interval records (`"kind": "interval"`, SPEC
+    /// §11) in first-arrival order, as received, all epochs together.
+    pub fn intervals(&self, gateway: &str) -> Vec<StoredRecord> {
+        self.state().store.intervals(gateway, None)
     }
 
     /// `gateway`'s unique seqs in first-arrival order, all epochs together

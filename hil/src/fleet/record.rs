@@ -10,7 +10,9 @@
 //! around the records is SPEC §7's plus slmd's two optional fields: `epoch`
 //! (an unsigned integer below 2^53) and `skipped` (`[from, to]` pairs with
 //! `from <= to`), checked the same way (`skipped[1]: from 9 is greater than
-//! to 3`).
+//! to 3`). A record may be an interval record (SPEC §11, `"kind":
+//! "interval"`), whose four own fields (`interval_start`, `interval_length`,
+//! `readings`, `coverage`) are required there and refused in a reading.
 //!
 //! At rest a record is a `Slot`: its sequence number, the index of its
 //! epoch in its gateway's list of epochs (the epoch itself is kept once per
@@ -20,7 +22,9 @@
 //! they have the daemon's canonical form (text otherwise, so every record is
 //! served back exactly as received), its state, and its metric values in the
 //! gateway's value arena. Metric numbers keep their JSON kind: an integer
-//! comes back as an integer, a float as the same `f64`.
+//! comes back as an integer, a float as the same `f64`. The kind is part of
+//! the profile; an interval record's own fields are kept out of line by the
+//! store (they are rare), so a slot stays as small as a reading's.
 
 use chrono::{DateTime, Utc};
 use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
@@ -45,9 +49,35 @@ pub enum RecordState {
     Unknown,
 }
 
+/// What a record is (SPEC §11): its `kind` field, absent for a reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// `"reading"`: one reading from one meter (SPEC §3), the same as no
+    /// `kind` at all.
+    Reading,
+    /// `"interval"`: an interval level (SPEC §11), with `interval_start`,
+    /// `interval_length`, `readings` and `coverage`.
+    Interval,
+}
+
+/// The fields only an interval record has, exactly as sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntervalFields {
+    /// Start of the interval (RFC 3339), exactly as sent.
+    pub interval_start: String,
+    /// Its length as sent, e.g. `"15m"`.
+    pub interval_length: String,
+    /// Readings it was computed from.
+    pub readings: u64,
+    /// Share of the interval with readings, 0 to 1, with its JSON kind.
+    pub coverage: serde_json::Number,
+}
+
 /// A record as the fleet received it, in the JSON form of SPEC §3
 /// (serializing it gives that form back, with `"epoch"` first when the
-/// record's numbering epoch is not 0).
+/// record's numbering epoch is not 0). An interval record (SPEC §11) has
+/// its `kind` and its [`IntervalFields`] besides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredRecord {
     /// The numbering epoch of the body it came in (0 when the body had none);
@@ -56,6 +86,8 @@ pub struct StoredRecord {
     pub epoch: u64,
     /// Gateway-wide sequence number (unique within its gateway and epoch).
     pub seq: u64,
+    /// The record's `kind` as sent (`None`: absent, a reading).
+    pub kind: Option<RecordKind>,
     /// Device id.
     pub device: String,
     /// Gateway wall clock at reception, exactly as sent.
@@ -69,6 +101,8 @@ pub struct StoredRecord {
     pub state: RecordState,
     /// Flags in the order sent.
     pub flags: Vec<String>,
+    /// An interval record's own fields (`None` for a reading).
+    pub interval: Option<IntervalFields>,
 }
 
 impl StoredRecord {
@@ -95,16 +129,30 @@ impl Serialize for StoredRecord {
                 map.end()
             }
         }
-        let mut record =
-            serializer.serialize_struct("StoredRecord", 7 + usize::from(self.epoch != 0))?;
+        let fields = 7
+            + usize::from(self.epoch != 0)
+            + usize::from(self.kind.is_some())
+            + if self.interval.is_some() { 4 } else { 0 };
+        let mut record = serializer.serialize_struct("StoredRecord", fields)?;
         if self.epoch != 0 {
             record.serialize_field("epoch", &self.epoch)?;
         }
         record.serialize_field("seq", &self.seq)?;
+        if let Some(kind) = &self.kind {
+            record.serialize_field("kind", kind)?;
+        }
         record.serialize_field("device", &self.device)?;
         record.serialize_field("received_at", &self.received_at)?;
         record.serialize_field("device_time", &self.device_time)?;
+        if let Some(interval) = &self.interval {
+            record.serialize_field("interval_start", &interval.interval_start)?;
+            record.serialize_field("interval_length", &interval.interval_length)?;
+        }
         record.serialize_field("metrics", &Metrics(&self.metrics))?;
+        if let Some(interval) = &self.interval {
+            record.serialize_field("readings", &interval.readings)?;
+            record.serialize_field("coverage", &interval.coverage)?;
+        }
         record.serialize_field("state", &self.state)?;
         record.serialize_field("flags", &self.flags)?;
         record.end()
@@ -224,11 +272,19 @@ impl<'de> Deserialize<'de> for SkipIn {
 }
 
 /// One record of a push body, checked field by field.
+///
+/// `kind` may be absent (a reading), `"reading"` or `"interval"`; the four
+/// fields of an interval record (SPEC §11) are required in one and refused
+/// in a reading, which [`RecordIn::check_kind`] checks once the record
+/// parsed.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a record object (SPEC §3)")]
 pub(crate) struct RecordIn<'a> {
     /// Gateway-wide sequence number.
     pub(crate) seq: u64,
+    /// What the record is; absent: a reading. Not null.
+    #[serde(default, deserialize_with = "kind")]
+    pub(crate) kind: Option<RecordKind>,
     /// Device id, non-empty.
     #[serde(borrow)]
     pub(crate) device: Name<'a>,
@@ -237,14 +293,176 @@ pub(crate) struct RecordIn<'a> {
     /// RFC 3339 or null, but present.
     #[serde(deserialize_with = "nullable")]
     pub(crate) device_time: Option<Stamp>,
+    /// Interval records: RFC 3339.
+    #[serde(default, deserialize_with = "some")]
+    pub(crate) interval_start: Option<Stamp>,
+    /// Interval records: `<n><s|m|h|d>`.
+    #[serde(default, deserialize_with = "some")]
+    pub(crate) interval_length: Option<Length>,
     /// Name → number or null.
     #[serde(borrow)]
     pub(crate) metrics: MetricsIn<'a>,
+    /// Interval records: readings the levels came from.
+    #[serde(default, deserialize_with = "some")]
+    pub(crate) readings: Option<u64>,
+    /// Interval records: share of the interval with readings, 0 to 1.
+    #[serde(default, deserialize_with = "some")]
+    pub(crate) coverage: Option<Coverage>,
     /// One of the four states.
     pub(crate) state: RecordState,
     /// Any strings.
     #[serde(borrow)]
     pub(crate) flags: Vec<Str<'a>>,
+}
+
+impl RecordIn<'_> {
+    /// Checks the interval fields against `kind`; the error starts with the
+    /// path below the record (`.readings: ...`) or with `: ` for a field
+    /// missing from the record, so `records[i]` goes in front.
+    pub(crate) fn check_kind(&self) -> Result<(), String> {
+        let present = [
+            ("interval_start", self.interval_start.is_some()),
+            ("interval_length", self.interval_length.is_some()),
+            ("readings", self.readings.is_some()),
+            ("coverage", self.coverage.is_some()),
+        ];
+        if self.kind == Some(RecordKind::Interval) {
+            if let Some((name, _)) = present.iter().find(|(_, here)| !here) {
+                return Err(format!(
+                    ": missing field `{name}` (an interval record needs interval_start, interval_length, readings and coverage)"
+                ));
+            }
+        } else if let Some((name, _)) = present.iter().find(|(_, here)| *here) {
+            return Err(format!(
+                r#".{name}: only an interval record ("kind": "interval") has this field"#
+            ));
+        }
+        Ok(())
+    }
+
+    /// The interval fields, when all are there.
+    fn interval(&mut self) -> Option<Box<IntervalIn>> {
+        if self.kind != Some(RecordKind::Interval) {
+            return None;
+        }
+        Some(Box::new(IntervalIn {
+            interval_start: self.interval_start.take()?,
+            interval_length: self.interval_length.take()?.0,
+            readings: self.readings.take()?,
+            coverage: self.coverage.take()?.0,
+        }))
+    }
+}
+
+/// Reads a value that may be absent (with `#[serde(default)]`) but not null.
+fn some<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Reads `kind`, which may be absent (with `#[serde(default)]`) but not
+/// null.
+fn kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<RecordKind>, D::Error> {
+    match Option::<RecordKind>::deserialize(deserializer)? {
+        Some(kind) => Ok(Some(kind)),
+        None => Err(de::Error::invalid_type(
+            Unexpected::Other("null"),
+            &r#""reading" or "interval""#,
+        )),
+    }
+}
+
+/// An interval length as sent: a positive whole number and a unit, `s`,
+/// `m`, `h` or `d` (`"15m"`, `"1h"`, `"30s"`, `"1d"`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Length(pub(crate) Box<str>);
+
+impl<'de> Deserialize<'de> for Length {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Str(text) = Str::deserialize(deserializer)?;
+        let valid = text
+            .strip_suffix(['s', 'm', 'h', 'd'])
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+        if !valid {
+            return Err(de::Error::custom(format_args!(
+                "`{}` is not an interval length (a positive whole number and s, m, h or d, e.g. \"15m\")",
+                excerpt(&text)
+            )));
+        }
+        Ok(Length(text.as_ref().into()))
+    }
+}
+
+/// An interval's coverage: a number from 0 to 1, kept with its JSON kind.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Coverage(pub(crate) serde_json::Number);
+
+impl<'de> Deserialize<'de> for Coverage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Takes numbers from 0 to 1.
+        struct CoverageVisitor;
+        impl CoverageVisitor {
+            /// `n` when it is in range.
+            fn check<E: de::Error>(
+                n: serde_json::Number,
+                shown: Unexpected<'_>,
+            ) -> Result<Coverage, E> {
+                match n.as_f64() {
+                    Some(f) if (0.0..=1.0).contains(&f) => Ok(Coverage(n)),
+                    _ => Err(de::Error::invalid_value(shown, &CoverageVisitor)),
+                }
+            }
+        }
+        impl Visitor<'_> for CoverageVisitor {
+            type Value = Coverage;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number from 0 to 1")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Coverage, E> {
+                Self::check(v.into(), Unexpected::Unsigned(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Coverage, E> {
+                Self::check(v.into(), Unexpected::Signed(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Coverage, E> {
+                match serde_json::Number::from_f64(v) {
+                    Some(n) => Self::check(n, Unexpected::Float(v)),
+                    None => Err(de::Error::invalid_value(Unexpected::Float(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(CoverageVisitor)
+    }
+}
+
+/// An interval record's own fields, checked.
+#[derive(Debug, PartialEq)]
+pub(crate) struct IntervalIn {
+    /// Start of the interval.
+    pub(crate) interval_start: Stamp,
+    /// Its length as sent.
+    pub(crate) interval_length: Box<str>,
+    /// Readings it was computed from.
+    pub(crate) readings: u64,
+    /// Its coverage, with its JSON kind.
+    pub(crate) coverage: serde_json::Number,
+}
+
+impl IntervalIn {
+    /// The public form.
+    fn to_fields(&self) -> IntervalFields {
+        IntervalFields {
+            interval_start: self.interval_start.to_string(),
+            interval_length: self.interval_length.to_string(),
+            readings: self.readings,
+            coverage: self.coverage.clone(),
+        }
+    }
 }
 
 /// A `T` that must be a JSON object: a derived struct would also take an
@@ -453,7 +671,15 @@ pub(crate) fn excerpt(text: &str) -> Cow<'_, str> {
 /// `records[3].received_at: ...`).
 pub(crate) fn parse(body: &[u8]) -> Result<IngestBody<'_>, String> {
     match serde_json::from_slice::<Object<IngestBody<'_>>>(body) {
-        Ok(Object(parsed)) => Ok(parsed),
+        Ok(Object(parsed)) => {
+            for (i, record) in parsed.records.iter().enumerate() {
+                record
+                    .0
+                    .check_kind()
+                    .map_err(|e| format!("records[{i}]{e}"))?;
+            }
+            Ok(parsed)
+        }
         // The fast path does not track where it is; errors are rare, so
         // parse again with the path tracked to say where.
         Err(plain) => Err(explain(body).unwrap_or_else(|| plain.to_string())),
@@ -575,6 +801,8 @@ impl Serialize for Stamp {
 /// flags. Interned, so a record holds one pointer to it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Profile {
+    /// The record's `kind` as sent (`None`: absent).
+    kind: Option<RecordKind>,
     /// Device id.
     device: Box<str>,
     /// Metric names in the order sent.
@@ -586,7 +814,8 @@ pub(crate) struct Profile {
 impl Profile {
     /// Whether `record` has this profile.
     fn matches(&self, record: &RecordIn<'_>) -> bool {
-        *self.device == *record.device.0
+        self.kind == record.kind
+            && *self.device == *record.device.0
             && same(&self.names, &record.metrics.names)
             && same(&self.flags, &record.flags)
     }
@@ -610,9 +839,10 @@ pub(crate) struct Interner {
 
 impl Interner {
     /// The record ready to store, with its profile interned.
-    pub(crate) fn prepare(&mut self, record: RecordIn<'_>) -> Pending {
+    pub(crate) fn prepare(&mut self, mut record: RecordIn<'_>) -> Pending {
         let profile = self.profile(&record);
         Pending {
+            interval: record.interval(),
             seq: record.seq,
             profile,
             received_at: record.received_at,
@@ -633,6 +863,7 @@ impl Interner {
             Some(profile) => Arc::clone(profile),
             None => {
                 let profile = Arc::new(Profile {
+                    kind: record.kind,
                     device: record.device.0.as_ref().into(),
                     names: record
                         .metrics
@@ -661,6 +892,11 @@ impl Interner {
             let _ = write!(key, "{}:", text.len());
             key.push_str(text);
         };
+        key.push(match record.kind {
+            None => '-',
+            Some(RecordKind::Reading) => 'r',
+            Some(RecordKind::Interval) => 'i',
+        });
         part(key, &record.device.0);
         key.push('m');
         for name in &record.metrics.names {
@@ -690,6 +926,9 @@ pub(crate) struct Pending {
     pub(crate) ints: u64,
     /// Run state.
     pub(crate) state: RecordState,
+    /// An interval record's own fields (out of line: they are rare, and a
+    /// stored [`Slot`] stays small).
+    pub(crate) interval: Option<Box<IntervalIn>>,
 }
 
 impl Pending {
@@ -697,6 +936,8 @@ impl Pending {
     pub(crate) fn to_record(&self, epoch: u64) -> StoredRecord {
         StoredRecord {
             epoch,
+            kind: self.profile.kind,
+            interval: self.interval.as_deref().map(IntervalIn::to_fields),
             seq: self.seq,
             device: self.profile.device.to_string(),
             received_at: self.received_at.to_string(),
@@ -753,6 +994,8 @@ pub(crate) struct Slot {
 impl Slot {
     /// Stores `pending` as a record of the epoch at `epoch_ix`, appending its
     /// values to `arena`.
+    /// An interval record's own fields are not kept here: the caller takes
+    /// them out of `pending` first and keeps them beside the slot.
     pub(crate) fn store(pending: Pending, epoch_ix: u32, arena: &mut Vec<u64>) -> Slot {
         let values_at = arena.len();
         arena.extend_from_slice(&pending.values);
@@ -780,12 +1023,20 @@ impl Slot {
         metrics(&self.profile, self.values(arena), self.ints)
     }
 
-    /// Whether `pending` has the same content (device, timestamps, metrics,
-    /// state, flags) as this record: a true re-send. Metrics are a JSON
-    /// object, so the same metrics in another order are the same content;
-    /// each value must be exactly as sent (its number and its kind).
-    pub(crate) fn same_content(&self, arena: &[u64], pending: &Pending) -> bool {
-        if self.received_at != pending.received_at
+    /// Whether `pending` has the same content (kind, device, timestamps,
+    /// interval fields, metrics, state, flags) as this record, whose interval
+    /// fields are `interval`: a true re-send. Metrics are a JSON object, so
+    /// the same metrics in another order are the same content; each value
+    /// must be exactly as sent (its number and its kind).
+    pub(crate) fn same_content(
+        &self,
+        arena: &[u64],
+        interval: Option<&IntervalIn>,
+        pending: &Pending,
+    ) -> bool {
+        if interval != pending.interval.as_deref()
+            || self.profile.kind != pending.profile.kind
+            || self.received_at != pending.received_at
             || self.device_time != pending.device_time
             || self.state != pending.state
         {
@@ -821,10 +1072,18 @@ impl Slot {
                 })
     }
 
-    /// The public form, as a record of `epoch` (its epoch's value).
-    pub(crate) fn to_record(&self, arena: &[u64], epoch: u64) -> StoredRecord {
+    /// The public form, as a record of `epoch` (its epoch's value) whose
+    /// interval fields are `interval`.
+    pub(crate) fn to_record(
+        &self,
+        arena: &[u64],
+        interval: Option<&IntervalIn>,
+        epoch: u64,
+    ) -> StoredRecord {
         StoredRecord {
             epoch,
+            kind: self.profile.kind,
+            interval: interval.map(IntervalIn::to_fields),
             seq: self.seq,
             device: self.profile.device.to_string(),
             received_at: self.received_at.to_string(),
@@ -839,13 +1098,25 @@ impl Slot {
     }
 
     /// Serializes as SPEC §3 (with `"epoch"` when `epoch`, its epoch's
-    /// value, is not 0), with no intermediate copy.
-    pub(crate) fn json<'a>(&'a self, arena: &'a [u64], epoch: u64) -> SlotJson<'a> {
+    /// value, is not 0; with the interval fields `interval`), with no
+    /// intermediate copy.
+    pub(crate) fn json<'a>(
+        &'a self,
+        arena: &'a [u64],
+        interval: Option<&'a IntervalIn>,
+        epoch: u64,
+    ) -> SlotJson<'a> {
         SlotJson {
             slot: self,
             arena,
+            interval,
             epoch,
         }
+    }
+
+    /// Whether it is an interval record.
+    pub(crate) fn is_interval(&self) -> bool {
+        self.profile.kind == Some(RecordKind::Interval)
     }
 }
 
@@ -900,6 +1171,8 @@ pub(crate) struct SlotJson<'a> {
     slot: &'a Slot,
     /// Its gateway's value arena.
     arena: &'a [u64],
+    /// Its interval fields, for an interval record.
+    interval: Option<&'a IntervalIn>,
     /// Its epoch (not serialized when 0).
     epoch: u64,
 }
@@ -919,15 +1192,30 @@ impl Serialize for SlotJson<'_> {
             }
         }
         let slot = self.slot;
-        let mut record = serializer.serialize_struct("Record", 7 + usize::from(self.epoch != 0))?;
+        let fields = 7
+            + usize::from(self.epoch != 0)
+            + usize::from(slot.profile.kind.is_some())
+            + if self.interval.is_some() { 4 } else { 0 };
+        let mut record = serializer.serialize_struct("Record", fields)?;
         if self.epoch != 0 {
             record.serialize_field("epoch", &self.epoch)?;
         }
         record.serialize_field("seq", &slot.seq)?;
+        if let Some(kind) = &slot.profile.kind {
+            record.serialize_field("kind", kind)?;
+        }
         record.serialize_field("device", &*slot.profile.device)?;
         record.serialize_field("received_at", &slot.received_at)?;
         record.serialize_field("device_time", &slot.device_time)?;
+        if let Some(interval) = self.interval {
+            record.serialize_field("interval_start", &interval.interval_start)?;
+            record.serialize_field("interval_length", &*interval.interval_length)?;
+        }
         record.serialize_field("metrics", &Metrics(self))?;
+        if let Some(interval) = self.interval {
+            record.serialize_field("readings", &interval.readings)?;
+            record.serialize_field("coverage", &interval.coverage)?;
+        }
         record.serialize_field("state", &slot.state)?;
         record.serialize_field("flags", &slot.profile.flags)?;
         record.end()
@@ -965,17 +1253,23 @@ mod tests {
         let parsed = parse(body.as_bytes()).expect("valid body");
         let mut interner = Interner::default();
         let mut arena = Vec::new();
-        let slots: Vec<Slot> = parsed
+        let slots: Vec<(Slot, Option<Box<IntervalIn>>)> = parsed
             .records
             .into_iter()
-            .map(|r| Slot::store(interner.prepare(r.0), 0, &mut arena))
+            .map(|r| {
+                let mut pending = interner.prepare(r.0);
+                let interval = pending.interval.take();
+                (Slot::store(pending, 0, &mut arena), interval)
+            })
             .collect();
         slots
             .iter()
-            .map(|slot| {
-                let direct = serde_json::to_string(&slot.json(&arena, 0)).expect("serializable");
-                let public =
-                    serde_json::to_string(&slot.to_record(&arena, 0)).expect("serializable");
+            .map(|(slot, interval)| {
+                let interval = interval.as_deref();
+                let direct =
+                    serde_json::to_string(&slot.json(&arena, interval, 0)).expect("serializable");
+                let public = serde_json::to_string(&slot.to_record(&arena, interval, 0))
+                    .expect("serializable");
                 assert_eq!(direct, public, "both forms agree");
                 let json = serde_json::from_str(&direct).expect("JSON");
                 (direct, json)
@@ -1219,15 +1513,15 @@ mod tests {
             .map(|p| Slot::store(p, 0, &mut arena))
             .next()
             .expect("a slot");
-        let seven = serde_json::to_string(&slot.json(&arena, 7)).expect("JSON");
+        let seven = serde_json::to_string(&slot.json(&arena, None, 7)).expect("JSON");
         assert_eq!(seven, EXAMPLE.replacen('{', r#"{"epoch":7,"#, 1));
         assert_eq!(
-            serde_json::to_string(&slot.to_record(&arena, 7)).expect("JSON"),
+            serde_json::to_string(&slot.to_record(&arena, None, 7)).expect("JSON"),
             seven
         );
-        assert_eq!(slot.to_record(&arena, 7), incoming);
+        assert_eq!(slot.to_record(&arena, None, 7), incoming);
         assert_eq!(
-            serde_json::to_string(&slot.to_record(&arena, 0)).expect("JSON"),
+            serde_json::to_string(&slot.to_record(&arena, None, 0)).expect("JSON"),
             EXAMPLE
         );
     }
@@ -1247,7 +1541,7 @@ mod tests {
                 .expect("one record")
         };
         let stored = Slot::store(prepare(EXAMPLE), 0, &mut arena);
-        assert!(stored.same_content(&arena, &prepare(EXAMPLE)));
+        assert!(stored.same_content(&arena, None, &prepare(EXAMPLE)));
         for (from, to) in [
             ("52.1", "52.2"),
             ("null", "0"),
@@ -1262,7 +1556,7 @@ mod tests {
             let other = EXAMPLE.replacen(from, to, 1);
             assert_ne!(other, EXAMPLE);
             assert!(
-                !stored.same_content(&arena, &prepare(&other)),
+                !stored.same_content(&arena, None, &prepare(&other)),
                 "{from} → {to}"
             );
         }
@@ -1270,8 +1564,8 @@ mod tests {
         let int = EXAMPLE.replace("52.1", "52");
         let float = EXAMPLE.replace("52.1", "52.0");
         let stored = Slot::store(prepare(&int), 0, &mut arena);
-        assert!(stored.same_content(&arena, &prepare(&int)));
-        assert!(!stored.same_content(&arena, &prepare(&float)));
+        assert!(stored.same_content(&arena, None, &prepare(&int)));
+        assert!(!stored.same_content(&arena, None, &prepare(&float)));
         // A JSON object has no order: the same metrics reordered are the same.
         let reordered = EXAMPLE.replace(
             r#""lp":52.1,"leq":55.3,"lmax":null"#,
@@ -1279,9 +1573,189 @@ mod tests {
         );
         assert_ne!(reordered, EXAMPLE);
         let original = Slot::store(prepare(EXAMPLE), 0, &mut arena);
-        assert!(original.same_content(&arena, &prepare(&reordered)));
+        assert!(original.same_content(&arena, None, &prepare(&reordered)));
         let changed = reordered.replace("55.3", "55.4");
-        assert!(!original.same_content(&arena, &prepare(&changed)));
+        assert!(!original.same_content(&arena, None, &prepare(&changed)));
+    }
+
+    const INTERVAL: &str = r#"{"seq":1050,"kind":"interval","device":"nl43-north","received_at":"2026-12-02T10:15:00.412Z","device_time":null,"interval_start":"2026-12-02T10:00:00Z","interval_length":"15m","metrics":{"leq":61.2,"lmax":74.9,"lmin":48.1,"l10":64.0,"l90":50.2},"readings":897,"coverage":0.997,"state":"measuring","flags":["low_coverage"]}"#;
+
+    #[test]
+    fn interval_records_come_back_exactly_as_sent() {
+        assert_eq!(round_trip_text(INTERVAL), vec![INTERVAL.to_owned()]);
+        // Coverage keeps its JSON kind; odd timestamps stay text.
+        let whole = INTERVAL
+            .replace("0.997", "1")
+            .replace("2026-12-02T10:00:00Z", "2026-12-02T11:00:00+01:00");
+        assert_eq!(round_trip_text(&whole), vec![whole.clone()]);
+        assert!(round_trip_json(&whole)[0]["coverage"].is_u64());
+        // "kind": "reading" is kept as sent, and a reading without it too.
+        let reading = EXAMPLE.replacen(r#""seq":1041,"#, r#""seq":1041,"kind":"reading","#, 1);
+        assert_eq!(
+            round_trip_text(&format!("{reading},{EXAMPLE},{INTERVAL}")),
+            vec![reading.clone(), EXAMPLE.to_owned(), INTERVAL.to_owned()]
+        );
+        // Fields in another order come back in the wire order.
+        let text = INTERVAL
+            .replace(r#""coverage":0.997,"#, "")
+            .replacen('{', r#"{"coverage":0.997,"#, 1);
+        assert_ne!(text, INTERVAL);
+        assert_eq!(round_trip_text(&text), vec![INTERVAL.to_owned()]);
+    }
+
+    #[test]
+    fn interval_fields_are_required_in_an_interval_and_refused_in_a_reading() {
+        let body = |record: &str| format!(r#"{{"gateway":"gw","records":[{EXAMPLE},{record}]}}"#);
+        for field in ["interval_start", "interval_length", "readings", "coverage"] {
+            let mut record: serde_json::Map<String, Json> =
+                serde_json::from_str(INTERVAL).expect("JSON");
+            let value = record.remove(field).expect("field");
+            let error = parse(body(&Json::Object(record).to_string()).as_bytes()).expect_err(field);
+            assert!(
+                error.starts_with(&format!("records[1]: missing field `{field}`")),
+                "{field}: {error}"
+            );
+            for kind in [None, Some("reading")] {
+                let mut reading: serde_json::Map<String, Json> =
+                    serde_json::from_str(EXAMPLE).expect("JSON");
+                reading.insert(field.into(), value.clone());
+                if let Some(kind) = kind {
+                    reading.insert("kind".into(), json!(kind));
+                }
+                let error =
+                    parse(body(&Json::Object(reading).to_string()).as_bytes()).expect_err(field);
+                assert!(
+                    error.starts_with(&format!(
+                        r#"records[1].{field}: only an interval record ("kind": "interval") has this field"#
+                    )),
+                    "{field}: {error}"
+                );
+            }
+        }
+        for (field, value, expected) in [
+            ("kind", "null", "records[1].kind: invalid type: null"),
+            (
+                "kind",
+                r#""level""#,
+                "records[1].kind: unknown variant `level`",
+            ),
+            (
+                "interval_start",
+                r#""10:00""#,
+                "records[1].interval_start: `10:00` is not an RFC 3339 timestamp",
+            ),
+            (
+                "interval_start",
+                "null",
+                "records[1].interval_start: invalid type: null",
+            ),
+            (
+                "interval_length",
+                r#""15""#,
+                "records[1].interval_length: `15` is not an interval length",
+            ),
+            (
+                "interval_length",
+                r#""0m""#,
+                "records[1].interval_length: `0m` is not an interval length",
+            ),
+            (
+                "interval_length",
+                r#""1.5h""#,
+                "records[1].interval_length: `1.5h` is not an interval length",
+            ),
+            (
+                "interval_length",
+                r#""15 m""#,
+                "records[1].interval_length: `15 m` is not an interval length",
+            ),
+            (
+                "interval_length",
+                "900",
+                "records[1].interval_length: invalid type: integer `900`, expected a string",
+            ),
+            (
+                "readings",
+                "-1",
+                "records[1].readings: invalid value: integer `-1`, expected u64",
+            ),
+            (
+                "readings",
+                "8.5",
+                "records[1].readings: invalid type: floating point `8.5`, expected u64",
+            ),
+            (
+                "coverage",
+                "1.2",
+                "records[1].coverage: invalid value: floating point `1.2`, expected a number from 0 to 1",
+            ),
+            (
+                "coverage",
+                "-1",
+                "records[1].coverage: invalid value: integer `-1`, expected a number from 0 to 1",
+            ),
+            (
+                "coverage",
+                r#""1""#,
+                r#"records[1].coverage: invalid type: string "1", expected a number from 0 to 1"#,
+            ),
+        ] {
+            let mut record: serde_json::Map<String, Json> =
+                serde_json::from_str(INTERVAL).expect("JSON");
+            record.insert(field.into(), serde_json::from_str(value).expect("value"));
+            let error = parse(body(&Json::Object(record).to_string()).as_bytes()).expect_err(value);
+            assert!(error.starts_with(expected), "{field} {value}: {error}");
+        }
+        for length in ["30s", "1m", "15m", "1h", "1d", "90s"] {
+            let record = INTERVAL.replace(r#""15m""#, &format!("{length:?}"));
+            assert!(parse(body(&record).as_bytes()).is_ok(), "{length}");
+        }
+        for coverage in ["0", "1", "0.0", "1.0", "0.5"] {
+            let record = INTERVAL.replace("0.997", coverage);
+            assert!(parse(body(&record).as_bytes()).is_ok(), "{coverage}");
+        }
+    }
+
+    #[test]
+    fn an_interval_differs_from_a_reading_and_by_its_own_fields() {
+        let mut interner = Interner::default();
+        let mut arena = Vec::new();
+        let mut prepare = |record: &str| {
+            let body = format!(r#"{{"gateway":"gw","records":[{record}]}}"#);
+            let parsed = parse(body.as_bytes()).expect("valid body");
+            parsed
+                .records
+                .into_iter()
+                .map(|r| interner.prepare(r.0))
+                .next()
+                .expect("one record")
+        };
+        let mut pending = prepare(INTERVAL);
+        let interval = pending.interval.take();
+        let stored = Slot::store(pending, 0, &mut arena);
+        assert!(stored.is_interval());
+        assert!(stored.same_content(&arena, interval.as_deref(), &prepare(INTERVAL)));
+        for (from, to) in [
+            (r#""15m""#, r#""1h""#),
+            ("10:00:00Z", "10:00:01Z"),
+            ("897", "898"),
+            ("0.997", "0.996"),
+            (r#""low_coverage""#, r#""overload""#),
+        ] {
+            let other = INTERVAL.replacen(from, to, 1);
+            assert_ne!(other, INTERVAL);
+            assert!(
+                !stored.same_content(&arena, interval.as_deref(), &prepare(&other)),
+                "{from} → {to}"
+            );
+        }
+        // A reading: absent and "reading" kinds are not the same content
+        // as sent, and neither is an interval.
+        let reading = Slot::store(prepare(EXAMPLE), 0, &mut arena);
+        assert!(!reading.is_interval());
+        let explicit = EXAMPLE.replacen(r#""seq":1041,"#, r#""seq":1041,"kind":"reading","#, 1);
+        assert!(!reading.same_content(&arena, None, &prepare(&explicit)));
+        assert!(reading.same_content(&arena, None, &prepare(EXAMPLE)));
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct FleetStats {
     pub duplicates: u64,
     /// Unique records stored, over all gateways.
     pub unique: u64,
+    /// Of them, interval records (`"kind": "interval"`, SPEC §11).
+    pub intervals: u64,
     /// Ingest request body bytes as received on the wire (compressed size
     /// when gzipped).
     pub body_bytes: u64,

@@ -9,8 +9,8 @@
 //! records, so a duplicate can be compared with the record stored.
 
 use super::audit::{self, Audit, CONFLICTS_KEPT, Conflict, EpochAudit, Ranges, SkippedRange};
-use super::record::{Pending, SKIP_BOUND, SkipIn, Slot, SlotJson, StoredRecord};
-use std::collections::{HashMap, HashSet};
+use super::record::{IntervalIn, Pending, SKIP_BOUND, SkipIn, Slot, SlotJson, StoredRecord};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Every gateway's records.
 #[derive(Debug, Default)]
@@ -34,6 +34,10 @@ struct Gateway {
     epoch_ix: HashMap<u64, u32>,
     /// The first [`CONFLICTS_KEPT`] conflicts, for reading back.
     conflicts: Vec<Conflict>,
+    /// The interval records' own fields by the index of their record in
+    /// `slots`: out of line, since interval records are rare (one per
+    /// device, length and interval) and a slot stays small.
+    intervals: BTreeMap<usize, Box<IntervalIn>>,
 }
 
 /// One epoch of one gateway.
@@ -123,7 +127,13 @@ pub(crate) struct Stored {
     /// Records that turned out to lie in a declared skip: new records in
     /// one, and records already stored that a new declaration covers.
     pub(crate) records_in_skips: u64,
+    /// Of the new records, interval records (SPEC §11).
+    pub(crate) intervals: usize,
 }
+
+/// A record as a window over a gateway's records yields it: the slot, its
+/// interval fields (interval records), its epoch's value.
+type Windowed<'a> = (&'a Slot, Option<&'a IntervalIn>, u64);
 
 /// A gateway with more epochs than a record's epoch index can name.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +168,7 @@ impl Store {
             arena,
             epochs,
             conflicts,
+            intervals,
             ..
         } = store;
         let Some(this) = epochs.get_mut(ix as usize) else {
@@ -170,14 +181,15 @@ impl Store {
         }
         this.seen.reserve(batch.len());
         slots.reserve(batch.len());
-        for pending in batch {
+        for mut pending in batch {
             let at = slots.len();
             if let Some(&existing) = this.seen.get(&pending.seq) {
                 stored.duplicates += 1;
                 let Some(slot) = slots.get(existing) else {
                     continue;
                 };
-                if !slot.same_content(arena, &pending) {
+                let interval = intervals.get(&existing).map(|i| &**i);
+                if !slot.same_content(arena, interval, &pending) {
                     stored.conflicts += 1;
                     stored.first_conflict.get_or_insert(pending.seq);
                     this.conflicts += 1;
@@ -185,7 +197,7 @@ impl Store {
                         conflicts.push(Conflict {
                             epoch,
                             seq: pending.seq,
-                            stored: slot.to_record(arena, epoch),
+                            stored: slot.to_record(arena, interval, epoch),
                             incoming: pending.to_record(epoch),
                         });
                     }
@@ -202,6 +214,10 @@ impl Store {
                 this.records_in_skips += 1;
                 stored.records_in_skips += 1;
             }
+            if let Some(interval) = pending.interval.take() {
+                intervals.insert(at, interval);
+                stored.intervals += 1;
+            }
             slots.push(Slot::store(pending, ix, arena));
         }
         Ok(stored)
@@ -214,38 +230,46 @@ impl Store {
         names
     }
 
-    /// `gateway`'s unique records (of `epoch` only, when given) in
-    /// first-arrival order, from index `from` of those, at most `limit`;
-    /// each with its epoch's value.
+    /// `gateway`'s unique records (of `epoch` only, when given; interval
+    /// records only, with `intervals_only`) in first-arrival order, from
+    /// index `from` of those, at most `limit`; each with its interval fields
+    /// and its epoch's value.
     fn window(
         &self,
         gateway: &str,
         epoch: Option<u64>,
         from: usize,
         limit: Option<usize>,
-    ) -> (impl Iterator<Item = (&Slot, u64)> + '_, &[u64]) {
+        intervals_only: bool,
+    ) -> (impl Iterator<Item = Windowed<'_>> + '_, &[u64]) {
         let store = self.gateways.get(gateway);
         let (slots, arena, epochs): (&[Slot], &[u64], &[Epoch]) = match store {
             Some(store) => (&store.slots, &store.arena, &store.epochs),
             None => (&[], &[], &[]),
         };
+        let extra = store.map(|store| &store.intervals);
         // Without a filter, `from` is a slice index; with one, it counts the
-        // records of that epoch.
-        let (slots, only, skip) = match epoch {
-            None => (slots.get(from..).unwrap_or_default(), None, 0),
+        // records selected.
+        let (start, only, skip) = match epoch {
+            None if !intervals_only => (from.min(slots.len()), None, 0),
+            None => (0, None, from),
             Some(epoch) => match store.and_then(|store| store.epoch_ix.get(&epoch)) {
-                Some(&ix) => (slots, Some(ix), from),
-                None => (&[][..], None, 0),
+                Some(&ix) => (0, Some(ix), from),
+                None => (slots.len(), None, 0),
             },
         };
-        let records = slots
+        let records = slots[start..]
             .iter()
-            .filter(move |slot| only.is_none_or(|ix| slot.epoch_ix == ix))
+            .enumerate()
+            .map(move |(i, slot)| (start + i, slot))
+            .filter(move |(_, slot)| only.is_none_or(|ix| slot.epoch_ix == ix))
+            .filter(move |(_, slot)| !intervals_only || slot.is_interval())
             .skip(skip)
             .take(limit.unwrap_or(usize::MAX))
-            .map(move |slot| {
+            .map(move |(at, slot)| {
                 let epoch = epochs.get(slot.epoch_ix as usize).map_or(0, |e| e.epoch);
-                (slot, epoch)
+                let interval = extra.and_then(|extra| extra.get(&at)).map(|i| &**i);
+                (slot, interval, epoch)
             });
         (records, arena)
     }
@@ -258,9 +282,28 @@ impl Store {
         from: usize,
         limit: Option<usize>,
     ) -> Vec<StoredRecord> {
-        let (slots, arena) = self.window(gateway, epoch, from, limit);
+        self.select(gateway, epoch, from, limit, false)
+    }
+
+    /// `gateway`'s interval records in the public form, in first-arrival
+    /// order.
+    pub(crate) fn intervals(&self, gateway: &str, epoch: Option<u64>) -> Vec<StoredRecord> {
+        self.select(gateway, epoch, 0, None, true)
+    }
+
+    /// `gateway`'s records (interval records only, with `intervals_only`)
+    /// in the public form.
+    fn select(
+        &self,
+        gateway: &str,
+        epoch: Option<u64>,
+        from: usize,
+        limit: Option<usize>,
+        intervals_only: bool,
+    ) -> Vec<StoredRecord> {
+        let (slots, arena) = self.window(gateway, epoch, from, limit, intervals_only);
         slots
-            .map(|(slot, epoch)| slot.to_record(arena, epoch))
+            .map(|(slot, interval, epoch)| slot.to_record(arena, interval, epoch))
             .collect()
     }
 
@@ -271,9 +314,10 @@ impl Store {
         epoch: Option<u64>,
         from: usize,
         limit: Option<usize>,
+        intervals_only: bool,
     ) -> impl Iterator<Item = SlotJson<'_>> + '_ {
-        let (slots, arena) = self.window(gateway, epoch, from, limit);
-        slots.map(move |(slot, epoch)| slot.json(arena, epoch))
+        let (slots, arena) = self.window(gateway, epoch, from, limit, intervals_only);
+        slots.map(move |(slot, interval, epoch)| slot.json(arena, interval, epoch))
     }
 
     /// `gateway`'s sequence numbers in first-arrival order.
@@ -284,8 +328,8 @@ impl Store {
         from: usize,
         limit: Option<usize>,
     ) -> Vec<u64> {
-        let (slots, _) = self.window(gateway, epoch, from, limit);
-        slots.map(|(slot, _)| slot.seq).collect()
+        let (slots, _) = self.window(gateway, epoch, from, limit, false);
+        slots.map(|(slot, _, _)| slot.seq).collect()
     }
 
     /// `gateway`'s epochs (only `epoch`, when given), by epoch value.
@@ -503,6 +547,94 @@ mod tests {
         assert_eq!(store.conflicts("gw", None), (vec![], 0));
     }
 
+    /// A checked interval record `seq` with coverage `coverage`.
+    fn interval(interner: &mut Interner, seq: u64, coverage: &str) -> Pending {
+        let body = format!(
+            r#"{{"gateway":"gw","records":[{{"seq":{seq},"kind":"interval","device":"d","received_at":"2026-01-01T00:15:00.000Z","device_time":null,"interval_start":"2026-01-01T00:00:00Z","interval_length":"15m","metrics":{{"leq":61.2}},"readings":897,"coverage":{coverage},"state":"measuring","flags":["low_coverage"]}}]}}"#
+        );
+        let parsed = parse(body.as_bytes()).expect("valid");
+        parsed
+            .records
+            .into_iter()
+            .map(|r| interner.prepare(r.0))
+            .next()
+            .expect("one record")
+    }
+
+    #[test]
+    fn interval_records_are_kept_beside_the_readings() {
+        let mut store = Store::default();
+        let mut interner = Interner::default();
+        let mut first = batch(&mut interner, &[1, 2]);
+        first.push(interval(&mut interner, 3, "0.997"));
+        first.extend(batch(&mut interner, &[4]));
+        let stored = insert(&mut store, "gw", 0, first);
+        assert_eq!((stored.accepted, stored.intervals), (4, 1));
+        let mut second = vec![interval(&mut interner, 6, "1")];
+        second.extend(batch(&mut interner, &[5]));
+        // A re-send; seq 3 of another epoch is new.
+        second.push(interval(&mut interner, 6, "1"));
+        second.push(interval(&mut interner, 3, "0.5"));
+        let stored = insert(&mut store, "gw", 7, second);
+        assert_eq!(
+            (stored.accepted, stored.intervals, stored.duplicates),
+            (3, 2, 1)
+        );
+        let stored = insert(&mut store, "gw", 0, vec![interval(&mut interner, 3, "0.5")]);
+        assert_eq!((stored.duplicates, stored.conflicts), (1, 1));
+        let (conflicts, _) = store.conflicts("gw", None);
+        let coverage = |r: &StoredRecord| r.interval.as_ref().map(|i| i.coverage.to_string());
+        assert_eq!(coverage(&conflicts[0].stored).as_deref(), Some("0.997"));
+        assert_eq!(coverage(&conflicts[0].incoming).as_deref(), Some("0.5"));
+
+        let intervals = store.intervals("gw", None);
+        assert_eq!(
+            intervals
+                .iter()
+                .map(|r| (r.epoch, r.seq))
+                .collect::<Vec<_>>(),
+            vec![(0, 3), (7, 6), (7, 3)]
+        );
+        assert_eq!(
+            intervals[1].interval.as_ref().map(|i| i.readings),
+            Some(897)
+        );
+        assert_eq!(store.intervals("gw", Some(7)).len(), 2);
+        assert!(store.intervals("other", None).is_empty());
+        let all = store.records("gw", None, 0, None);
+        assert_eq!(all.len(), 7);
+        assert!(all[2].interval.is_some() && all[3].interval.is_none());
+        let json: Vec<serde_json::Value> = store
+            .records_json("gw", None, 1, None, true)
+            .map(|r| serde_json::to_value(&r).expect("JSON"))
+            .collect();
+        assert_eq!(json.len(), 2);
+        assert_eq!(
+            (&json[0]["epoch"], &json[0]["seq"], &json[0]["coverage"]),
+            (
+                &serde_json::json!(7),
+                &serde_json::json!(6),
+                &serde_json::json!(1)
+            )
+        );
+        let json: Vec<serde_json::Value> = store
+            .records_json("gw", None, 2, Some(2), false)
+            .map(|r| serde_json::to_value(&r).expect("JSON"))
+            .collect();
+        assert_eq!(
+            (
+                &json[0]["kind"],
+                &json[0]["interval_length"],
+                &json[1]["kind"]
+            ),
+            (
+                &serde_json::json!("interval"),
+                &serde_json::json!("15m"),
+                &serde_json::Value::Null
+            )
+        );
+    }
+
     #[test]
     fn each_epoch_has_its_own_seq_space() {
         let mut store = Store::default();
@@ -526,7 +658,7 @@ mod tests {
         let records = store.records("gw", Some(7), 0, Some(1));
         assert_eq!((records[0].epoch, records[0].seq), (7, 1));
         let json: Vec<String> = store
-            .records_json("gw", None, 2, Some(2))
+            .records_json("gw", None, 2, Some(2), false)
             .map(|r| serde_json::to_string(&r).expect("JSON"))
             .collect();
         assert!(json[0].starts_with(r#"{"seq":3,"#), "{}", json[0]);
