@@ -464,7 +464,7 @@ async fn faults_apply_only_to_their_route() {
             fleet
                 .client
                 .post(format!("{}/admin/faults", fleet.base))
-                .body(r#"{"kind": "hang", "route": "events"}"#),
+                .body(r#"{"kind": "hang", "route": "alerts"}"#),
         )
         .await;
     assert_eq!(bad.status, 400, "{}", bad.text);

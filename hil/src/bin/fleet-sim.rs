@@ -7,7 +7,9 @@
 //! then one `ingest` line per ingest request (naming the body's `epoch` and
 //! `skipped` ranges when slmd's push carries them, and `conflicts` when seqs
 //! were reused), one `heartbeat` line per accepted heartbeat and one
-//! `heartbeat_refused` line per other heartbeat request, `gateway_offline`
+//! `heartbeat_refused` line per other heartbeat request, one `alert_event`
+//! line per alert event new to the fleet and one `events` line per events
+//! request, `gateway_offline`
 //! and `gateway_online` lines as gateways go silent and come back, one line
 //! per admin change (`rotate`, `expire_previous`, `fault`, `faults_cleared`,
 //! `max_records`, `poison`), and last `{"event":"stats",...}`. Tokens are

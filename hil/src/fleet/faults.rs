@@ -61,8 +61,10 @@ pub enum FaultRoute {
     Ingest,
     /// `POST /api/fleet/heartbeat` only.
     Heartbeat,
-    /// Both: a fault with count N is consumed by the next N requests of
-    /// either route.
+    /// `POST /api/fleet/events` only.
+    Events,
+    /// Every route (ingest, heartbeat, events): a fault with count N is
+    /// consumed by the next N requests of any of them.
     All,
 }
 
@@ -74,6 +76,7 @@ impl FaultRoute {
             (FaultRoute::All, _)
                 | (FaultRoute::Ingest, Route::Ingest)
                 | (FaultRoute::Heartbeat, Route::Heartbeat)
+                | (FaultRoute::Events, Route::Events)
         )
     }
 }
@@ -103,7 +106,7 @@ impl RoutedFault {
         let route = match object.remove("route") {
             None => FaultRoute::Ingest,
             Some(route) => serde_json::from_value(route)
-                .map_err(|e| format!("route: {e} (expected ingest, heartbeat or all)"))?,
+                .map_err(|e| format!("route: {e} (expected ingest, heartbeat, events or all)"))?,
         };
         let fault =
             serde_json::from_value(serde_json::Value::Object(object)).map_err(|e| e.to_string())?;
@@ -322,6 +325,12 @@ mod tests {
         assert_eq!(queue.take(Route::Heartbeat), Some(Fault::Hang { count: 1 }));
         assert_eq!(queue.take(Route::Heartbeat), None);
         assert_eq!(queue.take(Route::Ingest), None);
+        // Events have their own route, and `all` covers them too.
+        queue.push(Fault::Hang { count: 1 }, FaultRoute::Events);
+        queue.push(Fault::NotJson { count: 1 }, FaultRoute::All);
+        assert_eq!(queue.take(Route::Events), Some(Fault::Hang { count: 1 }));
+        assert_eq!(queue.take(Route::Events), Some(Fault::NotJson { count: 1 }));
+        assert_eq!(queue.take(Route::Events), None);
     }
 
     #[test]
@@ -346,8 +355,12 @@ mod tests {
             parse(r#"{"kind":"hang","route":"heartbeat"}"#).map(|r| r.route),
             Ok(FaultRoute::Heartbeat)
         );
+        assert_eq!(
+            parse(r#"{"kind":"hang","route":"events"}"#).map(|r| r.route),
+            Ok(FaultRoute::Events)
+        );
         for bad in [
-            r#"{"kind":"hang","route":"events"}"#,
+            r#"{"kind":"hang","route":"alerts"}"#,
             r#"{"kind":"hang","route":null}"#,
             r#"{"kind":"hang","rout":"all"}"#,
             r#"[{"kind":"hang"}]"#,

@@ -202,7 +202,7 @@ fn check_meter(meter: &Value, path: &str) -> Result<(String, String), String> {
 }
 
 /// `value` as an object, or an error at `path` (empty: the body).
-fn object<'v>(
+pub(super) fn object<'v>(
     value: &'v Value,
     path: &str,
     expected: &str,
@@ -214,7 +214,11 @@ fn object<'v>(
 }
 
 /// The field `name` of `map` (at `path`), which must be present.
-fn field<'v>(map: &'v Map<String, Value>, path: &str, name: &str) -> Result<&'v Value, String> {
+pub(super) fn field<'v>(
+    map: &'v Map<String, Value>,
+    path: &str,
+    name: &str,
+) -> Result<&'v Value, String> {
     map.get(name).ok_or_else(|| {
         if path.is_empty() {
             format!("{name}: missing field")
@@ -225,7 +229,7 @@ fn field<'v>(map: &'v Map<String, Value>, path: &str, name: &str) -> Result<&'v 
 }
 
 /// `value` as a string.
-fn string<'v>(value: &'v Value, path: &str) -> Result<&'v str, String> {
+pub(super) fn string<'v>(value: &'v Value, path: &str) -> Result<&'v str, String> {
     match value {
         Value::String(text) => Ok(text),
         other => Err(wrong(path, "a string", other)),
@@ -233,14 +237,18 @@ fn string<'v>(value: &'v Value, path: &str) -> Result<&'v str, String> {
 }
 
 /// `value` as an unsigned integer.
-fn unsigned(value: &Value, path: &str) -> Result<u64, String> {
+pub(super) fn unsigned(value: &Value, path: &str) -> Result<u64, String> {
     value
         .as_u64()
         .ok_or_else(|| wrong(path, "an unsigned integer", value))
 }
 
 /// `value` as one of `allowed`.
-fn one_of<'v>(value: &'v Value, path: &str, allowed: &[&str]) -> Result<&'v str, String> {
+pub(super) fn one_of<'v>(
+    value: &'v Value,
+    path: &str,
+    allowed: &[&str],
+) -> Result<&'v str, String> {
     match value {
         Value::String(text) if allowed.contains(&text.as_str()) => Ok(text),
         _ => Err(format!(
@@ -252,7 +260,7 @@ fn one_of<'v>(value: &'v Value, path: &str, allowed: &[&str]) -> Result<&'v str,
 }
 
 /// `value` as an RFC 3339 timestamp.
-fn stamp(value: &Value, path: &str) -> Result<(), String> {
+pub(super) fn stamp(value: &Value, path: &str) -> Result<(), String> {
     let text = match value {
         Value::String(text) => text,
         other => return Err(wrong(path, "an RFC 3339 timestamp", other)),
@@ -292,7 +300,7 @@ fn interval(value: &Value) -> Result<Duration, String> {
 }
 
 /// `path: expected <expected>, got <value>`.
-fn wrong(path: &str, expected: &str, value: &Value) -> String {
+pub(super) fn wrong(path: &str, expected: &str, value: &Value) -> String {
     let message = format!("expected {expected}, got {}", shown(value));
     if path.is_empty() {
         message

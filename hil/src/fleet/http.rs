@@ -34,6 +34,7 @@
 //! `404`, wrong methods `405`.
 
 use super::audit::{Audit, Conflict, SkippedRange};
+use super::events::{self as alert_events, AlertEventLine, EventOrder};
 use super::faults::{Fault, RoutedFault};
 use super::heartbeat::{self, Checked, Heartbeat, millis};
 use super::record::{self, SKIP_BOUND, SlotJson, excerpt};
@@ -131,6 +132,7 @@ fn router(app: App) -> Router {
     Router::new()
         .route("/api/fleet/ingest", post(ingest))
         .route("/api/fleet/heartbeat", post(heartbeat))
+        .route("/api/fleet/events", post(events))
         .route("/admin/rotate", post(rotate))
         .route("/admin/expire-previous", post(expire_previous))
         .route("/admin/tokens", get(tokens))
@@ -151,6 +153,7 @@ fn router(app: App) -> Router {
         .route("/admin/requests", get(requests))
         .route("/admin/heartbeats", get(heartbeats))
         .route("/admin/liveness", get(liveness))
+        .route("/admin/events", get(alert_events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -385,6 +388,7 @@ fn new_log(
         gateway: None,
         records: None,
         meters: None,
+        events: None,
         accepted: 0,
         duplicates: 0,
         conflicts: 0,
@@ -876,7 +880,107 @@ impl FleetSim {
 }
 
 // ---------------------------------------------------------------------------
-// Admin.
+// Events.
+
+/// An events body, checked.
+type ParsedEvents = Result<alert_events::Checked, Answer>;
+
+/// `POST /api/fleet/events`.
+async fn events(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    receive(app, Route::Events, headers, body, handle_events).await
+}
+
+/// Answers and logs an events request; `None` when a `hang` fault holds
+/// it. The body is decoded and checked whatever the fault or token, so the
+/// log names the gateway and event seqs of every request whose body is
+/// valid.
+fn handle_events(
+    sim: &FleetSim,
+    headers: &HeaderMap,
+    fault: Option<Fault>,
+    presented: Option<TokenDigest>,
+    encoding: Encoding,
+    wire: &Wire,
+    mut log: RequestLog,
+) -> Option<Response> {
+    let parsed: ParsedEvents = decode(headers, encoding, wire).and_then(|bytes| {
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Answer::malformed(format!("the body is not JSON: {e}")))?;
+        if let Some(gateway) = value.get("gateway").and_then(serde_json::Value::as_str) {
+            log.gateway = Some(excerpt(gateway).into_owned());
+        }
+        alert_events::check(value).map_err(Answer::malformed)
+    });
+    if let Ok(checked) = &parsed {
+        log.events = Some(checked.events.len());
+        log.first_seq = checked.events.first().map(|e| e.event_seq);
+        log.last_seq = checked.events.last().map(|e| e.event_seq);
+    }
+    by_fault(sim, fault, log, |log, not_json| {
+        process_events(sim, presented, parsed, log, not_json)
+    })
+}
+
+/// The token, then the body, then storing; logs the request. With
+/// `not_json` the log says the client saw `200` (the caller answers HTML).
+fn process_events(
+    sim: &FleetSim,
+    presented: Option<TokenDigest>,
+    parsed: ParsedEvents,
+    mut log: RequestLog,
+    not_json: bool,
+) -> Answer {
+    match authorize(sim, presented, parsed, &mut log) {
+        Ok((checked, role)) => sim.accept_events(checked, role, log),
+        Err(answer) => {
+            sim.refuse(log, &answer, not_json);
+            answer
+        }
+    }
+}
+
+impl FleetSim {
+    /// Stores a checked events body de-duplicated by `(gateway,
+    /// event_seq)`, logs the request and sends one `alert_event` per new
+    /// event then the request's `events` event, under one lock. The answer
+    /// is `200` (also what the log says under a `not_json` fault).
+    fn accept_events(
+        &self,
+        checked: alert_events::Checked,
+        role: TokenRole,
+        mut log: RequestLog,
+    ) -> Answer {
+        let alert_events::Checked { gateway, events } = checked;
+        let token = log.token.clone().unwrap_or_default();
+        let mut state = self.state();
+        let stored = state.events.insert(&gateway, events);
+        log.accepted = stored.accepted.len();
+        log.duplicates = stored.duplicates;
+        log.conflicts = stored.conflicts;
+        log.status = Some(200);
+        log.outcome = Outcome::Accepted;
+        for event in &stored.accepted {
+            self.emit(FleetEvent::AlertEvent(AlertEventLine::of(
+                &gateway, event, &token, role,
+            )));
+        }
+        state.finish(log, &self.shared.events);
+        drop(state);
+        if stored.conflicts > 0 {
+            tracing::warn!(
+                %gateway,
+                conflicts = stored.conflicts,
+                "event_seq reuse: events received again with other content"
+            );
+        }
+        Answer {
+            status: StatusCode::OK,
+            body: json!({"accepted": stored.accepted.len(), "duplicates": stored.duplicates}),
+            outcome: Outcome::Accepted,
+            detail: None,
+        }
+    }
+}
 
 /// Bad admin input: `400` with `{"error": ...}`.
 #[derive(Debug, thiserror::Error)]
@@ -1249,6 +1353,33 @@ async fn heartbeats(
     let Query(query) = query.map_err(|e| AdminError::Query(e.body_text()))?;
     let heartbeats = app.sim.state().heartbeats.list(&query.gateway, query.limit);
     Ok(axum::Json(json!({"heartbeats": heartbeats})))
+}
+
+/// `?gateway=...[&order=seq|arrival]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// The gateway id.
+    gateway: String,
+    /// By `event_seq` (default) or in arrival order.
+    #[serde(default)]
+    order: EventOrder,
+}
+
+/// `GET /admin/events?gateway=...[&order=arrival]`: the alert events kept,
+/// as received, and the conflicts.
+async fn alert_events(
+    State(app): State<App>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<axum::Json<serde_json::Value>, AdminError> {
+    let Query(query) = query.map_err(|e| AdminError::Query(e.body_text()))?;
+    let state = app.sim.state();
+    let events = state.events.list(&query.gateway, query.order);
+    let (conflicts, total) = state.events.conflicts(&query.gateway);
+    drop(state);
+    Ok(axum::Json(
+        json!({"events": events, "conflicts": conflicts, "total_conflicts": total}),
+    ))
 }
 
 /// `GET /admin/liveness`.

@@ -30,6 +30,12 @@
 //! accepted heartbeat ([`FleetEvent::GatewayOffline`],
 //! [`FleetEvent::GatewayOnline`]).
 //!
+//! Alert events (SPEC §7 "Events", §11) come on `POST /api/fleet/events`:
+//! same tokens, gzip, limits and faults ([`FaultRoute::Events`]), checked
+//! field by field, de-duplicated by `(gateway, event_seq)` with conflicts
+//! counted ([`events`]). Interval records (`"kind": "interval"`) come in
+//! ingest beside the readings ([`RecordKind`], [`IntervalFields`]).
+//!
 //! The admin surface (`/admin/...`) is unauthenticated: the simulator is for
 //! test rigs on loopback or a lab network, never for a reachable address.
 //!
@@ -44,6 +50,7 @@
 //! - [`audit`]: what the fleet says about a gateway's numbering
 //!   ([`Conflict`], [`SkippedRange`], [`Audit`]) and the range arithmetic
 //!   behind it.
+//! - [`events`]: the alert events body's checks and the events kept.
 //! - [`heartbeat`]: the heartbeat body's checks, the heartbeats kept and
 //!   each gateway's liveness ([`Heartbeat`], [`GatewayLiveness`]).
 //! - [`report`]: [`FleetStats`], [`RequestLog`], [`FleetEvent`].
@@ -54,6 +61,7 @@
 //! fleet, whose state persists across connections and listeners.
 
 pub mod audit;
+pub mod events;
 pub mod faults;
 pub mod heartbeat;
 mod http;
@@ -63,6 +71,7 @@ mod store;
 pub mod tokens;
 
 pub use audit::{Audit, Conflict, EpochAudit, Hole, SkippedRange};
+pub use events::{AlertEventLine, EVENTS_KEPT, EventConflict, EventOrder};
 pub use faults::{Fault, FaultKind, FaultRoute, InvalidFault, RoutedFault};
 pub use heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, GatewayLiveness, HEARTBEATS_KEPT, Heartbeat};
 pub use record::{IntervalFields, RecordKind, RecordState, StoredRecord};
@@ -195,6 +204,8 @@ struct State {
     requests: VecDeque<RequestLog>,
     /// The heartbeats kept and every gateway's liveness.
     heartbeats: Heartbeats,
+    /// The alert events received.
+    events: events::Events,
 }
 
 impl FleetSim {
@@ -217,6 +228,7 @@ impl FleetSim {
                     stats: FleetStats::default(),
                     requests: VecDeque::new(),
                     heartbeats: Heartbeats::default(),
+                    events: events::Events::default(),
                 }),
                 interner: Mutex::new(Interner::default()),
                 events,
@@ -284,7 +296,7 @@ impl FleetSim {
 
     /// Queues `fault` for the next requests to `route` (after the faults
     /// already waiting); returns how many faults are now waiting. With
-    /// [`FaultRoute::All`] its count is consumed by requests of either
+    /// [`FaultRoute::All`] its count is consumed by requests of any
     /// route.
     pub fn inject_on(&self, fault: Fault, route: FaultRoute) -> Result<usize, InvalidFault> {
         fault.validate()?;
@@ -425,6 +437,19 @@ impl FleetSim {
         self.state().heartbeats.list(gateway, None)
     }
 
+    /// `gateway`'s alert events (`POST /api/fleet/events`, the last
+    /// [`EVENTS_KEPT`] by arrival) as received, in `order`.
+    pub fn alert_events(&self, gateway: &str, order: EventOrder) -> Vec<serde_json::Value> {
+        self.state().events.list(gateway, order)
+    }
+
+    /// `gateway`'s alert events received again with other content (the
+    /// first [`events::EVENT_CONFLICTS_KEPT`]), in the order seen, and how
+    /// many there were in all.
+    pub fn event_conflicts(&self, gateway: &str) -> (Vec<EventConflict>, u64) {
+        self.state().events.conflicts(gateway)
+    }
+
     /// Every gateway that sent an accepted heartbeat, with its liveness,
     /// sorted by gateway. A gateway whose 3 intervals ran out is marked
     /// offline here too, should the server's timer not have run yet.
@@ -494,6 +519,19 @@ impl State {
     /// Counts a request, keeps its log entry and sends its event (an
     /// accepted heartbeat's event is sent by whoever stored it).
     fn finish(&mut self, log: RequestLog, events: &broadcast::Sender<FleetEvent>) {
+        if log.route == Route::Events {
+            self.stats.event_requests += 1;
+            self.stats.events += log.accepted as u64;
+            self.stats.event_duplicates += log.duplicates as u64;
+            self.stats.event_conflicts += log.conflicts as u64;
+            if self.requests.len() >= report::REQUEST_LOG_CAPACITY {
+                self.requests.pop_front();
+            }
+            self.requests.push_back(log.clone());
+            // No receiver is not an error: nobody is watching.
+            let _ = events.send(FleetEvent::Events(log));
+            return;
+        }
         if log.route == Route::Heartbeat {
             self.stats.heartbeat_requests += 1;
             let accepted = log.outcome == Outcome::Accepted;

@@ -15,6 +15,7 @@
 //! always agree. No plain token appears in any of them: tokens are named by
 //! their fingerprint.
 
+use super::events::AlertEventLine;
 use super::faults::{Fault, FaultKind, FaultRoute};
 use super::tokens::{RotateReport, TokenRole, rfc3339_ms};
 use chrono::{DateTime, Utc};
@@ -35,10 +36,13 @@ pub enum Route {
     Ingest,
     /// `POST /api/fleet/heartbeat`.
     Heartbeat,
+    /// `POST /api/fleet/events`.
+    Events,
 }
 
-/// Counters over the simulator's life. All but `heartbeats` and
-/// `heartbeat_requests` count ingest requests only.
+/// Counters over the simulator's life. All but `heartbeats`,
+/// `heartbeat_requests` and the `event…` counters count ingest requests
+/// only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FleetStats {
     /// Ingest requests, whatever their answer (hung ones included).
@@ -81,6 +85,15 @@ pub struct FleetStats {
     pub heartbeats: u64,
     /// Heartbeat requests, whatever their answer (hung ones included).
     pub heartbeat_requests: u64,
+    /// Alert events new to the fleet (`POST /api/fleet/events`).
+    pub events: u64,
+    /// Alert events received again (re-sends) and ignored.
+    pub event_duplicates: u64,
+    /// Of those, events whose content differed from the stored one (an
+    /// `event_seq` reused).
+    pub event_conflicts: u64,
+    /// Events requests, whatever their answer (hung ones included).
+    pub event_requests: u64,
 }
 
 /// What became of a request.
@@ -133,6 +146,10 @@ pub struct RequestLog {
     /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meters: Option<usize>,
+    /// Alert events in the body, when it parsed (events; `first_seq` and
+    /// `last_seq` are then event seqs); not serialized otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<usize>,
     /// Records new to the fleet.
     pub accepted: usize,
     /// Records ignored as re-sends.
@@ -190,6 +207,12 @@ pub enum FleetEvent {
     /// A heartbeat request was not accepted (refused, faulted, or taken and
     /// held by a `hang` fault): its log entry.
     HeartbeatRefused(RequestLog),
+    /// An events request was answered (or, for `hang`, taken and held): its
+    /// log entry.
+    Events(RequestLog),
+    /// An alert event new to the fleet was stored (one per event, before
+    /// its request's `events` line).
+    AlertEvent(AlertEventLine),
     /// A gateway sent no accepted heartbeat for 3 of its intervals.
     GatewayOffline {
         /// The gateway.
