@@ -71,7 +71,8 @@ pub fn http(
     })
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
+/// The body of a `Transfer-Encoding: chunked` message, unchunked.
+pub(crate) fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(
@@ -167,6 +168,63 @@ impl FleetSim {
         self.admin("POST", "/admin/faults", fault);
     }
 
+    /// `/admin/intervals?gateway=`: the interval records (`"kind":
+    /// "interval"`, SPEC §11) received from `gateway`, in first-arrival
+    /// order, exactly as received.
+    pub fn intervals(&self, gateway: &str) -> Vec<Value> {
+        let v = self.get(&format!("/admin/intervals?gateway={gateway}"));
+        v["records"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no records in {v}"))
+            .clone()
+    }
+
+    /// `/admin/events?gateway=`: the alert events received from `gateway`
+    /// (`POST /api/fleet/events`), one of each `event_seq`, in `event_seq`
+    /// order, as received (object keys sorted).
+    pub fn events(&self, gateway: &str) -> Vec<Value> {
+        self.events_query(gateway, "")
+    }
+
+    /// The alert events of `gateway` in arrival order.
+    pub fn events_in_arrival(&self, gateway: &str) -> Vec<Value> {
+        self.events_query(gateway, "&order=arrival")
+    }
+
+    /// The `events` list of `/admin/events?gateway=<gateway><query>`.
+    fn events_query(&self, gateway: &str, query: &str) -> Vec<Value> {
+        let v = self.get(&format!("/admin/events?gateway={gateway}{query}"));
+        v["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no events in {v}"))
+            .clone()
+    }
+
+    /// The events of `gateway` received again with other content (an
+    /// `event_seq` reused): `{"events","conflicts":[{"event_seq","stored",
+    /// "incoming"}, ...],"total_conflicts"}` of `/admin/events`.
+    pub fn event_conflicts(&self, gateway: &str) -> Value {
+        self.get(&format!("/admin/events?gateway={gateway}"))
+    }
+
+    /// One events request with `token`, as a gateway sends it; the answer
+    /// whatever its status (`200 {"accepted","duplicates"}` when taken).
+    pub fn post_events(&self, token: &str, gateway: &str, events: &[Value]) -> Response {
+        let body = json!({ "gateway": gateway, "events": events }).to_string();
+        let auth = format!("Bearer {token}");
+        http(
+            &self.addr,
+            "POST",
+            "/api/fleet/events",
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("events: {e}"))
+    }
+
     /// Unique seqs received from `gateway`, in first-arrival order.
     pub fn seqs(&self, gateway: &str) -> Vec<u64> {
         let v = self.get(&format!("/admin/seqs?gateway={gateway}"));
@@ -239,8 +297,8 @@ impl FleetSim {
         self.get("/admin/stats")
     }
 
-    /// `/admin/requests`: every ingest and heartbeat request, in order (each
-    /// names its `route`).
+    /// `/admin/requests`: every ingest, heartbeat and events request, in
+    /// order (each names its `route`).
     pub fn requests(&self) -> Vec<Value> {
         let v = self.get("/admin/requests");
         match v {
@@ -252,8 +310,9 @@ impl FleetSim {
         }
     }
 
-    /// Queues `fault` for the requests of `route` (`"ingest"`, `"heartbeat"`
-    /// or `"all"`, whose count both routes consume), e.g.
+    /// Queues `fault` for the requests of `route` (`"ingest"`,
+    /// `"heartbeat"`, `"events"` or `"all"`, whose count every route
+    /// consumes), e.g.
     /// `fault_on("all", json!({"kind":"status","status":503,"count":100000}))`.
     pub fn fault_on(&self, route: &str, fault: Value) {
         let mut fault = fault;
@@ -261,8 +320,8 @@ impl FleetSim {
         self.admin("POST", "/admin/faults", fault);
     }
 
-    /// "The fleet is down": every ingest and heartbeat request is answered
-    /// `503` until [`FleetSim::clear_faults`].
+    /// "The fleet is down": every ingest, heartbeat and events request is
+    /// answered `503` until [`FleetSim::clear_faults`].
     pub fn outage(&self) {
         self.fault_on(
             "all",

@@ -11,6 +11,7 @@ pub mod api;
 pub mod deb;
 pub mod fixture;
 pub mod fleet;
+pub mod hook;
 pub mod needs;
 
 use serde_json::Value;
