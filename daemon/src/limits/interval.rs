@@ -871,21 +871,53 @@ mod tests {
     }
 
     #[test]
-    fn windows_tile_a_year_of_dst_days() {
+    fn half_hour_dst_shift() {
+        // Australia/Lord_Howe moves by 30 min (+10:30 / +11:00): the 1 h
+        // window holding the change is 1.5 h long either way.
+        let tz = TimeZone::get("Australia/Lord_Howe").expect("zone");
+        // 2026-04-05 02:00 +11 → 01:30 +10:30: 01:00 +11 → 02:00 +10:30.
+        assert_eq!(
+            win(utc(2026, 4, 4, 15, 10, 0), mins(60), &tz),
+            (utc(2026, 4, 4, 14, 0, 0), utc(2026, 4, 4, 15, 30, 0))
+        );
+        // 2026-10-04 02:00 +10:30 → 02:30 +11: 01:00 +10:30 → 03:00 +11.
+        assert_eq!(
+            win(utc(2026, 10, 3, 15, 40, 0), mins(60), &tz),
+            (utc(2026, 10, 3, 14, 30, 0), utc(2026, 10, 3, 16, 0, 0))
+        );
+    }
+
+    #[test]
+    fn windows_tile_across_dst_days() {
         // Consecutive windows touch: the end of one is the start of the next,
         // and every one holds the instant it was asked for.
         let tz = zurich();
-        for length in [mins(15), mins(60), mins(1_440), Duration::from_secs(7 * 60)] {
-            let mut at = utc(2026, 3, 28, 0, 0, 0);
-            let mut windows = 0;
-            while at < utc(2026, 3, 31, 0, 0, 0) {
-                let (_, end) = win(at, length, &tz);
-                let (next_start, _) = win(end, length, &tz);
-                assert_eq!(next_start, end, "{length:?} at {at}");
-                at = end;
-                windows += 1;
+        let lord_howe = TimeZone::get("Australia/Lord_Howe").expect("zone");
+        let cases = [
+            (mins(15), &tz),
+            (mins(60), &tz),
+            (mins(1_440), &tz),
+            (mins(7), &tz),
+            (mins(60), &lord_howe),
+            (mins(1_440), &lord_howe),
+        ];
+        for (length, tz) in cases {
+            for day in [utc(2026, 3, 28, 0, 0, 0), utc(2026, 10, 2, 0, 0, 0)] {
+                let mut at = day;
+                let mut windows = 0;
+                while at < day + chrono::TimeDelta::days(4) {
+                    let (_, end) = win(at, length, tz);
+                    let (next_start, _) = win(end, length, tz);
+                    assert_eq!(next_start, end, "{length:?} at {at}");
+                    // A window a second before its end is the same window.
+                    let (start, same_end) = win(end - chrono::TimeDelta::seconds(1), length, tz);
+                    assert_eq!(same_end, end);
+                    assert!(start <= at);
+                    at = end;
+                    windows += 1;
+                }
+                assert!(windows > 0);
             }
-            assert!(windows > 0);
         }
     }
 
@@ -1169,9 +1201,9 @@ mod tests {
 
     #[test]
     fn hour_windows_across_fall_back() {
-        // 1 s samples from 01:30 CEST to 02:30 CET on 2026-10-25 (2 real hours,
-        // 23:30–01:30 UTC): closes 01:00 CEST (half), 02:00 CEST and 02:00 CET... the
-        // last only by tick.
+        // 1 s samples from 01:30 CEST to 02:30 CET on 2026-10-25 (two real
+        // hours, 23:30–01:30 UTC): the windows 01:00 CEST (half covered),
+        // 02:00 CEST (full) and 02:00 CET (half, closed by tick).
         let tz = zurich();
         let mut device = DeviceLevels::new(
             Arc::from("d"),

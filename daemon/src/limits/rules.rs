@@ -34,6 +34,14 @@
 //!   first); a pending state is dropped likewise. A value whose schedule
 //!   time lies in a window already closed this way is ignored.
 //! - **non-finite values** (NaN, ±∞) are ignored.
+//! - **silence**: states do not time out on their own. A device that stops
+//!   sending keeps its episode active until a value clears it or its
+//!   schedule window ends (the caller reports the device as offline), and
+//!   a pending run resumes with the next value above (`hold` counts
+//!   gateway time, not values).
+//! - **clock**: times are the caller's (gateway time); a value earlier
+//!   than the previous one (clock stepped back) cannot complete `hold` or a
+//!   peak interval before the clock has caught up.
 //!
 //! Every event carries the episode id ([`episode_id`]), rule, device,
 //! metric, threshold (`above`), a value and a time: onset — the value that
