@@ -134,6 +134,7 @@ fn record(seq: u64) -> Record {
         metrics,
         state: MeterState::Measuring,
         flags: Vec::new(),
+        interval: None,
     }
 }
 

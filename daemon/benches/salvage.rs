@@ -57,6 +57,7 @@ fn record(seq: u64, start: chrono::DateTime<chrono::Utc>) -> Record {
             .collect(),
         state: MeterState::Measuring,
         flags: vec![],
+        interval: None,
     }
 }
 

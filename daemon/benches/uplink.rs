@@ -83,6 +83,7 @@ fn records(count: u64) -> impl Iterator<Item = Arc<Record>> {
             metrics,
             state: MeterState::Measuring,
             flags: Vec::new(),
+            interval: None,
         })
     })
 }

@@ -23,7 +23,7 @@
 //!   `live_poll_interval` only while someone watches.
 
 use crate::buffer::numbering::Numbering;
-use crate::record::{Reading, Record};
+use crate::record::{Interval, Reading, Record};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +69,8 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An alert event (onset, peak, clear) as delivered to channels.
+    Alert(Arc<serde_json::Value>),
 }
 
 /// Capacity of the live broadcast: how far a subscriber may fall behind
@@ -239,11 +241,31 @@ impl Hub {
 
     /// Stamps `reading` with the next `seq` and delivers it. Never waits.
     pub fn publish(&self, reading: Reading) -> Arc<Record> {
+        self.stamp_and_deliver(|seq| Record::new(seq, reading))
+    }
+
+    /// Stamps an interval level (SPEC §11) with the next `seq`, in the same
+    /// order as readings, and delivers it like one; it is not a meter's
+    /// latest reading. Never waits.
+    pub fn publish_interval(&self, reading: Reading, interval: Interval) -> Arc<Record> {
+        self.stamp_and_deliver(|seq| Record {
+            interval: Some(interval),
+            ..Record::new(seq, reading)
+        })
+    }
+
+    /// Announces an alert event (its JSON body, as delivered) to live
+    /// subscribers.
+    pub fn alert(&self, event: Arc<serde_json::Value>) {
+        let _ = self.live.send(Event::Alert(event));
+    }
+
+    fn stamp_and_deliver(&self, build: impl FnOnce(u64) -> Record) -> Arc<Record> {
         let mut inner = self.lock();
         if let Some(numbering) = &inner.numbering {
             numbering.ensure(inner.next_seq);
         }
-        let record = Arc::new(Record::new(inner.next_seq, reading));
+        let record = Arc::new(build(inner.next_seq));
         inner.next_seq += 1;
         inner
             .durable
@@ -256,7 +278,9 @@ impl Hub {
                 // The consumer is gone (shutting down): stop offering it records.
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
-        inner.latest.insert(record.device.clone(), record.clone());
+        if !record.is_interval() {
+            inner.latest.insert(record.device.clone(), record.clone());
+        }
         // An error only means nobody is listening live right now.
         let _ = self.live.send(Event::Record(record.clone()));
         record

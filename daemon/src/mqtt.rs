@@ -696,6 +696,8 @@ impl Outbox {
 struct DeviceTopics {
     /// `{base}/{device}/reading`.
     reading: String,
+    /// `{base}/{device}/level`: interval levels.
+    level: String,
     /// `{base}/{device}/status`.
     status: String,
     /// The status payload to keep retained; `None` until known.
@@ -732,6 +734,10 @@ struct Session {
     control_dirty: bool,
     /// Every device seen or configured, in id order.
     devices: BTreeMap<Arc<str>, DeviceTopics>,
+    /// Retained alert topics → the active episode's latest event (empty:
+    /// cleared, to be removed from the broker) and whether the broker
+    /// still needs it.
+    alerts: BTreeMap<String, (Vec<u8>, bool)>,
     /// rumqttc's queue and what is in flight.
     outbox: Outbox,
     /// Between `CONNACK` and the next error.
@@ -764,6 +770,7 @@ impl Session {
             gateway_dirty: true,
             control_dirty: true,
             devices: BTreeMap::new(),
+            alerts: BTreeMap::new(),
             outbox: Outbox {
                 client,
                 queued: VecDeque::new(),
@@ -794,6 +801,7 @@ impl Session {
             Ok(Event::DeviceState { device, state, .. }) => {
                 self.set_device_status(&device, status_payload(state));
             }
+            Ok(Event::Alert(alert)) => self.on_alert(&alert),
             Err(RecvError::Lagged(skipped)) => self.on_lagged(skipped),
             // The caller stops on `Closed`.
             Err(RecvError::Closed) => {}
@@ -815,7 +823,12 @@ impl Session {
                 return;
             }
         };
-        let topic = &device_entry(&mut self.devices, &self.base, &record.device).reading;
+        let entry = device_entry(&mut self.devices, &self.base, &record.device);
+        let topic = if record.is_interval() {
+            &entry.level
+        } else {
+            &entry.reading
+        };
         if self
             .outbox
             .send(topic, payload.into_bytes(), self.qos, false, true)
@@ -836,6 +849,28 @@ impl Session {
                 );
             }
             self.count_dropped(1);
+        }
+    }
+
+    /// An alert event: on `{base}/alerts` (not retained, dropped while the
+    /// broker is away like readings), and the episode's latest event
+    /// retained on `{base}/alerts/{episode}` while it is active, kept here
+    /// and published again after a reconnect; a clear removes the retained
+    /// message. A subscriber that connects later sees every active alert.
+    fn on_alert(&mut self, alert: &serde_json::Value) {
+        let payload = alert.to_string().into_bytes();
+        let events = format!("{}/alerts", self.base);
+        if self.connected {
+            self.outbox
+                .send(&events, payload.clone(), self.qos, false, false);
+        }
+        if let Some(episode) = alert.get("episode").and_then(|e| e.as_str()) {
+            let retained = format!("{events}/{}", topic_level(episode));
+            let cleared = alert.get("event").and_then(|e| e.as_str()) == Some("clear");
+            let body = if cleared { Vec::new() } else { payload };
+            self.alerts.insert(retained, (body, true));
+            self.control_dirty = true;
+            self.flush_control();
         }
     }
 
@@ -895,6 +930,17 @@ impl Session {
             }
             entry.dirty = false;
         }
+        for (topic, (payload, dirty)) in self.alerts.iter_mut().filter(|(_, (_, d))| *d) {
+            if !self
+                .outbox
+                .send(topic, payload.clone(), QoS::AtLeastOnce, true, false)
+            {
+                return;
+            }
+            *dirty = false;
+        }
+        // A cleared episode's empty retained message is out: forget it.
+        self.alerts.retain(|_, (payload, _)| !payload.is_empty());
         self.control_dirty = false;
     }
 
@@ -960,6 +1006,9 @@ impl Session {
         self.gateway_dirty = true;
         for entry in self.devices.values_mut() {
             entry.dirty = entry.payload.is_some();
+        }
+        for (_, dirty) in self.alerts.values_mut() {
+            *dirty = true;
         }
         self.control_dirty = true;
         self.flush_control();
@@ -1108,6 +1157,7 @@ fn device_entry<'a>(
         let level = topic_level(device);
         DeviceTopics {
             reading: format!("{base}/{level}/reading"),
+            level: format!("{base}/{level}/level"),
             status: format!("{base}/{level}/status"),
             payload: None,
             dirty: false,

@@ -134,7 +134,9 @@ fn render(mode: PrintMode, event: &Event) -> String {
 fn render_text(event: &Event) -> String {
     let now = chrono::Utc::now();
     match event {
+        Event::Record(record) if record.is_interval() => text_interval(record),
         Event::Record(record) => text_record(record),
+        Event::Alert(alert) => text_alert(alert, &now),
         Event::DeviceState {
             device,
             state,
@@ -151,6 +153,63 @@ fn render_text(event: &Event) -> String {
             )
         }
     }
+}
+
+fn text_interval(r: &Record) -> String {
+    let time = format_millis(&r.received_at);
+    let level = |name: &str| match r.metric(name) {
+        Some(v) => format!("{v:5.1}"),
+        None => "  -.-".to_owned(),
+    };
+    let (length, start, coverage) = r.interval.map_or((String::new(), String::new(), 0.0), |i| {
+        (
+            crate::limits::interval::length_suffix(i.length),
+            format_millis(&i.start).get(11..16).unwrap_or("").to_owned(),
+            i.coverage,
+        )
+    });
+    let flags = if r.flags.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = r.flags.iter().map(|f| f.as_str()).collect();
+        format!("  [{}]", names.join(","))
+    };
+    format!(
+        "{}  {:<12} #{:<6} {length} from {start}Z  Leq {}  Lmax {}  Lmin {}  L10 {}  L90 {} dB  coverage {:.0}%{}",
+        time.get(11..23).unwrap_or(&time),
+        r.device,
+        r.seq,
+        level("leq"),
+        level("lmax"),
+        level("lmin"),
+        level("l10"),
+        level("l90"),
+        coverage * 100.0,
+        flags
+    )
+}
+
+fn text_alert(alert: &serde_json::Value, now: &chrono::DateTime<chrono::Utc>) -> String {
+    let field = |name: &str| {
+        alert
+            .get(name)
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    format!(
+        "{}  {:<12} ALERT {} {}: {} {} dB (limit {}), episode {}",
+        format_millis(now).get(11..23).unwrap_or(""),
+        field("device"),
+        field("event"),
+        field("alert"),
+        field("metric"),
+        field("value"),
+        field("threshold"),
+        field("episode")
+    )
 }
 
 fn text_record(r: &Record) -> String {

@@ -52,6 +52,9 @@ pub enum Flag {
     /// The fleet rejected this record as malformed: it is kept in the
     /// buffer's quarantine and not pushed again.
     Quarantined,
+    /// An interval level whose window was covered by readings less than
+    /// `[levels].min_coverage`: its values describe only the covered part.
+    LowCoverage,
 }
 
 impl Flag {
@@ -63,6 +66,7 @@ impl Flag {
             Flag::Replayed => "replayed",
             Flag::ClockUnsynced => "clock_unsynced",
             Flag::Quarantined => "quarantined",
+            Flag::LowCoverage => "low_coverage",
         }
     }
 }
@@ -84,27 +88,89 @@ pub struct Reading {
     pub flags: Vec<Flag>,
 }
 
+/// What makes a record an interval level (SPEC §11) rather than a reading:
+/// the window it describes and how well readings covered it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    /// Start of the window (aligned to local time, see `limits::interval`).
+    pub start: DateTime<Utc>,
+    /// The configured length (`15m`); on a DST day the window itself may be
+    /// shorter or longer in real time.
+    pub length: std::time::Duration,
+    /// Readings whose span touched the window.
+    pub readings: u32,
+    /// Share of the window covered by readings, 0 to 1.
+    pub coverage: f64,
+}
+
 /// A reading with its gateway-wide sequence number: the unit every consumer
-/// (buffer, live API, MQTT, fleet push) handles.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// (buffer, live API, MQTT, fleet push) handles. An interval level is a
+/// record too (`interval` set): it takes a `seq` in the same order.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// Gateway-wide, strictly increasing, never reused.
     pub seq: u64,
     /// Device id from the config.
     pub device: Arc<str>,
-    /// Gateway wall clock when the reading was received (RFC 3339 UTC, ms).
-    #[serde(serialize_with = "rfc3339_millis")]
+    /// Gateway wall clock when the reading was received (RFC 3339 UTC, ms);
+    /// for an interval level, when its window was closed.
     pub received_at: DateTime<Utc>,
     /// The meter's timestamp (RFC 3339, whole seconds) or null.
-    #[serde(serialize_with = "rfc3339_seconds_opt")]
     pub device_time: Option<DateTime<Utc>>,
     /// Metric name → number or null.
-    #[serde(serialize_with = "metrics_map")]
     pub metrics: Vec<(&'static str, Option<f64>)>,
     /// Run state.
     pub state: MeterState,
     /// Qualifiers.
     pub flags: Vec<Flag>,
+    /// Set on an interval level (`"kind": "interval"`), absent on a reading.
+    pub interval: Option<Interval>,
+}
+
+impl Serialize for Record {
+    /// SPEC §3's record; an interval level adds `kind`, `interval_start`,
+    /// `interval_length`, `readings` and `coverage` (SPEC §11).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Metrics<'a>(&'a [(&'static str, Option<f64>)]);
+        impl Serialize for Metrics<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+            }
+        }
+        let fields = if self.interval.is_some() { 12 } else { 7 };
+        let mut map = s.serialize_map(Some(fields))?;
+        map.serialize_entry("seq", &self.seq)?;
+        if self.interval.is_some() {
+            map.serialize_entry("kind", "interval")?;
+        }
+        map.serialize_entry("device", &*self.device)?;
+        map.serialize_entry("received_at", &format_millis(&self.received_at))?;
+        map.serialize_entry(
+            "device_time",
+            &self
+                .device_time
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        )?;
+        if let Some(interval) = &self.interval {
+            map.serialize_entry(
+                "interval_start",
+                &interval.start.to_rfc3339_opts(SecondsFormat::Secs, true),
+            )?;
+            map.serialize_entry(
+                "interval_length",
+                &crate::limits::interval::length_suffix(interval.length),
+            )?;
+        }
+        map.serialize_entry("metrics", &Metrics(&self.metrics))?;
+        if let Some(interval) = &self.interval {
+            map.serialize_entry("readings", &interval.readings)?;
+            map.serialize_entry("coverage", &interval.coverage)?;
+        }
+        map.serialize_entry("state", &self.state)?;
+        map.serialize_entry("flags", &self.flags)?;
+        map.end()
+    }
 }
 
 impl Record {
@@ -118,7 +184,13 @@ impl Record {
             metrics: reading.metrics,
             state: reading.state,
             flags: reading.flags,
+            interval: None,
         }
+    }
+
+    /// Whether this is an interval level rather than a reading.
+    pub fn is_interval(&self) -> bool {
+        self.interval.is_some()
     }
 
     /// The value of one metric, if present and not null.
@@ -167,17 +239,6 @@ pub(crate) fn rfc3339_millis_opt<S: Serializer>(
         Some(t) => s.serialize_str(&format_millis(t)),
         None => s.serialize_none(),
     }
-}
-
-fn rfc3339_seconds_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true)),
-        None => s.serialize_none(),
-    }
-}
-
-fn metrics_map<S: Serializer>(m: &[(&'static str, Option<f64>)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(m.iter().map(|(k, v)| (k, v)))
 }
 
 #[cfg(test)]

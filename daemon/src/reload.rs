@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `[[device]]`: each meter kept, reconnected, stopped or started | `gateway.id`, `gateway.state_dir` |
 //! | `[fleet]`: tokens live; any other key replaces the uplink | `buffer.max_records`, `buffer.max_bytes`, `buffer.durability`, `buffer.commit_interval`, `buffer.exclusive` |
-//! | `[mqtt]`: the publisher is replaced (also when the meter list changes) | `api.listen` |
+//! | `[mqtt]`: the publisher is replaced (also when the meter list changes) | `api.listen`, `[levels]`, `[[channel]]`, `[[alert]]` |
 //! | `api.tokens`, `api.stream_max` (streams opened after) | |
 //!
 //! The second group is reported, never ignored: one journal line per
@@ -31,6 +31,9 @@ pub fn restart_keys(started: &Config, file: &Config) -> Vec<String> {
         api,
         mqtt: _,
         fleet: _,
+        levels,
+        channels,
+        alerts,
     } = file;
     let mut keys = Vec::new();
     let mut differs = |key: &str, changed: bool| {
@@ -77,6 +80,11 @@ pub fn restart_keys(started: &Config, file: &Config) -> Vec<String> {
         stream_max: _,
     } = api;
     differs("api.listen", *listen != started.api.listen);
+    // The limits engine holds open windows and episode state built from
+    // these tables; it starts with the daemon.
+    differs("levels", *levels != started.levels);
+    differs("channel", *channels != started.channels);
+    differs("alert", *alerts != started.alerts);
     keys
 }
 

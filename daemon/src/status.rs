@@ -218,6 +218,44 @@ pub fn render(status: &Value) -> String {
     } else {
         lines.push("fleet   off".to_owned());
     }
+    let limits = &status["limits"];
+    if limits.is_object() {
+        let active = limits["active_alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        lines.push(format!(
+            "limits  {} rules · {} active",
+            count(&limits["rules"]),
+            active.len()
+        ));
+        for alert in &active {
+            let acked = if alert["ack"].is_object() {
+                " · acked"
+            } else {
+                ""
+            };
+            let value = alert["peak"]
+                .as_f64()
+                .map_or_else(|| text(&alert["peak"]), |v| format!("{v:.1}"));
+            lines.push(format!(
+                "  ALERT {} {} {} peak {value} > {}{acked}",
+                text(&alert["alert"]),
+                text(&alert["device"]),
+                text(&alert["metric"]),
+                text(&alert["threshold"])
+            ));
+        }
+        for delivery in limits["deliveries"].as_array().into_iter().flatten() {
+            if let Some(error) = delivery["last_error"].as_str() {
+                lines.push(format!(
+                    "  {}: {}",
+                    text(&delivery["consumer"]),
+                    clip(error, WIDTH - 4)
+                ));
+            }
+        }
+    }
     lines.push(format!(
         "streams {}",
         status["subscribers"].as_u64().unwrap_or(0)

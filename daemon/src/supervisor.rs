@@ -213,6 +213,7 @@ pub fn start(
         buffer: slot.clone(),
         meters: MeterList::default(),
         started_at: std::time::Instant::now(),
+        limits: crate::limits::start(config, &hub, &slot, &options.clock, tracker, shutdown),
     };
     // Started before the device tasks, so it sees every state change.
     if let Some(mqtt) = &config.mqtt {
@@ -230,6 +231,13 @@ pub fn start(
     }
     let devices = live.devices.cells();
     let (api_addr, api) = start_api(config, &hub, &slot, &devices, &fleet, tracker, shutdown)?;
+    if let Some(limits) = &live.limits {
+        api.set_limits(api::alerts::LimitsApi {
+            status: limits.handle.status.clone(),
+            deliveries: limits.deliveries(),
+            intervals: config.levels.intervals.clone(),
+        });
+    }
     Ok(Gateway {
         id: config.gateway.id.clone(),
         hub,
@@ -517,6 +525,8 @@ struct RunningUplink {
     /// The heartbeat's task, beside it (never inside it: one never waits
     /// for the other).
     heartbeat: Replaceable,
+    /// Alert events to the fleet, beside both, when limits are configured.
+    events: Option<Replaceable>,
     /// Where reloaded tokens go.
     handle: UplinkHandle,
 }
@@ -544,6 +554,8 @@ struct Live {
     meters: MeterList,
     /// When slmd started (the heartbeat's uptime).
     started_at: std::time::Instant,
+    /// The limits part, when configured (the uplink delivers its events).
+    limits: Option<crate::limits::LimitsRuntime>,
 }
 
 /// The meter list, tolerant of a poisoned lock (plain data).
@@ -577,16 +589,44 @@ impl Live {
             self.fleet.clone(),
             handle.reload.subscribe(),
         )?;
+        let events = match &self.limits {
+            Some(limits) => Some(crate::uplink::events::FleetEvents::new(
+                fleet,
+                self.started.gateway.id.clone(),
+                handle.reload.subscribe(),
+            )?)
+            .map(|sink| (sink, limits.clone())),
+            None => None,
+        };
         let stop = self.devices.shutdown.child_token();
         let done = self.devices.tracker.spawn(uplink.run(stop.clone()));
         let beat_stop = stop.child_token();
         let beat_done = self.devices.tracker.spawn(heartbeat.run(beat_stop.clone()));
+        let events = events.map(|(sink, limits)| {
+            let events_stop = stop.child_token();
+            let events_done = self.devices.tracker.spawn(crate::limits::deliver::run(
+                sink,
+                self.buffer.clone(),
+                limits.handle.events.clone(),
+                crate::limits::deliver::Retry {
+                    min: fleet.retry_min,
+                    max: fleet.retry_max,
+                },
+                limits.fleet.clone(),
+                events_stop.clone(),
+            ));
+            Replaceable {
+                stop: events_stop,
+                done: events_done,
+            }
+        });
         Ok(RunningUplink {
             task: Replaceable { stop, done },
             heartbeat: Replaceable {
                 stop: beat_stop,
                 done: beat_done,
             },
+            events,
             handle,
         })
     }
@@ -673,6 +713,9 @@ impl Live {
         // The old one ends first: two uplinks never push at once.
         if let Some(old) = self.uplink.take() {
             old.heartbeat.stop("fleet heartbeat").await;
+            if let Some(events) = old.events {
+                events.stop("fleet alert events").await;
+            }
             old.task.stop("fleet uplink").await;
         }
         *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = FleetStatus::disabled();

@@ -62,6 +62,7 @@ fn record(seq: u64) -> Record {
         } else {
             vec![]
         },
+        interval: None,
     }
 }
 
@@ -708,6 +709,8 @@ fn a_version_1_buffer_is_migrated_with_its_records() {
     let conn = rusqlite::Connection::open(&path).expect("open");
     conn.execute_batch(
         "DROP TABLE quarantine; DROP TABLE skipped; DROP TABLE epochs; DROP TABLE salvage;
+         DROP TABLE intervals; DROP TABLE alert_events; DROP TABLE alert_episodes;
+         DROP TABLE event_deliveries;
          ALTER TABLE records DROP COLUMN crc; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -883,4 +886,144 @@ fn a_moved_cursor_rides_with_the_next_commit_or_gets_its_own_on_a_quiet_gateway(
     let buffer = open.close();
     assert_eq!(cursor_on_disk(&path), seqs[9] as i64);
     assert_eq!(buffer.counters().unsent, more.len() as u64);
+}
+
+/// An interval level (SPEC §11) of `device` for the window starting at
+/// `start` (10 s long).
+fn interval_record(seq: u64, device: &str, start: DateTime<Utc>) -> Record {
+    Record {
+        seq,
+        device: Arc::from(device),
+        received_at: start + chrono::Duration::milliseconds(10_250),
+        device_time: None,
+        metrics: vec![
+            ("leq", Some(61.234_567)),
+            ("lmax", Some(74.9)),
+            ("lmin", Some(48.1)),
+            ("l10", Some(64.0)),
+            ("l90", None),
+        ],
+        state: MeterState::Measuring,
+        flags: vec![Flag::LowCoverage],
+        interval: Some(slmd::record::Interval {
+            start,
+            length: Duration::from_secs(10),
+            readings: 7,
+            coverage: 0.7,
+        }),
+    }
+}
+
+#[test]
+fn interval_levels_read_back_exactly_are_found_by_window_and_leave_history_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("buffer.sqlite");
+    let (open, _) = Open::new(settings(&path, 40));
+    open.write(3);
+    let first = open.last_sent_seq() + 1;
+    let windows: Vec<DateTime<Utc>> = (0..3)
+        .map(|i| t0() + chrono::Duration::seconds(10 * i))
+        .collect();
+    for (i, start) in windows.iter().enumerate() {
+        open.sender
+            .blocking_send(Arc::new(interval_record(first + i as u64, "north", *start)))
+            .expect("writer alive");
+    }
+    open.wait_written(6);
+    let buffer = open.close();
+    // Pushed like any record, exactly as written.
+    let unsent = buffer.unsent(100).expect("unsent");
+    assert_eq!(unsent.len(), 6);
+    assert_eq!(unsent[3], interval_record(first, "north", windows[0]));
+    // Found by device, length and window start.
+    let levels = buffer
+        .levels("north", Duration::from_secs(10), Some(windows[1]), 100)
+        .expect("levels");
+    let starts: Vec<DateTime<Utc>> = levels
+        .iter()
+        .filter_map(|r| r.interval.map(|i| i.start))
+        .collect();
+    assert_eq!(starts, windows[1..]);
+    assert!(
+        buffer
+            .levels("north", Duration::from_secs(60), None, 100)
+            .expect("levels")
+            .is_empty()
+    );
+    assert!(
+        buffer
+            .levels("south", Duration::from_secs(10), None, 100)
+            .expect("levels")
+            .is_empty()
+    );
+    // History and the latest reading are readings only.
+    assert_eq!(stored_seqs(&buffer).len(), 3);
+
+    // Evicted with the ring: the index forgets them too.
+    let (open, _) = Open::new(settings(&path, 40));
+    open.write(40);
+    let buffer = open.close();
+    assert!(
+        buffer
+            .levels("north", Duration::from_secs(10), None, 100)
+            .expect("levels")
+            .is_empty()
+    );
+}
+
+#[test]
+fn alert_events_are_numbered_kept_per_consumer_and_episodes_acked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("buffer.sqlite");
+    let (open, _) = Open::new(settings(&path, 100));
+    let buffer = open.close();
+    buffer.event_delivery("fleet", true).expect("register");
+    let body = |event: &str| serde_json::json!({"event": event, "episode": "e1"});
+    let summary = serde_json::json!({"episode": "e1", "alert": "loud", "ack": null});
+    let one = buffer
+        .record_alert_event("e1", "loud", &body("onset"), &summary, true)
+        .expect("stored");
+    let two = buffer
+        .record_alert_event("e1", "loud", &body("clear"), &summary, false)
+        .expect("stored");
+    assert!(two > one);
+    // A consumer registered now starts after them; the fleet gets both.
+    buffer
+        .event_delivery("channel:late", true)
+        .expect("register");
+    let events = buffer.alert_events_after(0, 10).expect("read");
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].body["event_seq"], one);
+    assert_eq!(buffer.event_delivery("fleet", true).expect("pos"), (0, 0));
+    assert_eq!(
+        buffer.event_delivery("channel:late", true).expect("pos"),
+        (two, 0)
+    );
+    buffer.mark_events_delivered("fleet", one).expect("mark");
+    assert_eq!(buffer.event_delivery("fleet", true).expect("pos"), (one, 0));
+
+    // Acks keep the first time and the latest note; unknown ones are errors.
+    let acked = buffer
+        .ack_episode("e1", "crane", "2026-12-02T10:00:00.000Z")
+        .expect("ack");
+    assert_eq!(acked["ack"]["note"], "crane");
+    let again = buffer
+        .ack_episode("e1", "done", "2026-12-02T11:00:00.000Z")
+        .expect("ack");
+    assert_eq!(again["ack"]["at"], "2026-12-02T10:00:00.000Z");
+    assert_eq!(again["ack"]["note"], "done");
+    assert!(matches!(
+        buffer.ack_episode("e9", "", "2026-12-02T11:00:00.000Z"),
+        Err(buffer::alerts::AckError::Unknown(_))
+    ));
+    let (active, recent) = buffer.episodes(10).expect("episodes");
+    assert!(active.is_empty());
+    assert_eq!(recent[0]["ack"]["note"], "done");
+
+    // Reopened: all of it is still there, and numbering goes on.
+    drop(buffer);
+    let (open, _) = Open::new(settings(&path, 100));
+    let buffer = open.close();
+    assert_eq!(buffer.last_event_seq().expect("last"), two);
+    assert_eq!(buffer.event_delivery("fleet", true).expect("pos"), (one, 0));
 }

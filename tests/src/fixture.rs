@@ -82,6 +82,7 @@ impl Fixture {
                         .collect(),
                     state: MeterState::Measuring,
                     flags: vec![],
+                    interval: None,
                 }
             })
             .collect();

@@ -62,13 +62,16 @@ pub enum ApiError {
     /// Reading the buffer failed.
     #[error("reading the buffer failed: {0}")]
     Buffer(#[from] crate::buffer::BufferError),
+    /// No alert episode with this id.
+    #[error("no alert episode {0}; GET /v1/alerts lists them")]
+    UnknownEpisode(String),
     /// No route with this path.
     #[error(
-        "no route {0}; routes: /v1/status, /v1/devices/{{id}}/live, /v1/devices/{{id}}/history, /v1/stream, /metrics"
+        "no route {0}; routes: /v1/status, /v1/devices/{{id}}/live, /v1/devices/{{id}}/history, /v1/devices/{{id}}/levels, /v1/alerts, /v1/alerts/{{episode}}/ack, /v1/stream, /metrics"
     )]
     UnknownRoute(String),
     /// The route exists but not for this method.
-    #[error("{method} is not allowed on {path}; use GET")]
+    #[error("{method} is not allowed on {path}; use GET (POST for an ack)")]
     MethodNotAllowed {
         /// The method used.
         method: String,
@@ -100,6 +103,7 @@ impl ApiError {
             ApiError::MissingToken | ApiError::BadToken => StatusCode::UNAUTHORIZED,
             ApiError::UnknownDevice { .. }
             | ApiError::NoReadingYet(_)
+            | ApiError::UnknownEpisode(_)
             | ApiError::UnknownRoute(_) => StatusCode::NOT_FOUND,
             ApiError::BadParameter { .. } | ApiError::UnknownParameter { .. } => {
                 StatusCode::BAD_REQUEST
@@ -117,6 +121,7 @@ impl ApiError {
             ApiError::BadToken => "invalid token",
             ApiError::UnknownDevice { .. } => "unknown device",
             ApiError::NoReadingYet(_) => "no reading yet",
+            ApiError::UnknownEpisode(_) => "unknown episode",
             ApiError::BadParameter { .. } => "bad parameter",
             ApiError::UnknownParameter { .. } => "unknown parameter",
             ApiError::BufferNotOpen => "buffer not open",

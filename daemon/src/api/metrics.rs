@@ -45,6 +45,12 @@
 //! | `slmd_fleet_heartbeat_failures_total` | counter | | heartbeat tries that failed since start |
 //! | `slmd_fleet_last_heartbeat_timestamp_seconds` | gauge | | when the fleet last accepted a heartbeat (absent before the first) |
 //! | `slmd_fleet_token_slot` | gauge | | token slot in use (1 preferred, 2 the other, 0 none) |
+//! | `slmd_alerts_active` | gauge | | noise-limit episodes active now (with limits configured) |
+//! | `slmd_alert_events_total` | counter | | alert events raised since start |
+//! | `slmd_interval_levels_total` | counter | | interval levels published since start |
+//! | `slmd_alert_deliveries_total` | counter | `consumer` | alert events delivered since start (`fleet`, `channel:<id>`) |
+//! | `slmd_alert_delivery_failures_total` | counter | `consumer` | failed delivery tries since start |
+//! | `slmd_alert_delivery_rejected_total` | counter | `consumer` | alert events the consumer refused and that were skipped |
 //! | `slmd_stream_subscribers` | gauge | | open `/v1/stream` connections |
 //! | `slmd_stream_opened_total` | counter | | streams opened since start |
 //! | `slmd_stream_lagged_records_total` | counter | | records skipped for streams that fell behind |
@@ -224,6 +230,68 @@ pub(crate) fn escape_label(value: &str) -> String {
 }
 
 /// Seconds since the Unix epoch, with milliseconds.
+/// The limits part's families, when limits are configured.
+fn limits(page: &mut Page, state: &ApiState) {
+    let Some(limits) = state.inner.limits.get() else {
+        return;
+    };
+    let counters = limits
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    page.single(
+        "slmd_alerts_active",
+        "gauge",
+        "Noise-limit episodes active now.",
+        counters.active,
+    );
+    page.single(
+        "slmd_alert_events_total",
+        "counter",
+        "Alert events (onset, peak, clear) raised since start.",
+        counters.events,
+    );
+    page.single(
+        "slmd_interval_levels_total",
+        "counter",
+        "Interval levels published since start.",
+        counters.intervals,
+    );
+    let deliveries: Vec<crate::limits::deliver::DeliveryStatus> = limits
+        .deliveries
+        .iter()
+        .map(|d| {
+            d.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+        .collect();
+    for (name, help, value) in [
+        (
+            "slmd_alert_deliveries_total",
+            "Alert events delivered since start, per consumer (fleet, channel:<id>).",
+            (|d: &crate::limits::deliver::DeliveryStatus| d.delivered)
+                as fn(&crate::limits::deliver::DeliveryStatus) -> u64,
+        ),
+        (
+            "slmd_alert_delivery_failures_total",
+            "Failed delivery tries since start, per consumer.",
+            |d| d.failures,
+        ),
+        (
+            "slmd_alert_delivery_rejected_total",
+            "Alert events a consumer refused (skipped) since start.",
+            |d| d.rejected,
+        ),
+    ] {
+        page.family(name, "counter", help);
+        for d in &deliveries {
+            page.sample(name, &[("consumer", &d.consumer)], value(d));
+        }
+    }
+}
+
 fn unix_seconds(t: &chrono::DateTime<chrono::Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
@@ -547,6 +615,8 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, A
         "Token slot in use: 1 the preferred token, 2 the other, 0 none.",
         fleet.token_slot.unwrap_or(0),
     );
+
+    limits(&mut page, &state);
 
     let stats = &inner.stats;
     page.single(

@@ -100,6 +100,7 @@
 //! stream with `event: end` (`reason: "shutdown"`), lets answers in flight
 //! finish, and after [`SHUTDOWN_GRACE`] cuts the connections still open.
 
+pub mod alerts;
 mod auth;
 mod conn;
 mod error;
@@ -177,6 +178,8 @@ struct Inner {
     streams_end: CancellationToken,
     /// Open connections (the cap and the timeouts; see `conn`).
     connections: Arc<conn::Registry>,
+    /// The limits part, when configured.
+    limits: std::sync::OnceLock<alerts::LimitsApi>,
 }
 
 impl ApiState {
@@ -208,10 +211,16 @@ impl ApiState {
                 json: stream::RecordJson::default(),
                 streams_end: CancellationToken::new(),
                 connections: Arc::new(conn::Registry::new(connection_cap(open_files_limit()))),
+                limits: std::sync::OnceLock::new(),
             }),
             stuck_after: STUCK_AFTER,
             keep_alive: KEEP_ALIVE,
         }
+    }
+
+    /// Tells the API about the limits part (interval lengths, counters).
+    pub fn set_limits(&self, limits: alerts::LimitsApi) {
+        let _ = self.inner.limits.set(limits);
     }
 
     /// The same state with another stuck-client bound (tests use a short one).
@@ -333,6 +342,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(routes::status))
         .route("/v1/devices/{id}/live", get(routes::live))
         .route("/v1/devices/{id}/history", get(routes::history))
+        .route("/v1/devices/{id}/levels", get(alerts::levels))
+        .route("/v1/alerts", get(alerts::alerts))
+        .route("/v1/alerts/{episode}/ack", axum::routing::post(alerts::ack))
         .route("/v1/stream", get(stream::stream))
         .route("/metrics", get(metrics::metrics))
         .fallback(routes::not_found)

@@ -46,6 +46,22 @@ pub(crate) struct Status {
     needs_restart: Vec<String>,
     /// API connections: open, the cap, and what the limits closed.
     connections: super::ConnectionStats,
+    /// Noise limits (SPEC §11), when configured: counters, active alerts,
+    /// and each event consumer's delivery state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<LimitsView>,
+}
+
+/// The limits part in status.
+#[derive(Debug, Serialize)]
+pub(crate) struct LimitsView {
+    #[serde(flatten)]
+    counters: crate::limits::engine::LimitsStatus,
+    /// Active episodes: `episode`, `alert`, `device`, `metric`, `threshold`,
+    /// `onset_at`, `peak`, `last_value`, `ack`.
+    active_alerts: Vec<serde_json::Value>,
+    /// The fleet first, then each channel.
+    deliveries: Vec<crate::limits::deliver::DeliveryStatus>,
 }
 
 /// A device in status: its [`DeviceStatus`] (state, counters, health)
@@ -118,6 +134,7 @@ pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<Status>
         })
         .collect();
     let fleet = super::lock_fleet(&inner.fleet).clone();
+    let limits = limits_view(&state).await?;
     let stats = &inner.stats;
     Ok(Json(Status {
         gateway: inner.gateway_id.clone(),
@@ -140,11 +157,52 @@ pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<Status>
         },
         needs_restart: state.needs_restart(),
         connections: state.connections(),
+        limits,
+    }))
+}
+
+async fn limits_view(state: &ApiState) -> Result<Option<LimitsView>, ApiError> {
+    let Some(limits) = state.inner.limits.get() else {
+        return Ok(None);
+    };
+    let counters = limits
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let deliveries = limits
+        .deliveries
+        .iter()
+        .map(|d| {
+            d.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+        .collect();
+    let active_alerts = match state.inner.buffer.get().cloned() {
+        Some(buffer) => tokio::task::spawn_blocking(move || buffer.episodes(0))
+            .await
+            .map_err(|e| ApiError::Internal(format!("status task: {e}")))??
+            .0
+            .into_iter()
+            .map(|mut e| {
+                if let Some(map) = e.as_object_mut() {
+                    map.remove("state");
+                }
+                e
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Some(LimitsView {
+        counters,
+        active_alerts,
+        deliveries,
     }))
 }
 
 /// The configured device `id`, or 404.
-fn known_device(
+pub(crate) fn known_device(
     state: &ApiState,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Arc<str>, ApiError> {
@@ -244,7 +302,7 @@ fn parse_after(value: &str) -> Result<u64, ApiError> {
 
 /// An RFC 3339 time. A `+` of an offset that arrived unencoded in a query
 /// string reads as a space; it is taken back.
-fn parse_since(value: &str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn parse_since(value: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(value.trim())
         .or_else(|e| {
             let repaired = value.trim().replace(' ', "+");
@@ -264,7 +322,7 @@ fn parse_since(value: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
-fn parse_limit(value: &str) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(value: &str) -> Result<usize, ApiError> {
     value
         .trim()
         .parse::<usize>()

@@ -180,6 +180,14 @@ impl RecordJson {
 /// `data: <record JSON>`.
 fn record_event(cache: &RecordJson, record: &Record) -> Option<Event> {
     match cache.of(record) {
+        // An interval level is named, so a client listening for plain
+        // `data:` lines gets readings only.
+        Ok(json) if record.is_interval() => Some(
+            Event::default()
+                .event("level")
+                .id(record.seq.to_string())
+                .data(&*json),
+        ),
         Ok(json) => Some(Event::default().id(record.seq.to_string()).data(&*json)),
         Err(e) => {
             tracing::warn!(seq = record.seq, error = %e, "record not streamable; skipped");
@@ -192,6 +200,11 @@ fn record_event(cache: &RecordJson, record: &Record) -> Option<Event> {
 fn named(name: &'static str, data: &impl Serialize) -> Event {
     let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
     Event::default().event(name).data(json)
+}
+
+/// `event: alert` with the event's JSON as channels get it.
+fn alert_event(alert: &serde_json::Value) -> Event {
+    Event::default().event("alert").data(alert.to_string())
 }
 
 fn state_event(device: &str, state: LinkState, error: Option<&str>) -> Event {
@@ -369,6 +382,14 @@ impl StreamTask {
         self.watched.iter().any(|d| &**d == device)
     }
 
+    /// An alert about a watched device.
+    fn wants_alert(&self, alert: &serde_json::Value) -> bool {
+        alert
+            .get("device")
+            .and_then(|d| d.as_str())
+            .is_some_and(|d| self.wants(d))
+    }
+
     /// Queues `event`, waiting at most `stuck_after` for room.
     async fn send(&mut self, event: Event) -> Result<(), Ended> {
         // Room in the queue: the usual case, no timer needed.
@@ -450,6 +471,9 @@ impl StreamTask {
                     self.send(state_event(&device, state, error.as_deref()))
                         .await?;
                 }
+                Ok(HubEvent::Alert(alert)) if self.wants_alert(&alert) => {
+                    self.send(alert_event(&alert)).await?;
+                }
                 Ok(_) => {}
                 Err(RecvError::Lagged(missed)) => self.catch_up(missed).await?,
                 // The hub is gone: the daemon is stopping.
@@ -465,10 +489,21 @@ impl StreamTask {
         let mut missed = missed;
         let mut newest: Vec<Arc<Record>> = Vec::new();
         let mut states: Vec<(Arc<str>, LinkState, Option<String>)> = Vec::new();
+        // Interval levels and alerts are rare and each one matters: kept,
+        // not collapsed to the newest.
+        let mut kept: Vec<Event> = Vec::new();
         // Bounded: the queue holds at most LIVE_CAPACITY, and a publisher
         // faster than this loop must not keep it here forever.
         for _ in 0..2 * LIVE_CAPACITY {
             match self.live.try_recv() {
+                Ok(HubEvent::Record(record))
+                    if record.is_interval() && self.wants(&record.device) =>
+                {
+                    kept.extend(record_event(&self.state.inner.json, &record));
+                }
+                Ok(HubEvent::Alert(alert)) if self.wants_alert(&alert) => {
+                    kept.push(alert_event(&alert));
+                }
                 Ok(HubEvent::Record(record)) if self.wants(&record.device) => {
                     match newest.iter_mut().find(|r| r.device == record.device) {
                         Some(slot) => {
@@ -506,6 +541,9 @@ impl StreamTask {
         for (device, state, error) in &states {
             self.send(state_event(device, *state, error.as_deref()))
                 .await?;
+        }
+        for event in kept {
+            self.send(event).await?;
         }
         newest.sort_by_key(|r| r.seq);
         for record in &newest {

@@ -78,8 +78,10 @@
 //!   bounded memory queue and retries; overflow is counted as lost. The
 //!   live fan-out is not involved and keeps working.
 
+pub mod alerts;
 pub mod anchor;
 mod counters;
+mod levels;
 mod names;
 pub mod numbering;
 mod open;
@@ -609,7 +611,13 @@ impl Buffer {
     /// `seq` order: what a late joiner of the live feed sees first after a
     /// restart.
     pub fn latest_per_device(&self, scan: usize) -> Result<Vec<Record>, BufferError> {
-        let recent = self.select("ORDER BY r.seq DESC LIMIT ?1", &[&(scan as i64)])?;
+        let recent = self.select(
+            &format!(
+                "WHERE r.flags & {} = 0 ORDER BY r.seq DESC LIMIT ?1",
+                row::INTERVAL_BIT
+            ),
+            &[&(scan as i64)],
+        )?;
         let mut seen = std::collections::HashSet::new();
         let mut latest: Vec<Record> = recent
             .into_iter()
@@ -692,13 +700,16 @@ impl Buffer {
         // One more than asked, to tell whether more follow.
         let wanted = sql(limit as u64).saturating_add(1);
         let mut records = match device_id {
+            // Readings only: interval levels have their own route
+            // (`Buffer::levels`).
             Some(id) => self.select(
                 "WHERE r.seq >= ?1 AND r.seq < ?2 AND r.received_at >= ?3 AND r.device = ?4 \
-                 ORDER BY r.seq LIMIT ?5",
+                 AND r.flags & 32 = 0 ORDER BY r.seq LIMIT ?5",
                 &[&sql(start), &sql(end), &since_ms, &id, &wanted],
             )?,
             None => self.select(
-                "WHERE r.seq >= ?1 AND r.seq < ?2 AND r.received_at >= ?3 ORDER BY r.seq LIMIT ?4",
+                "WHERE r.seq >= ?1 AND r.seq < ?2 AND r.received_at >= ?3 AND r.flags & 32 = 0 \
+                 ORDER BY r.seq LIMIT ?4",
                 &[&sql(start), &sql(end), &since_ms, &wanted],
             )?,
         };
@@ -803,7 +814,7 @@ impl Buffer {
                 bad.push(seq_u);
                 continue;
             };
-            let Ok(metrics) =
+            let Ok(mut metrics) =
                 row::decode_metrics(&checked.metrics, |id| names.name(METRIC, i64::from(id)))
             else {
                 bad.push(seq_u);
@@ -813,6 +824,7 @@ impl Buffer {
             let device_time = device_delta.and_then(|d| {
                 DateTime::from_timestamp(received_ms.div_euclid(1000).saturating_add(d), 0)
             });
+            let interval = row::take_interval(&mut metrics, flags);
             records.push(Record {
                 seq: seq_u,
                 device: Arc::from(device_name),
@@ -821,6 +833,7 @@ impl Buffer {
                 metrics,
                 state: row::state_from_code(state),
                 flags: row::flags_from_bits(flags),
+                interval,
             });
         }
         Ok((records, bad))

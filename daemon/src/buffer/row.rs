@@ -17,7 +17,7 @@
 //! number of tenths. Meters report tenths, so nearly every value takes 3
 //! bytes, and none is ever rounded.
 
-use crate::record::{Flag, MeterState};
+use crate::record::{Flag, Interval, MeterState, Record};
 
 /// `i16` tenths meaning "null".
 const NULL_TENTHS: i16 = i16::MIN;
@@ -173,16 +173,29 @@ pub fn state_from_code(code: i64) -> MeterState {
     }
 }
 
-const FLAG_BITS: [(Flag, i64); 5] = [
+const FLAG_BITS: [(Flag, i64); 6] = [
     (Flag::Overload, 1),
     (Flag::UnderRange, 2),
     (Flag::Replayed, 4),
     (Flag::ClockUnsynced, 8),
     (Flag::Quarantined, 16),
+    (Flag::LowCoverage, 64),
 ];
 
 /// The bit of [`Flag::Quarantined`].
 pub const QUARANTINED_BIT: i64 = 16;
+
+/// The bit that makes a row an interval level (not a flag on the wire:
+/// the record's `kind`).
+pub const INTERVAL_BIT: i64 = 32;
+
+/// Reserved metric entries that carry an interval level's window inside
+/// the row's metrics blob (so the row checksum covers them and a salvage
+/// copies them like any metric). A meter's metric never starts with `_`.
+const INTERVAL_START: &str = "_start";
+const INTERVAL_LENGTH: &str = "_length";
+const INTERVAL_READINGS: &str = "_readings";
+const INTERVAL_COVERAGE: &str = "_coverage";
 
 /// Flags as a bit set.
 pub fn flag_bits(flags: &[Flag]) -> i64 {
@@ -191,6 +204,61 @@ pub fn flag_bits(flags: &[Flag]) -> i64 {
         .filter(|(f, _)| flags.contains(f))
         .map(|(_, bit)| bit)
         .sum()
+}
+
+/// A record's flag bits as stored ([`INTERVAL_BIT`] for an interval level).
+pub fn record_bits(record: &Record) -> i64 {
+    flag_bits(&record.flags)
+        | if record.interval.is_some() {
+            INTERVAL_BIT
+        } else {
+            0
+        }
+}
+
+/// The metric entries a record's row stores: its metrics and, for an
+/// interval level, the window in the reserved entries.
+pub fn stored_metrics(record: &Record) -> Vec<(&'static str, Option<f64>)> {
+    let mut metrics = record.metrics.clone();
+    if let Some(interval) = &record.interval {
+        // Whole seconds and counts: exact in an f64.
+        metrics.extend([
+            (INTERVAL_START, Some(interval.start.timestamp() as f64)),
+            (INTERVAL_LENGTH, Some(interval.length.as_secs() as f64)),
+            (INTERVAL_READINGS, Some(f64::from(interval.readings))),
+            (INTERVAL_COVERAGE, Some(interval.coverage)),
+        ]);
+    }
+    metrics
+}
+
+/// Takes an interval level's window back out of its stored metrics; `None`
+/// for a reading's row (or an interval row missing an entry: then the
+/// entries stay, visible, rather than being guessed).
+pub fn take_interval(
+    metrics: &mut Vec<(&'static str, Option<f64>)>,
+    bits: i64,
+) -> Option<Interval> {
+    if bits & INTERVAL_BIT == 0 {
+        return None;
+    }
+    let value = |name: &str| {
+        metrics
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| *v)
+    };
+    let start = chrono::DateTime::from_timestamp(value(INTERVAL_START)? as i64, 0)?;
+    let length = std::time::Duration::from_secs(value(INTERVAL_LENGTH)? as u64);
+    let readings = value(INTERVAL_READINGS)? as u32;
+    let coverage = value(INTERVAL_COVERAGE)?;
+    metrics.retain(|(n, _)| !n.starts_with('_'));
+    Some(Interval {
+        start,
+        length,
+        readings,
+        coverage,
+    })
 }
 
 /// Flags from their bit set, in a fixed order.

@@ -9,10 +9,10 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// Migration steps; step `i` takes version `i` to `i + 1`.
-const STEPS: [&str; 3] = [
+const STEPS: [&str; 4] = [
     // 0 → 1: the first schema.
     "CREATE TABLE meta (
          key   TEXT PRIMARY KEY,
@@ -64,6 +64,36 @@ const STEPS: [&str; 3] = [
          aside TEXT PRIMARY KEY,
          state TEXT NOT NULL
      );",
+    // 3 → 4: noise limits (SPEC §11). `intervals` indexes the interval
+    // levels among the records by device, length and window start (the
+    // row itself stays the truth); alert events in their own never-reused
+    // `event_seq` order, the episodes they belong to, and how far each
+    // consumer of events (the fleet, each channel) has delivered them.
+    "CREATE TABLE intervals (
+         seq      INTEGER PRIMARY KEY,
+         device   INTEGER NOT NULL,
+         length_s INTEGER NOT NULL,
+         start_s  INTEGER NOT NULL
+     );
+     CREATE INDEX intervals_by_window ON intervals (device, length_s, start_s);
+     CREATE TABLE alert_events (
+         event_seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         episode   TEXT NOT NULL,
+         rule      TEXT NOT NULL,
+         body      TEXT NOT NULL
+     );
+     CREATE TABLE alert_episodes (
+         episode    TEXT PRIMARY KEY,
+         active     INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL,
+         body       TEXT NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX alert_episodes_by_time ON alert_episodes (active, updated_at);
+     CREATE TABLE event_deliveries (
+         consumer  TEXT PRIMARY KEY,
+         delivered INTEGER NOT NULL,
+         lost      INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 /// Brings the database at `path` to [`VERSION`].

@@ -420,7 +420,7 @@ impl Writer {
             )?;
             for record in self.pending.range(..n) {
                 let device = names.id(&tx, DEVICE, &record.device)?;
-                let blob = names.encode_metrics(&tx, &record.metrics)?;
+                let blob = names.encode_metrics(&tx, &row::stored_metrics(record))?;
                 let received_ms = record.received_at.timestamp_millis();
                 let device_delta = record
                     .device_time
@@ -431,7 +431,7 @@ impl Writer {
                     received_at: received_ms,
                     device_time: device_delta,
                     state: row::state_code(record.state),
-                    flags: row::flag_bits(&record.flags),
+                    flags: row::record_bits(record),
                     metrics: blob,
                 };
                 insert.execute(params![
@@ -444,6 +444,9 @@ impl Writer {
                     row.metrics,
                     row::crc(&row)
                 ])?;
+                if let Some(interval) = &record.interval {
+                    super::levels::index(&tx, &row, interval)?;
+                }
                 c.written += 1;
                 c.stored += 1;
                 if record.seq > c.cursor {
@@ -588,6 +591,7 @@ pub(super) fn evict(
     c.stored = c.stored.saturating_sub(pushed);
     let rest = n.saturating_sub(pushed);
     if rest == 0 {
+        super::levels::forget_evicted(tx)?;
         return Ok(None);
     }
     let rest_i = i64::try_from(rest).unwrap_or(i64::MAX);
@@ -602,6 +606,7 @@ pub(super) fn evict(
              (SELECT seq FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
         params![cursor, rest_i],
     )?;
+    super::levels::forget_evicted(tx)?;
     let count = u64::try_from(count).unwrap_or(0);
     if count == 0 {
         return Ok(None);

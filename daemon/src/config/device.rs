@@ -264,6 +264,20 @@ pub struct FamilyRules {
     pub care: CareRules,
     /// Which health values the protocol reports.
     pub health: crate::device::health::HealthRules,
+    /// The level interval levels are computed from (SPEC §11).
+    pub level_input: LevelInput,
+}
+
+/// The finest level a family gives, which interval levels (SPEC §11) are
+/// the energy average of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelInput {
+    /// The reading's metric (`lp`, `leq`).
+    pub metric: &'static str,
+    /// `true`: an Leq over the meter's own cycle that ends at the reading
+    /// (exact energy over its span); `false`: an instantaneous level (Lp)
+    /// standing for the time until the next reading.
+    pub per_cycle: bool,
 }
 
 /// `answer_timeout` bounds for every family: a meter answers within a

@@ -329,7 +329,7 @@ fn misplaced_array(path: &[Seg]) -> Option<usize> {
     (1..path.len()).find(|&i| {
         matches!(
             (&path[i - 1], &path[i]),
-            (Seg::Key(k), Seg::Index(_)) if k != "device" && k != "tokens"
+            (Seg::Key(k), Seg::Index(_)) if !ARRAY_KEYS.contains(&k.as_str())
         )
     })
 }
@@ -418,6 +418,42 @@ pub(crate) const KEYS: &[&str] = &[
     "retry_max",
     "auth_retry",
     "heartbeat_interval",
+    // [levels]
+    "levels",
+    "intervals",
+    "timezone",
+    "min_coverage",
+    // [[channel]]
+    "channel",
+    "kind",
+    "token",
+    // [[alert]]
+    "alert",
+    "devices",
+    "metric",
+    "above",
+    "for",
+    "clear_below",
+    "schedule",
+    "days",
+    "from",
+    "to",
+    "cooldown",
+    "peak_every",
+    "channels",
+];
+
+/// Keys whose value is an array: an index after any other key means an
+/// array was written where a table belongs (`[[fleet]]`).
+const ARRAY_KEYS: &[&str] = &[
+    "device",
+    "tokens",
+    "channel",
+    "alert",
+    "intervals",
+    "devices",
+    "channels",
+    "days",
 ];
 
 /// The longest start of `path` whose keys are all schema keys ([`KEYS`]).

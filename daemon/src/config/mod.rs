@@ -83,6 +83,7 @@
 //! - `baud` is checked on every device but only used on serial ones.
 
 mod device;
+mod limits;
 mod locate;
 mod units;
 mod validate;
@@ -96,8 +97,12 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 pub use device::{
-    ANSWER_TIMEOUT_RANGE, CareRules, DeviceConfig, FamilyRules, LinkConfig, MeterCare, Mode,
-    Parity, Protocol, SerialFraming, Support, SyncClock, Transport,
+    ANSWER_TIMEOUT_RANGE, CareRules, DeviceConfig, FamilyRules, LevelInput, LinkConfig, MeterCare,
+    Mode, Parity, Protocol, SerialFraming, Support, SyncClock, Transport,
+};
+pub use limits::{
+    AlertConfig, ChannelConfig, ChannelKind, DAY_NAMES, LEVEL_METRICS, LevelsConfig, MAX_ALERTS,
+    MAX_CHANNELS, MAX_INTERVALS, ScheduleConfig, parse_clock, split_level_metric,
 };
 pub use units::{parse_duration, parse_size};
 pub use validate::{
@@ -270,6 +275,15 @@ pub struct ConfigOf<D> {
     /// Push to the fleet server (SPEC §7); off unless enabled.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// Interval levels per device (SPEC §11).
+    #[serde(default)]
+    pub levels: LevelsConfig,
+    /// Where alert events go besides the fleet and the local API.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+    /// Noise-limit rules.
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<AlertConfig>,
 }
 
 impl<D> Default for ConfigOf<D> {
@@ -281,6 +295,9 @@ impl<D> Default for ConfigOf<D> {
             api: ApiConfig::default(),
             mqtt: None,
             fleet: FleetConfig::default(),
+            levels: LevelsConfig::default(),
+            channels: Vec::new(),
+            alerts: Vec::new(),
         }
     }
 }
@@ -1193,6 +1210,9 @@ mod tests {
             "[api]\n",
             "[mqtt]\n",
             "[fleet]\n",
+            "[levels]\n",
+            "[[channel]]\n",
+            "[[alert]]\n",
         ] {
             let e = err(&format!("{table}zzzz_unknown = 1\n"));
             let expected = e

@@ -181,6 +181,21 @@ pub(crate) fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dur
     Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
 }
 
+/// A list of durations: `#[serde(deserialize_with = "units::durations")]`.
+pub(crate) fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    /// Lets `Vec` drive the duration visitor.
+    struct Wrapped(Duration);
+    impl<'de> Deserialize<'de> for Wrapped {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(DurationVisitor).map(Wrapped)
+        }
+    }
+    Ok(Vec::<Wrapped>::deserialize(d)?
+        .into_iter()
+        .map(|w| w.0)
+        .collect())
+}
+
 /// Accepts only strings, so `poll_interval = 5` says what was expected.
 struct DurationVisitor;
 

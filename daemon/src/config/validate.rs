@@ -114,6 +114,9 @@ pub(crate) fn build(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         api,
         mqtt,
         fleet,
+        levels,
+        channels,
+        alerts,
     } = raw;
     Ok(Config {
         gateway,
@@ -122,6 +125,9 @@ pub(crate) fn build(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         api,
         mqtt,
         fleet,
+        levels,
+        channels,
+        alerts,
     })
 }
 
@@ -167,6 +173,7 @@ fn problems(config: &RawConfig) -> (Vec<Problem>, Vec<Option<DeviceConfig>>) {
     api(config, &mut out);
     mqtt(config, &mut out);
     fleet(config, &mut out);
+    super::limits::validate(config, &mut out);
     (out, built)
 }
 
@@ -888,7 +895,7 @@ fn host_name(host: &str) -> Result<(), String> {
 
 /// Checks `scheme://host[:port]`, with a path only when `allow_path`; never
 /// a query, a fragment or credentials.
-fn url(u: &str, schemes: &[&str], allow_path: bool) -> Result<(), String> {
+pub(crate) fn url(u: &str, schemes: &[&str], allow_path: bool) -> Result<(), String> {
     if u.chars().count() > MAX_URL_CHARS {
         return Err(format!("a URL is at most {MAX_URL_CHARS} characters"));
     }

@@ -38,6 +38,7 @@
 //!   uplinks never push at once, and the new one starts from the buffer's
 //!   cursor (a batch cut short is sent again, which the fleet de-duplicates).
 
+pub mod events;
 pub mod heartbeat;
 pub mod tokens;
 pub mod wire;

@@ -17,7 +17,9 @@
 //! Casella documents no identity query in online mode: the identity stays
 //! unknown. A pushing meter is logging, so readings say `measuring`.
 
-use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
+use crate::config::{
+    CareRules, DeviceConfig, FamilyRules, LevelInput, Parity, SerialFraming, Support,
+};
 use crate::device::driver::{BoxFuture, Family, LinkError, Meter, MeterReading};
 use crate::device::health::HealthRules;
 use crate::device::link::Link;
@@ -71,6 +73,11 @@ static RULES: FamilyRules = FamilyRules {
         battery: false,
         sd_free: false,
         clock: true,
+    },
+    // online mode sends the Leq of each logging period: exact energy per period.
+    level_input: LevelInput {
+        metric: firmware_bridge::metric::LEQ,
+        per_cycle: true,
     },
 };
 

@@ -13,7 +13,9 @@ mod poll;
 pub mod session;
 mod stream;
 
-use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
+use crate::config::{
+    CareRules, DeviceConfig, FamilyRules, LevelInput, Parity, SerialFraming, Support,
+};
 use crate::device::driver::{BoxFuture, Family, LinkError, Meter, until_link_fails};
 use crate::device::health::HealthRules;
 use crate::device::link::Link;
@@ -61,6 +63,11 @@ static RULES: FamilyRules = FamilyRules {
         battery: true,
         sd_free: true,
         clock: true,
+    },
+    // DOD's Leq runs since the measurement started, not per poll: Lp is the finest level.
+    level_input: LevelInput {
+        metric: firmware_bridge::metric::LP,
+        per_cycle: false,
     },
 };
 

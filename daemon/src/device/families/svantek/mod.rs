@@ -11,7 +11,9 @@
 //! No clock or health query is known for these units
 //! (`protocols/svantek.md`): records carry no `device_time`.
 
-use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
+use crate::config::{
+    CareRules, DeviceConfig, FamilyRules, LevelInput, Parity, SerialFraming, Support,
+};
 use crate::device::driver::{
     BoxFuture, Family, Identity, LinkError, Meter, MeterReading, until_link_fails,
 };
@@ -66,6 +68,11 @@ static RULES: FamilyRules = FamilyRules {
         battery: false,
         sd_free: false,
         clock: false,
+    },
+    // `#2`'s Leq runs over the meter's own integration cycle, which does not match the poll: Lp is the finest level.
+    level_input: LevelInput {
+        metric: firmware_bridge::metric::LP,
+        per_cycle: false,
     },
 };
 

@@ -14,7 +14,9 @@
 //! The XL2 has no clock or health query in what we know (`protocols/xl2.md`):
 //! records carry no `device_time`, and battery and clock skew stay unknown.
 
-use crate::config::{CareRules, DeviceConfig, FamilyRules, Parity, SerialFraming, Support};
+use crate::config::{
+    CareRules, DeviceConfig, FamilyRules, LevelInput, Parity, SerialFraming, Support,
+};
 use crate::device::driver::{
     BoxFuture, Family, Identity, LinkError, Meter, MeterReading, until_link_fails,
 };
@@ -83,6 +85,11 @@ static RULES: FamilyRules = FamilyRules {
         battery: false,
         sd_free: false,
         clock: false,
+    },
+    // LAEQ runs since the measurement started (the :DT variants are not read): Lp is the finest level.
+    level_input: LevelInput {
+        metric: firmware_bridge::metric::LP,
+        per_cycle: false,
     },
 };
 
