@@ -275,7 +275,10 @@ impl Engine {
         self.emit(events);
     }
 
-    fn on_record(&mut self, record: &Record) {
+    /// One record from the hub: the reading feeds its device's windows and
+    /// the rules on reading metrics (the task calls it for each record;
+    /// public for the `limits` bench).
+    pub fn on_record(&mut self, record: &Record) {
         if record.is_interval() {
             // Our own, back from the hub.
             return;
