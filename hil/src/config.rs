@@ -7,6 +7,7 @@
 //! the `slm-sim` command line accepts for durations (`500ms`, `5s`) and stalls
 //! (`0.1:4s`).
 
+use crate::levels::LevelControl;
 use std::time::Duration;
 
 /// How long an NL-43 with sleep mode On stays awake by default.
@@ -113,6 +114,11 @@ pub struct SimConfig {
     /// 30 s), whatever the traffic on the link: eco mode is timed from the
     /// last key press and commands are not key presses (**a guess**).
     pub sleep_after: Duration,
+    /// The level walk's knobs (default: offset 0 dB, random loud events
+    /// on): an offset added to every sample and calm, for every family's
+    /// live levels. A handle: keep a clone to turn them while the meter runs
+    /// (`slm-sim --control-stdin`); clones of this config share them.
+    pub levels: LevelControl,
 }
 
 impl Default for SimConfig {
@@ -130,6 +136,7 @@ impl Default for SimConfig {
             clock_set_while_measuring: false,
             sleep_mode: false,
             sleep_after: DEFAULT_SLEEP_AFTER,
+            levels: LevelControl::default(),
         }
     }
 }

@@ -12,9 +12,9 @@
 //! Layout (one module per role):
 //! - [`config`]: [`SimConfig`] and [`Faults`], and the text forms the CLI
 //!   accepts for durations and stalls.
-//! - `levels`: the 10 Hz sound level walk and the integration of a
-//!   measurement (Leq, LE, Lmax, Lmin, Lpeak, percentiles) with the meter's
-//!   invariants.
+//! - `levels`: the 10 Hz sound level walk, steered by [`LevelControl`]
+//!   (offset, calm), and the integration of a measurement (Leq, LE, Lmax,
+//!   Lmin, Lpeak, percentiles) with the meter's invariants.
 //! - `meter`: the meter's state and its answer to one command line,
 //!   including the pacing rules; no I/O.
 //! - `session`: one NL-43 link's conversation: framing, writing answers,
@@ -63,6 +63,7 @@ pub use config::{
     DEFAULT_SLEEP_AFTER, Family, Faults, ParseError, SimConfig, parse_drift_ppm, parse_duration,
     parse_probability, parse_stall,
 };
+pub use levels::LevelControl;
 pub use meter::Recording;
 pub use pty::PtyMeter;
 pub use report::{Metrics, SimEvent, SimStats};

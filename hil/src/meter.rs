@@ -312,7 +312,7 @@ pub struct Meter {
 impl Meter {
     /// A meter powered up at `now` as `config` says.
     pub fn new(config: &SimConfig, now: Instant) -> Meter {
-        let mut source = LevelSource::new(config.seed);
+        let mut source = LevelSource::with_control(config.seed, config.levels.clone());
         let lp = source.next_sample().lp;
         let clock = Rtc::new(config);
         let meter_now = clock.now_secs();

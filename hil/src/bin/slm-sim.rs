@@ -12,11 +12,19 @@
 //! SIGUSR1 power-cycles the meter (`--power-cycle-asleep`: it comes back
 //! with sleep mode On); SIGUSR2 is a key press that wakes it. Both are
 //! watched before the first line is printed.
+//!
+//! Levels: `--offset DB` adds DB to every sample of the level walk, `--calm`
+//! turns off its random loud events. With `--control-stdin` both are turned
+//! at run time by lines on standard input ([`CONTROL_HELP`]); each accepted
+//! line is announced (`{"event":"offset","db":30.0}`,
+//! `{"event":"calm","on":true}`) once it is in force, so every sample
+//! generated after the line is printed carries it; a bad line gives
+//! `{"event":"control_error","line":...,"error":...}` and changes nothing.
 
 use clap::{ArgGroup, CommandFactory, Parser};
 use serde::Serialize;
 use slmd_hil::cli::{emit, emit_listening, init_logging, print_until_stopped, watch_signals};
-use slmd_hil::{Family, Faults, SimConfig, SimStats, Simulator};
+use slmd_hil::{Family, Faults, LevelControl, SimConfig, SimStats, Simulator};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +48,13 @@ Faults work the same for every family; --prompts, --echo and --replay are
 NL-43 only. Every reading sent is announced as
   {\"event\":\"reading\",\"family\":...,\"n\":...,\"metrics\":{...},\"device_time\":...,\"replayed\":...}
 Signals: SIGUSR1 power-cycles the meter (link dropped, meter stopped;
-{\"event\":\"power_cycle\",...}); SIGUSR2 wakes a sleeping NL-43 (a key press).")]
+{\"event\":\"power_cycle\",...}); SIGUSR2 wakes a sleeping NL-43 (a key press).
+Control lines on stdin (with --control-stdin), each announced once in force:
+  offset <DB>    set the level offset (e.g. `offset 30`, `offset -10`, `offset 0`)
+                 -> {\"event\":\"offset\",\"db\":30.0}
+  calm on|off    no random loud events / events again
+                 -> {\"event\":\"calm\",\"on\":true}
+  a bad line     -> {\"event\":\"control_error\",\"line\":...,\"error\":...}, ignored")]
 #[command(group(ArgGroup::new("transport").required(true).args(["listen", "pty"])))]
 struct Cli {
     /// Serve TCP on this address (e.g. 127.0.0.1:0 for any free port).
@@ -132,7 +146,28 @@ struct Cli {
     /// Exit (cleanly, with the stats line) when standard input reaches end of file.
     #[arg(long)]
     exit_on_stdin_eof: bool,
+    /// Add DB (may be negative, within ±120) to every sample of the level
+    /// walk: Lp, Leq, Lmax, percentiles... all follow (e.g. 25: loud).
+    #[arg(
+        long,
+        value_name = "DB",
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        value_parser = LevelControl::parse_offset
+    )]
+    offset: f64,
+    /// No random loud events: the level stays within 5 dB of 55 dB (plus
+    /// the offset).
+    #[arg(long)]
+    calm: bool,
+    /// Read control lines on standard input: `offset <DB>`, `calm on`,
+    /// `calm off` (see below).
+    #[arg(long)]
+    control_stdin: bool,
 }
+
+/// The control lines `--control-stdin` accepts, for error messages.
+const CONTROL_HELP: &str = "expected `offset <dB>`, `calm on` or `calm off`";
 
 /// `--family`.
 fn parse_family(text: &str) -> Result<Family, slmd_hil::ParseError> {
@@ -214,7 +249,96 @@ impl Cli {
             clock_set_while_measuring: self.clock_set_while_measuring,
             sleep_mode: self.sleep,
             sleep_after: self.sleep_after,
+            levels: LevelControl::new(self.offset, self.calm),
         }
+    }
+}
+
+/// One accepted control line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Control {
+    /// `offset <dB>`.
+    Offset(f64),
+    /// `calm on` (`true`) or `calm off`.
+    Calm(bool),
+}
+
+impl Control {
+    /// Reads one control line (without its line end): words separated by
+    /// blanks, case-insensitive. `Ok(None)` for a blank line.
+    fn parse(line: &str) -> Result<Option<Control>, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let lower = |w: &str| w.to_ascii_lowercase();
+        match words.as_slice() {
+            [] => Ok(None),
+            [command, rest @ ..] => match (lower(command).as_str(), rest) {
+                ("offset", [db]) => {
+                    LevelControl::parse_offset(db).map(|db| Some(Control::Offset(db)))
+                }
+                ("calm", [on_off]) => match lower(on_off).as_str() {
+                    "on" => Ok(Some(Control::Calm(true))),
+                    "off" => Ok(Some(Control::Calm(false))),
+                    _ => Err(format!("calm takes `on` or `off`, not {on_off:?}")),
+                },
+                ("offset" | "calm", _) => Err(CONTROL_HELP.to_owned()),
+                _ => Err(format!("unknown command {command:?}: {CONTROL_HELP}")),
+            },
+        }
+    }
+
+    /// Turns `levels` as this line says.
+    fn apply(self, levels: &LevelControl) {
+        match self {
+            Control::Offset(db) => {
+                levels.set_offset_db(db);
+            }
+            Control::Calm(on) => levels.set_calm(on),
+        }
+    }
+}
+
+/// `{"event":"offset","db":...}`
+#[derive(Serialize)]
+struct OffsetEvent {
+    event: &'static str,
+    db: f64,
+}
+
+/// `{"event":"calm","on":...}`
+#[derive(Serialize)]
+struct CalmEvent {
+    event: &'static str,
+    on: bool,
+}
+
+/// `{"event":"control_error","line":...,"error":...}`
+#[derive(Serialize)]
+struct ControlError<'a> {
+    event: &'static str,
+    line: &'a str,
+    error: &'a str,
+}
+
+/// Applies one control `line` to `levels`, then prints what was done (the
+/// new setting is in force when its line is printed) or the error.
+fn control_line(line: &str, levels: &LevelControl) {
+    match Control::parse(line) {
+        Ok(None) => {}
+        Ok(Some(control)) => {
+            control.apply(levels);
+            match control {
+                Control::Offset(_) => emit(&OffsetEvent {
+                    event: "offset",
+                    db: levels.offset_db(),
+                }),
+                Control::Calm(on) => emit(&CalmEvent { event: "calm", on }),
+            }
+        }
+        Err(error) => emit(&ControlError {
+            event: "control_error",
+            line,
+            error: &error,
+        }),
     }
 }
 
@@ -244,8 +368,10 @@ async fn main() -> ExitCode {
     }
     init_logging();
     let seed = cli.seed.unwrap_or_else(|| fastrand::u64(..));
-    tracing::info!(seed, family = %cli.family, "slm-sim starting");
-    let sim = Simulator::new(cli.config(seed));
+    tracing::info!(seed, family = %cli.family, offset_db = cli.offset, calm = cli.calm, "slm-sim starting");
+    let config = cli.config(seed);
+    let levels = config.levels.clone();
+    let sim = Simulator::new(config);
     let events = sim.events();
     let shutdown = CancellationToken::new();
     // Before the first line is printed: whoever reads it may signal at once.
@@ -287,8 +413,10 @@ async fn main() -> ExitCode {
         tokio::spawn(meter.serve(token))
     };
 
-    if cli.exit_on_stdin_eof {
-        watch_stdin(shutdown.clone());
+    // After the first line: control lines sent earlier wait in the pipe.
+    if cli.exit_on_stdin_eof || cli.control_stdin {
+        let levels = cli.control_stdin.then_some(levels);
+        watch_stdin(levels, cli.exit_on_stdin_eof, shutdown.clone());
     }
 
     let stats = || {
@@ -330,24 +458,40 @@ fn watch_meter_signals(sim: &Simulator, asleep: bool, shutdown: CancellationToke
     });
 }
 
-/// Cancels `shutdown` when stdin reaches end of file. A plain thread: a
-/// blocked read must not hold up the runtime's shutdown.
-fn watch_stdin(shutdown: CancellationToken) {
+/// Reads stdin to its end: with `levels`, line by line as control lines
+/// ([`control_line`]), else discarding it; at end of file cancels
+/// `shutdown` if `exit_on_eof`. A plain thread: a blocked read must not
+/// hold up the runtime's shutdown.
+fn watch_stdin(levels: Option<LevelControl>, exit_on_eof: bool, shutdown: CancellationToken) {
     let spawned = std::thread::Builder::new()
-        .name("stdin-eof".into())
+        .name("stdin".into())
         .spawn(move || {
+            use std::io::BufRead as _;
             let mut stdin = std::io::stdin().lock();
-            let mut buf = [0u8; 256];
+            let mut buf = Vec::new();
             loop {
-                match std::io::Read::read(&mut stdin, &mut buf) {
+                buf.clear();
+                match stdin.read_until(b'\n', &mut buf) {
                     Ok(0) => break,
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if let Some(levels) = &levels {
+                            let line = String::from_utf8_lossy(&buf);
+                            control_line(line.trim_end_matches(['\r', '\n']), levels);
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                    Err(e) => {
+                        tracing::warn!("stdin: {e}");
+                        break;
+                    }
                 }
             }
-            tracing::info!("stdin closed: stopping");
-            shutdown.cancel();
+            if exit_on_eof {
+                tracing::info!("stdin closed: stopping");
+                shutdown.cancel();
+            } else {
+                tracing::info!("stdin closed: no more control lines");
+            }
         });
     if let Err(e) = spawned {
         tracing::error!("cannot watch stdin: {e}");
@@ -488,6 +632,75 @@ mod tests {
             assert!(cli.check().is_err(), "{args:?}");
         }
         assert!(Cli::try_parse_from(["slm-sim", "--pty", "--family", "b&k"]).is_err());
+    }
+
+    #[test]
+    fn level_flags_reach_the_config() {
+        let cli = Cli::try_parse_from([
+            "slm-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--offset",
+            "-12.5",
+            "--calm",
+            "--control-stdin",
+            "--exit-on-stdin-eof",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.check(), Ok(()));
+        assert!(cli.control_stdin && cli.exit_on_stdin_eof);
+        let levels = cli.config(1).levels;
+        assert_eq!((levels.offset_db(), levels.calm()), (-12.5, true));
+        let cli =
+            Cli::try_parse_from(["slm-sim", "--pty", "--family", "casella", "--offset", "25"])
+                .expect("valid command line");
+        assert_eq!(cli.check(), Ok(()));
+        let levels = cli.config(1).levels;
+        assert_eq!((levels.offset_db(), levels.calm()), (25.0, false));
+        let levels = Cli::try_parse_from(["slm-sim", "--pty"])
+            .expect("valid command line")
+            .config(1)
+            .levels;
+        assert_eq!((levels.offset_db(), levels.calm()), (0.0, false));
+        for bad in ["121", "loud", "inf"] {
+            assert!(
+                Cli::try_parse_from(["slm-sim", "--pty", "--offset", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn control_lines_are_parsed() {
+        assert_eq!(Control::parse("offset 30"), Ok(Some(Control::Offset(30.0))));
+        assert_eq!(
+            Control::parse("  OFFSET   -7.5 "),
+            Ok(Some(Control::Offset(-7.5)))
+        );
+        assert_eq!(Control::parse("offset 0"), Ok(Some(Control::Offset(0.0))));
+        assert_eq!(Control::parse("calm on"), Ok(Some(Control::Calm(true))));
+        assert_eq!(Control::parse("Calm Off"), Ok(Some(Control::Calm(false))));
+        assert_eq!(Control::parse(""), Ok(None));
+        assert_eq!(Control::parse(" \t"), Ok(None));
+        for bad in [
+            "offset",
+            "offset loud",
+            "offset 30 dB",
+            "offset 500",
+            "calm",
+            "calm maybe",
+            "quiet",
+            "louder",
+        ] {
+            assert!(Control::parse(bad).is_err(), "{bad:?}");
+        }
+        let levels = LevelControl::default();
+        Control::Offset(30.0).apply(&levels);
+        Control::Calm(true).apply(&levels);
+        assert_eq!((levels.offset_db(), levels.calm()), (30.0, true));
+        Control::Calm(false).apply(&levels);
+        Control::Offset(0.0).apply(&levels);
+        assert_eq!((levels.offset_db(), levels.calm()), (0.0, false));
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Casella {
     pub(crate) fn new(config: &SimConfig, now: Instant) -> Casella {
         let seed = family_seed(config.seed, Family::Casella);
         Casella {
-            walk: Walk::new(seed, now, config.start_measuring),
+            walk: Walk::new(seed, now, config.start_measuring, config.levels.clone()),
             period: Integrator::default(),
             every: config.log_period.max(Duration::from_millis(100)),
             clock: Rtc::new(config),

@@ -32,7 +32,7 @@ pub(crate) mod xl2;
 
 use crate::Shared;
 use crate::config::{Family, SimConfig};
-use crate::levels::{Integrator, LevelSource, SAMPLE_PERIOD, Sample, Summary};
+use crate::levels::{Integrator, LevelControl, LevelSource, SAMPLE_PERIOD, Sample, Summary};
 use crate::report::Metrics;
 use firmware_bridge::{Feed, LineFramer};
 use std::io;
@@ -135,9 +135,10 @@ pub(crate) struct Walk {
 }
 
 impl Walk {
-    /// A walk seeded by `seed`, measuring from `now` if `measuring`.
-    pub fn new(seed: u64, now: Instant, measuring: bool) -> Walk {
-        let mut source = LevelSource::new(seed);
+    /// A walk seeded by `seed` and steered by `control` (offset, calm),
+    /// measuring from `now` if `measuring`.
+    pub fn new(seed: u64, now: Instant, measuring: bool, control: LevelControl) -> Walk {
+        let mut source = LevelSource::with_control(seed, control);
         let latest = source.next_sample();
         Walk {
             source,

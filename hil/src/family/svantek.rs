@@ -82,7 +82,7 @@ impl Svantek {
     pub(crate) fn new(config: &SimConfig, now: Instant) -> Svantek {
         let seed = family_seed(config.seed, Family::Svantek);
         Svantek {
-            walk: Walk::new(seed, now, config.start_measuring),
+            walk: Walk::new(seed, now, config.start_measuring, config.levels.clone()),
             serial: format!("{:05}", config.seed % 100_000),
         }
     }

@@ -116,7 +116,7 @@ impl Xl2 {
     pub(crate) fn new(config: &SimConfig, now: Instant) -> Xl2 {
         let seed = family_seed(config.seed, Family::Xl2);
         Xl2 {
-            walk: Walk::new(seed, now, config.start_measuring),
+            walk: Walk::new(seed, now, config.start_measuring, config.levels.clone()),
             errors: VecDeque::new(),
             snapshot: None,
             rng: fastrand::Rng::with_seed(seed ^ 0xf457),
