@@ -292,10 +292,13 @@ pub struct Sim {
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Sim {
-    /// `slm-sim --listen 127.0.0.1:0 <extra>`.
+    /// `slm-sim --listen 127.0.0.1:0 --control-stdin <extra>` (the
+    /// `--control-stdin` only if `extra` lacks it).
     pub fn tcp(extra: &[&str]) -> Sim {
         let mut cmd = Command::new(bin("slm-sim"));
-        cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .args(Sim::control_stdin(extra))
+            .args(extra);
         let proc = Proc::spawn(cmd);
         let (_, listening) = proc
             .stdout
@@ -309,10 +312,15 @@ impl Sim {
         }
     }
 
-    /// `slm-sim --pty --link <link> <extra>`.
+    /// `slm-sim --pty --link <link> --control-stdin <extra>` (the
+    /// `--control-stdin` only if `extra` lacks it).
     pub fn pty(link: &Path, extra: &[&str]) -> Sim {
         let mut cmd = Command::new(bin("slm-sim"));
-        cmd.arg("--pty").arg("--link").arg(link).args(extra);
+        cmd.arg("--pty")
+            .arg("--link")
+            .arg(link)
+            .args(Sim::control_stdin(extra))
+            .args(extra);
         let proc = Proc::spawn(cmd);
         proc.stdout
             .wait_json(0, START_TIMEOUT, |v| v["event"] == "pty")
@@ -346,6 +354,79 @@ impl Sim {
     /// (`awake` event) and its sleep timer restarts.
     pub fn wake(&self) {
         self.proc.signal(nix::sys::signal::Signal::SIGUSR2);
+    }
+
+    /// `--control-stdin` unless `extra` has it already: every `Sim` reads
+    /// control lines on its stdin (piped by [`Proc::spawn`] and kept open
+    /// while it runs, so `--exit-on-stdin-eof` still only fires when the
+    /// `Sim` is dropped), for [`Sim::set_offset`] and [`Sim::set_calm`].
+    fn control_stdin(extra: &[&str]) -> &'static [&'static str] {
+        if extra.contains(&"--control-stdin") {
+            &[]
+        } else {
+            &["--control-stdin"]
+        }
+    }
+
+    /// Sets the simulated meter's level offset to `db` dB (added to every
+    /// sample of its level walk from the next one on: 30 makes a 55 dB
+    /// meter read about 85 dB; 0 undoes it) by writing `offset <db>` on its
+    /// stdin, then waits (up to [`START_TIMEOUT`]) for the simulator's
+    /// `{"event":"offset","db":<db>}` line. Returns that line's index in
+    /// [`Proc::stdout`]: every command the simulator receives after it is
+    /// answered with the new offset (its `dod` and `reading` lines come
+    /// later); an answer already in flight (at most one per link) may still
+    /// be printed after it with the old level.
+    /// Panics if the simulator refuses it (beyond ±120 dB) or says nothing.
+    pub fn set_offset(&self, db: f64) -> usize {
+        self.control(&format!("offset {db}"), |v| {
+            v["event"] == "offset" && v["db"].as_f64() == Some(db)
+        })
+    }
+
+    /// Turns calm on (no random loud events: with offset 0 the level stays
+    /// within 5 dB of 55 dB) or off (`calm on|off` on its stdin), then
+    /// waits for the `calm` event; returns its stdout line index, as
+    /// [`Sim::set_offset`] does.
+    pub fn set_calm(&self, on: bool) -> usize {
+        let word = if on { "on" } else { "off" };
+        self.control(&format!("calm {word}"), |v| {
+            v["event"] == "calm" && v["on"] == on
+        })
+    }
+
+    /// Writes the control `line` and waits for the event `done` accepts.
+    fn control(&self, line: &str, mut done: impl FnMut(&Value) -> bool) -> usize {
+        use std::io::Write as _;
+        let from = self.proc.stdout.lines().len();
+        let mut stdin =
+            self.proc.child.stdin.as_ref().unwrap_or_else(|| {
+                panic!("the simulator's stdin is gone\n{}", self.proc.transcript())
+            });
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot write {line:?} to the simulator: {e}\n{}",
+                    self.proc.transcript()
+                )
+            });
+        let (index, event) = self
+            .proc
+            .stdout
+            .wait_json(from, START_TIMEOUT, |v| {
+                done(v) || (v["event"] == "control_error" && v["line"] == line)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "the simulator did not confirm {line:?}\n{}",
+                    self.proc.transcript()
+                )
+            });
+        if event["event"] == "control_error" {
+            panic!("the simulator refused {line:?}: {}", event["error"]);
+        }
+        index
     }
 
     /// Stops the simulator and returns its final stats line.
