@@ -155,6 +155,7 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
         );
     }
     println!("  fleet        http://{fleet_address} (local sink, pushes every 5 s)");
+    println!("  limits       1-minute and 15-minute levels; alert demo-loud when Lp > 75 dB for 2 s");
     println!("  config and state in {}", dir.path().display());
     println!("  Ctrl-C to stop");
     println!();
@@ -272,6 +273,18 @@ listen = "127.0.0.1:0"
 enabled = true
 url = "{fleet_url}"
 tokens = ["{{token}}"]
+
+# Noise limits at the edge: one-minute levels, and a limit the simulated
+# trucks passing by break now and then.
+[levels]
+intervals = ["1m", "15m"]
+
+[[alert]]
+id = "demo-loud"
+metric = "lp"
+above = 75.0
+for = "2s"
+clear_below = 70.0
 "#,
         state = dir.join("state").display(),
     )
