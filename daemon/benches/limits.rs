@@ -99,7 +99,9 @@ fn config(state: &std::path::Path) -> slmd::config::Config {
             2000 + meter
         ));
     }
-    let metrics = ["lp", "leq", "lmax", "leq_1m", "leq_15m", "l90_1h", "lmax_1m"];
+    let metrics = [
+        "lp", "leq", "lmax", "leq_1m", "leq_15m", "l90_1h", "lmax_1m",
+    ];
     for rule in 0..RULES {
         let metric = metrics[rule % metrics.len()];
         // Most limits hold; every tenth is broken now and then.
@@ -119,7 +121,9 @@ fn config(state: &std::path::Path) -> slmd::config::Config {
 /// Publishes every reading through a hub (and, `with_limits`, hands each
 /// record to the limits engine); the whole time and the engine's share.
 fn run(dir: &tempfile::TempDir, readings: &[Reading], with_limits: bool) -> (Duration, Duration) {
-    let state = dir.path().join(if with_limits { "with" } else { "without" });
+    let state = dir
+        .path()
+        .join(if with_limits { "with" } else { "without" });
     let config = config(&state);
     let hub = Hub::new(1);
     let slot = BufferSlot::default();
@@ -135,8 +139,8 @@ fn run(dir: &tempfile::TempDir, readings: &[Reading], with_limits: bool) -> (Dur
     })
     .expect("buffer");
     let _ = slot.set(buffer);
-    let mut engine = with_limits
-        .then(|| Engine::new(&config, hub.clone(), slot.clone(), WallClock::system()).0);
+    let mut engine =
+        with_limits.then(|| Engine::new(&config, hub.clone(), slot.clone(), WallClock::system()).0);
     let mut in_engine = Duration::ZERO;
     let started = Instant::now();
     for reading in readings {

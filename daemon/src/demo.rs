@@ -155,7 +155,9 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
         );
     }
     println!("  fleet        http://{fleet_address} (local sink, pushes every 5 s)");
-    println!("  limits       1-minute and 15-minute levels; alert demo-loud when Lp > 75 dB for 2 s");
+    println!(
+        "  limits       1-minute and 15-minute levels; alert demo-loud when Lp > 75 dB for 2 s"
+    );
     println!("  config and state in {}", dir.path().display());
     println!("  Ctrl-C to stop");
     println!();

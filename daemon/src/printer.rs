@@ -157,10 +157,7 @@ fn render_text(event: &Event) -> String {
 
 fn text_interval(r: &Record) -> String {
     let time = format_millis(&r.received_at);
-    let level = |name: &str| match r.metric(name) {
-        Some(v) => format!("{v:5.1}"),
-        None => "  -.-".to_owned(),
-    };
+    let level = |name: &str| level(r, name);
     let (length, start, coverage) = r.interval.map_or((String::new(), String::new(), 0.0), |i| {
         (
             crate::limits::interval::length_suffix(i.length),
@@ -168,12 +165,7 @@ fn text_interval(r: &Record) -> String {
             i.coverage,
         )
     });
-    let flags = if r.flags.is_empty() {
-        String::new()
-    } else {
-        let names: Vec<&str> = r.flags.iter().map(|f| f.as_str()).collect();
-        format!("  [{}]", names.join(","))
-    };
+    let flags = flags(r);
     format!(
         "{}  {:<12} #{:<6} {length} from {start}Z  Leq {}  Lmax {}  Lmin {}  L10 {}  L90 {} dB  coverage {:.0}%{}",
         time.get(11..23).unwrap_or(&time),
@@ -212,18 +204,27 @@ fn text_alert(alert: &serde_json::Value, now: &chrono::DateTime<chrono::Utc>) ->
     )
 }
 
-fn text_record(r: &Record) -> String {
-    let time = format_millis(&r.received_at);
-    let level = |name: &str| match r.metric(name) {
+/// A level as the text feed shows it: `58.3`, or `-.-` for none.
+fn level(r: &Record, name: &str) -> String {
+    match r.metric(name) {
         Some(v) => format!("{v:5.1}"),
         None => "  -.-".to_owned(),
-    };
-    let flags = if r.flags.is_empty() {
-        String::new()
-    } else {
-        let names: Vec<&str> = r.flags.iter().map(|f| f.as_str()).collect();
-        format!("  [{}]", names.join(","))
-    };
+    }
+}
+
+/// `  [overload,replayed]`, or nothing.
+fn flags(r: &Record) -> String {
+    if r.flags.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = r.flags.iter().map(|f| f.as_str()).collect();
+    format!("  [{}]", names.join(","))
+}
+
+fn text_record(r: &Record) -> String {
+    let time = format_millis(&r.received_at);
+    let level = |name: &str| level(r, name);
+    let flags = flags(r);
     format!(
         "{}  {:<12} #{:<6} Lp {}  Leq {}  Lmax {}  Lmin {}  L90 {} dB  {}{}",
         time.get(11..23).unwrap_or(&time),

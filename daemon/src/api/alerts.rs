@@ -47,7 +47,7 @@ pub(crate) struct Alerts {
 
 /// An episode's summary as the API shows it (without the rules' internal
 /// state kept for a restart).
-fn shown(mut episode: Value) -> Value {
+pub(crate) fn shown(mut episode: Value) -> Value {
     if let Some(map) = episode.as_object_mut() {
         map.remove("state");
     }

@@ -185,12 +185,7 @@ async fn limits_view(state: &ApiState) -> Result<Option<LimitsView>, ApiError> {
             .map_err(|e| ApiError::Internal(format!("status task: {e}")))??
             .0
             .into_iter()
-            .map(|mut e| {
-                if let Some(map) = e.as_object_mut() {
-                    map.remove("state");
-                }
-                e
-            })
+            .map(super::alerts::shown)
             .collect(),
         None => Vec::new(),
     };

@@ -1596,9 +1596,10 @@ mod tests {
             vec![reading.clone(), EXAMPLE.to_owned(), INTERVAL.to_owned()]
         );
         // Fields in another order come back in the wire order.
-        let text = INTERVAL
-            .replace(r#""coverage":0.997,"#, "")
-            .replacen('{', r#"{"coverage":0.997,"#, 1);
+        let text =
+            INTERVAL
+                .replace(r#""coverage":0.997,"#, "")
+                .replacen('{', r#"{"coverage":0.997,"#, 1);
         assert_ne!(text, INTERVAL);
         assert_eq!(round_trip_text(&text), vec![INTERVAL.to_owned()]);
     }
