@@ -52,7 +52,7 @@ pub mod cli;
 pub mod config;
 mod family;
 pub mod fleet;
-mod levels;
+pub mod levels;
 mod meter;
 pub mod pty;
 pub mod report;
