@@ -49,9 +49,7 @@ fn main() {
             };
             let levels = if calm { "calm" } else { "with trucks" };
             let (mean, mean_abs, p95, max) = summary(&errors);
-            println!(
-                "{input:<21} {levels:<11} {mean:>+7.3} {mean_abs:>9.3} {p95:>8.3} {max:>9.3}"
-            );
+            println!("{input:<21} {levels:<11} {mean:>+7.3} {mean_abs:>9.3} {p95:>8.3} {max:>9.3}");
         }
     }
 }
@@ -109,13 +107,10 @@ fn errors(calm: bool, cycle_leq: bool) -> Vec<f64> {
     errors
 }
 
-/// The windows that are whole: slmd's first window starts with the first
-/// reading, so it is compared like every other (coverage ≈ 1).
+/// The windows slmd covered whole: not the sliver of the window before the
+/// first reading, which the first reading's span reaches into.
 fn whole(levels: Vec<IntervalLevel>) -> Vec<IntervalLevel> {
-    levels
-        .into_iter()
-        .filter(|l| l.coverage > 0.99)
-        .collect()
+    levels.into_iter().filter(|l| l.coverage > 0.99).collect()
 }
 
 /// A level as the meter shows it: 0.1 dB.

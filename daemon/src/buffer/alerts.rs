@@ -85,14 +85,15 @@ impl Buffer {
             params![event_seq, body.to_string()],
         )
         .map_err(&sql_err)?;
-        let now = chrono::Utc::now().timestamp_millis();
+        // Episodes are ordered by their latest event's number: unlike a
+        // time, it never ties and never steps back with the clock.
         tx.execute(
-            "INSERT OR REPLACE INTO alert_episodes (episode, active, updated_at, body)
+            "INSERT OR REPLACE INTO alert_episodes (episode, active, last_event, body)
              VALUES (?1, ?2, ?3, ?4)",
-            params![episode, active, now, episode_body.to_string()],
+            params![episode, active, event_seq, episode_body.to_string()],
         )
         .map_err(&sql_err)?;
-        prune(&tx).map_err(&sql_err)?;
+        prune(&tx, event_seq).map_err(&sql_err)?;
         tx.commit().map_err(&sql_err)?;
         self.note_commit();
         Ok(u64::try_from(event_seq).unwrap_or(0))
@@ -167,12 +168,12 @@ impl Buffer {
             rows.map(|r| r.map(|b| parse(&b))).collect()
         };
         let active = read(
-            "SELECT body FROM alert_episodes WHERE active = 1 ORDER BY updated_at LIMIT ?1",
+            "SELECT body FROM alert_episodes WHERE active = 1 ORDER BY last_event LIMIT ?1",
             i64::MAX,
         )
         .map_err(&sql_err)?;
         let finished = read(
-            "SELECT body FROM alert_episodes WHERE active = 0 ORDER BY updated_at DESC LIMIT ?1",
+            "SELECT body FROM alert_episodes WHERE active = 0 ORDER BY last_event DESC LIMIT ?1",
             i64::try_from(recent).unwrap_or(i64::MAX),
         )
         .map_err(&sql_err)?;
@@ -272,18 +273,14 @@ impl Buffer {
     }
 }
 
-/// Keeps the newest [`EVENTS_KEEP`] events and [`EPISODES_KEEP`] finished
-/// episodes; a consumer that had not delivered a pruned event counts it
-/// lost and moves past it.
-fn prune(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    let oldest_kept: Option<i64> = tx
-        .query_row(
-            "SELECT event_seq FROM alert_events ORDER BY event_seq DESC LIMIT 1 OFFSET ?1",
-            [EVENTS_KEEP - 1],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(oldest) = oldest_kept {
+/// Keeps the newest [`EVENTS_KEEP`] events (`newest` is the one just
+/// stored) and [`EPISODES_KEEP`] finished episodes; a consumer that had not
+/// delivered a pruned event counts it lost and moves past it.
+fn prune(tx: &rusqlite::Transaction<'_>, newest: i64) -> rusqlite::Result<()> {
+    // Numbers are handed out in order and only pruning deletes, from the
+    // oldest: the kept events are exactly the last EVENTS_KEEP numbers.
+    let oldest = newest - EVENTS_KEEP + 1;
+    if oldest > 1 {
         let pruned = tx.execute("DELETE FROM alert_events WHERE event_seq < ?1", [oldest])?;
         if pruned > 0 {
             tx.execute(
@@ -296,7 +293,7 @@ fn prune(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute(
         "DELETE FROM alert_episodes WHERE active = 0 AND episode IN
              (SELECT episode FROM alert_episodes WHERE active = 0
-              ORDER BY updated_at DESC LIMIT -1 OFFSET ?1)",
+              ORDER BY last_event DESC LIMIT -1 OFFSET ?1)",
         [EPISODES_KEEP],
     )?;
     Ok(())

@@ -85,10 +85,10 @@ const STEPS: [&str; 4] = [
      CREATE TABLE alert_episodes (
          episode    TEXT PRIMARY KEY,
          active     INTEGER NOT NULL,
-         updated_at INTEGER NOT NULL,
+         last_event INTEGER NOT NULL,
          body       TEXT NOT NULL
      ) WITHOUT ROWID;
-     CREATE INDEX alert_episodes_by_time ON alert_episodes (active, updated_at);
+     CREATE INDEX alert_episodes_by_event ON alert_episodes (active, last_event);
      CREATE TABLE event_deliveries (
          consumer  TEXT PRIMARY KEY,
          delivered INTEGER NOT NULL,
