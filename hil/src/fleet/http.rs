@@ -545,37 +545,69 @@ fn process(
     sim: &FleetSim,
     presented: Option<TokenDigest>,
     parsed: Result<record::IngestBody<'_>, Answer>,
-    mut log: RequestLog,
+    log: RequestLog,
     not_json: bool,
 ) -> Answer {
+    authorized(sim, presented, parsed, log, not_json, |body, _, log| {
+        let gateway = body.gateway.0.into_owned();
+        let (epoch, skipped) = (body.epoch.0, body.skipped);
+        // Interned without the state lock; storing takes it.
+        let pending = {
+            let mut interner = sim.interner();
+            body.records
+                .into_iter()
+                .map(|record| interner.prepare(record.0))
+                .collect()
+        };
+        sim.admit(
+            Prepared {
+                gateway,
+                epoch,
+                skipped,
+                pending,
+            },
+            log,
+            not_json,
+        )
+    })
+    .unwrap_or_else(|refused| refused)
+}
+
+/// The token, then the body, then `accept` (with the token's role);
+/// a refusal is logged here. With `not_json` the log says the client saw
+/// `200` (the caller answers HTML).
+fn authorized<T, R>(
+    sim: &FleetSim,
+    presented: Option<TokenDigest>,
+    parsed: Result<T, Answer>,
+    mut log: RequestLog,
+    not_json: bool,
+    accept: impl FnOnce(T, TokenRole, RequestLog) -> R,
+) -> Result<R, Answer> {
     match authorize(sim, presented, parsed, &mut log) {
-        Ok((body, _)) => {
-            let gateway = body.gateway.0.into_owned();
-            let (epoch, skipped) = (body.epoch.0, body.skipped);
-            // Interned without the state lock; storing takes it.
-            let pending = {
-                let mut interner = sim.interner();
-                body.records
-                    .into_iter()
-                    .map(|record| interner.prepare(record.0))
-                    .collect()
-            };
-            sim.admit(
-                Prepared {
-                    gateway,
-                    epoch,
-                    skipped,
-                    pending,
-                },
-                log,
-                not_json,
-            )
-        }
+        Ok((body, role)) => Ok(accept(body, role, log)),
         Err(answer) => {
             sim.refuse(log, &answer, not_json);
-            answer
+            Err(answer)
         }
     }
+}
+
+/// The decoded body as JSON; notes its `gateway` in `log` when it has one,
+/// so the log names the gateway of every request whose body is JSON.
+fn json_body(
+    headers: &HeaderMap,
+    encoding: Encoding,
+    wire: &Wire,
+    log: &mut RequestLog,
+) -> Result<serde_json::Value, Answer> {
+    let bytes = decode(headers, encoding, wire)?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Answer::malformed(format!("the body is not JSON: {e}")))?;
+    if let Some(gateway) = value.get("gateway").and_then(serde_json::Value::as_str) {
+        log.gateway = Some(excerpt(gateway).into_owned());
+    }
+    Ok(value)
 }
 
 /// The token, before the body: the body with the token's role (noted in
@@ -771,12 +803,7 @@ fn handle_heartbeat(
     wire: &Wire,
     mut log: RequestLog,
 ) -> Option<Response> {
-    let parsed: ParsedHeartbeat = decode(headers, encoding, wire).and_then(|bytes| {
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Answer::malformed(format!("the body is not JSON: {e}")))?;
-        if let Some(gateway) = value.get("gateway").and_then(serde_json::Value::as_str) {
-            log.gateway = Some(excerpt(gateway).into_owned());
-        }
+    let parsed: ParsedHeartbeat = json_body(headers, encoding, wire, &mut log).and_then(|value| {
         let checked = heartbeat::check(&value).map_err(Answer::malformed)?;
         Ok((value, checked))
     });
@@ -784,32 +811,21 @@ fn handle_heartbeat(
         log.meters = Some(checked.states.len());
     }
     by_fault(sim, fault, log, |log, not_json| {
-        match process_heartbeat(sim, presented, parsed, log, not_json) {
+        let accepted = authorized(
+            sim,
+            presented,
+            parsed,
+            log,
+            not_json,
+            |(body, checked), role, log| {
+                sim.accept_heartbeat(body, checked, role, log, not_json);
+            },
+        );
+        match accepted {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(answer) => answer.into_response(),
         }
     })
-}
-
-/// The token, then the body, then keeping it; logs the request. With
-/// `not_json` the log says the client saw `200` (the caller answers HTML).
-fn process_heartbeat(
-    sim: &FleetSim,
-    presented: Option<TokenDigest>,
-    parsed: ParsedHeartbeat,
-    mut log: RequestLog,
-    not_json: bool,
-) -> Result<(), Answer> {
-    match authorize(sim, presented, parsed, &mut log) {
-        Ok(((body, checked), role)) => {
-            sim.accept_heartbeat(body, checked, role, log, not_json);
-            Ok(())
-        }
-        Err(answer) => {
-            sim.refuse(log, &answer, not_json);
-            Err(answer)
-        }
-    }
 }
 
 impl FleetSim {
@@ -903,40 +919,24 @@ fn handle_events(
     wire: &Wire,
     mut log: RequestLog,
 ) -> Option<Response> {
-    let parsed: ParsedEvents = decode(headers, encoding, wire).and_then(|bytes| {
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Answer::malformed(format!("the body is not JSON: {e}")))?;
-        if let Some(gateway) = value.get("gateway").and_then(serde_json::Value::as_str) {
-            log.gateway = Some(excerpt(gateway).into_owned());
-        }
-        alert_events::check(value).map_err(Answer::malformed)
-    });
+    let parsed: ParsedEvents = json_body(headers, encoding, wire, &mut log)
+        .and_then(|value| alert_events::check(value).map_err(Answer::malformed));
     if let Ok(checked) = &parsed {
         log.events = Some(checked.events.len());
         log.first_seq = checked.events.first().map(|e| e.event_seq);
         log.last_seq = checked.events.last().map(|e| e.event_seq);
     }
     by_fault(sim, fault, log, |log, not_json| {
-        process_events(sim, presented, parsed, log, not_json)
+        authorized(
+            sim,
+            presented,
+            parsed,
+            log,
+            not_json,
+            |checked, role, log| sim.accept_events(checked, role, log),
+        )
+        .unwrap_or_else(|refused| refused)
     })
-}
-
-/// The token, then the body, then storing; logs the request. With
-/// `not_json` the log says the client saw `200` (the caller answers HTML).
-fn process_events(
-    sim: &FleetSim,
-    presented: Option<TokenDigest>,
-    parsed: ParsedEvents,
-    mut log: RequestLog,
-    not_json: bool,
-) -> Answer {
-    match authorize(sim, presented, parsed, &mut log) {
-        Ok((checked, role)) => sim.accept_events(checked, role, log),
-        Err(answer) => {
-            sim.refuse(log, &answer, not_json);
-            answer
-        }
-    }
 }
 
 impl FleetSim {
