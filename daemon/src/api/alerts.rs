@@ -36,6 +36,28 @@ pub struct LimitsApi {
     pub intervals: Vec<Duration>,
 }
 
+impl LimitsApi {
+    /// The engine's counters now.
+    pub(crate) fn counters(&self) -> crate::limits::engine::LimitsStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Each consumer's delivery state now.
+    pub(crate) fn deliveries_now(&self) -> Vec<crate::limits::deliver::DeliveryStatus> {
+        self.deliveries
+            .iter()
+            .map(|d| {
+                d.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            })
+            .collect()
+    }
+}
+
 /// The body of `GET /v1/alerts`.
 #[derive(Debug, Serialize)]
 pub(crate) struct Alerts {

@@ -235,11 +235,7 @@ fn limits(page: &mut Page, state: &ApiState) {
     let Some(limits) = state.inner.limits.get() else {
         return;
     };
-    let counters = limits
-        .status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let counters = limits.counters();
     page.single(
         "slmd_alerts_active",
         "gauge",
@@ -258,15 +254,7 @@ fn limits(page: &mut Page, state: &ApiState) {
         "Interval levels published since start.",
         counters.intervals,
     );
-    let deliveries: Vec<crate::limits::deliver::DeliveryStatus> = limits
-        .deliveries
-        .iter()
-        .map(|d| {
-            d.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        })
-        .collect();
+    let deliveries = limits.deliveries_now();
     for (name, help, value) in [
         (
             "slmd_alert_deliveries_total",

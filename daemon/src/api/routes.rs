@@ -165,20 +165,8 @@ async fn limits_view(state: &ApiState) -> Result<Option<LimitsView>, ApiError> {
     let Some(limits) = state.inner.limits.get() else {
         return Ok(None);
     };
-    let counters = limits
-        .status
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    let deliveries = limits
-        .deliveries
-        .iter()
-        .map(|d| {
-            d.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        })
-        .collect();
+    let counters = limits.counters();
+    let deliveries = limits.deliveries_now();
     let active_alerts = match state.inner.buffer.get().cloned() {
         Some(buffer) => tokio::task::spawn_blocking(move || buffer.episodes(0))
             .await

@@ -85,7 +85,7 @@
 mod device;
 mod limits;
 mod locate;
-mod units;
+pub(crate) mod units;
 mod validate;
 
 use std::fmt;

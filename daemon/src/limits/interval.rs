@@ -149,24 +149,9 @@ pub fn valid_length(length: Duration) -> Result<(), String> {
 /// A length the way it ends a metric name: the largest of `d`, `h`, `m`,
 /// `s`, `ms` that divides it exactly (`"15m"`, `"1h"`, `"1d"`, `"90s"`).
 pub fn length_suffix(length: Duration) -> String {
-    if length.subsec_nanos() % 1_000_000 != 0 {
-        return format!("{}ns", length.as_nanos());
-    }
-    if length.subsec_nanos() != 0 {
-        return format!("{}ms", length.as_millis());
-    }
-    let s = length.as_secs();
-    if s == 0 {
-        "0s".to_owned()
-    } else if s % 86_400 == 0 {
-        format!("{}d", s / 86_400)
-    } else if s % 3_600 == 0 {
-        format!("{}h", s / 3_600)
-    } else if s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
+    // The form `[levels] intervals` is written in, so a length read in a
+    // record or a metric name can be pasted back into the config.
+    crate::config::units::format_duration(length)
 }
 
 /// Splits an interval metric name into its metric and length:
