@@ -1222,6 +1222,19 @@ impl Serialize for SlotJson<'_> {
     }
 }
 
+/// `records` (JSON texts) as the store gets them from one body of gateway
+/// `gw`: for the store's tests.
+#[cfg(test)]
+pub(crate) fn prepared(interner: &mut Interner, records: &[&str]) -> Vec<Pending> {
+    let body = format!(r#"{{"gateway":"gw","records":[{}]}}"#, records.join(","));
+    let parsed = parse(body.as_bytes()).expect("valid body");
+    parsed
+        .records
+        .into_iter()
+        .map(|r| interner.prepare(r.0))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1531,13 +1544,8 @@ mod tests {
         let mut interner = Interner::default();
         let mut arena = Vec::new();
         let mut prepare = |record: &str| {
-            let body = format!(r#"{{"gateway":"gw","records":[{record}]}}"#);
-            let parsed = parse(body.as_bytes()).expect("valid body");
-            parsed
-                .records
-                .into_iter()
-                .map(|r| interner.prepare(r.0))
-                .next()
+            prepared(&mut interner, &[record])
+                .pop()
                 .expect("one record")
         };
         let stored = Slot::store(prepare(EXAMPLE), 0, &mut arena);
@@ -1722,13 +1730,8 @@ mod tests {
         let mut interner = Interner::default();
         let mut arena = Vec::new();
         let mut prepare = |record: &str| {
-            let body = format!(r#"{{"gateway":"gw","records":[{record}]}}"#);
-            let parsed = parse(body.as_bytes()).expect("valid body");
-            parsed
-                .records
-                .into_iter()
-                .map(|r| interner.prepare(r.0))
-                .next()
+            prepared(&mut interner, &[record])
+                .pop()
                 .expect("one record")
         };
         let mut pending = prepare(INTERVAL);

@@ -469,7 +469,7 @@ impl AuditInput {
 
 #[cfg(test)]
 mod tests {
-    use super::super::record::{Interner, parse};
+    use super::super::record::{Interner, prepared};
     use super::*;
 
     /// A checked batch of records `seqs`, each with metric `lp` = `lp(seq)`.
@@ -483,13 +483,8 @@ mod tests {
                 )
             })
             .collect();
-        let body = format!(r#"{{"gateway":"gw","records":[{}]}}"#, records.join(","));
-        let parsed = parse(body.as_bytes()).expect("valid");
-        parsed
-            .records
-            .into_iter()
-            .map(|r| interner.prepare(r.0))
-            .collect()
+        let records: Vec<&str> = records.iter().map(String::as_str).collect();
+        prepared(interner, &records)
     }
 
     fn batch(interner: &mut Interner, seqs: &[u64]) -> Vec<Pending> {
@@ -549,16 +544,10 @@ mod tests {
 
     /// A checked interval record `seq` with coverage `coverage`.
     fn interval(interner: &mut Interner, seq: u64, coverage: &str) -> Pending {
-        let body = format!(
-            r#"{{"gateway":"gw","records":[{{"seq":{seq},"kind":"interval","device":"d","received_at":"2026-01-01T00:15:00.000Z","device_time":null,"interval_start":"2026-01-01T00:00:00Z","interval_length":"15m","metrics":{{"leq":61.2}},"readings":897,"coverage":{coverage},"state":"measuring","flags":["low_coverage"]}}]}}"#
+        let record = format!(
+            r#"{{"seq":{seq},"kind":"interval","device":"d","received_at":"2026-01-01T00:15:00.000Z","device_time":null,"interval_start":"2026-01-01T00:00:00Z","interval_length":"15m","metrics":{{"leq":61.2}},"readings":897,"coverage":{coverage},"state":"measuring","flags":["low_coverage"]}}"#
         );
-        let parsed = parse(body.as_bytes()).expect("valid");
-        parsed
-            .records
-            .into_iter()
-            .map(|r| interner.prepare(r.0))
-            .next()
-            .expect("one record")
+        prepared(interner, &[&record]).pop().expect("one record")
     }
 
     #[test]
