@@ -34,30 +34,28 @@ fn summary(episode: &str, state: &str) -> Value {
     json!({"episode": episode, "alert": "day-limit", "device": "north", "state": state})
 }
 
+/// Stores a `kind` event of rule `day-limit` in `episode`, with the
+/// episode's summary in state `kind`; returns its `event_seq`.
+fn store(buffer: &Buffer, episode: &str, kind: &str, value: f64, active: bool) -> u64 {
+    buffer
+        .record_alert_event(
+            episode,
+            "day-limit",
+            &event(kind, episode, value),
+            &summary(episode, kind),
+            active,
+        )
+        .expect("stored")
+}
+
 #[test]
 fn an_active_episode_and_its_events_survive_a_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("buffer.db");
     {
         let buffer = open(&path);
-        let first = buffer
-            .record_alert_event(
-                "e1",
-                "day-limit",
-                &event("onset", "e1", 67.0),
-                &summary("e1", "onset"),
-                true,
-            )
-            .expect("stored");
-        let second = buffer
-            .record_alert_event(
-                "e1",
-                "day-limit",
-                &event("peak", "e1", 71.5),
-                &summary("e1", "peak"),
-                true,
-            )
-            .expect("stored");
+        let first = store(&buffer, "e1", "onset", 67.0, true);
+        let second = store(&buffer, "e1", "peak", 71.5, true);
         assert!(second > first, "{first} then {second}");
     }
     let buffer = open(&path);
@@ -78,15 +76,7 @@ fn an_active_episode_and_its_events_survive_a_reopen() {
     assert_eq!(buffer.last_event_seq().expect("seq"), events[1].event_seq);
 
     // The clear ends it: listed as recent from then on.
-    buffer
-        .record_alert_event(
-            "e1",
-            "day-limit",
-            &event("clear", "e1", 60.0),
-            &summary("e1", "clear"),
-            false,
-        )
-        .expect("stored");
+    store(&buffer, "e1", "clear", 60.0, false);
     let (active, recent) = buffer.episodes(10).expect("episodes");
     assert!(active.is_empty());
     assert_eq!(recent, [summary("e1", "clear")]);
@@ -96,15 +86,7 @@ fn an_active_episode_and_its_events_survive_a_reopen() {
 fn an_ack_keeps_its_first_time_takes_the_latest_note_and_an_unknown_episode_is_named() {
     let dir = tempfile::tempdir().expect("temp dir");
     let buffer = open(&dir.path().join("buffer.db"));
-    buffer
-        .record_alert_event(
-            "e1",
-            "day-limit",
-            &event("onset", "e1", 67.0),
-            &summary("e1", "onset"),
-            true,
-        )
-        .expect("stored");
+    store(&buffer, "e1", "onset", 67.0, true);
     let first = buffer
         .ack_episode("e1", "crane work", "2026-12-02T10:20:00Z")
         .expect("acked");
@@ -141,15 +123,7 @@ fn the_file_keeps_the_newest_events_and_episodes_and_counts_what_a_lagging_consu
     let total = alerts::EVENTS_KEEP as u64 + extra;
     for n in 1..=total {
         let episode = format!("e{n}");
-        buffer
-            .record_alert_event(
-                &episode,
-                "day-limit",
-                &event("clear", &episode, 60.0),
-                &summary(&episode, "clear"),
-                false,
-            )
-            .expect("stored");
+        store(&buffer, &episode, "clear", 60.0, false);
         if n == 3 {
             buffer
                 .mark_events_delivered("channel:site", 3)
@@ -171,15 +145,7 @@ fn the_file_keeps_the_newest_events_and_episodes_and_counts_what_a_lagging_consu
         (total, 0)
     );
     // ...and numbers are never reused, also after pruning.
-    let next = buffer
-        .record_alert_event(
-            "late",
-            "day-limit",
-            &event("onset", "late", 70.0),
-            &summary("late", "onset"),
-            true,
-        )
-        .expect("stored");
+    let next = store(&buffer, "late", "onset", 70.0, true);
     assert_eq!(next, total + 1);
 
     let (active, recent) = buffer.episodes(usize::MAX).expect("episodes");

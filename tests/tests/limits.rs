@@ -13,24 +13,45 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "tok-limits";
 
-/// Writes the config: one NL-43 `north` at `address`, `[levels]` with
-/// 10-second windows, a webhook channel `site` to `hook`, and `rules`.
-fn config(setup: &Setup, address: &str, hook: &str, extra: &str) -> std::path::PathBuf {
-    let path = setup.path("slmd.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[gateway]\nid = \"gw-limits\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
-             [buffer]\ncommit_interval = \"250ms\"\n\n{}\n\
-             [levels]\nintervals = [\"10s\"]\ntimezone = \"Europe/Zurich\"\n\n\
-             [[channel]]\nid = \"site\"\nkind = \"webhook\"\nurl = \"{hook}\"\nretry_min = \"100ms\"\nretry_max = \"500ms\"\n\n\
-             [[alert]]\nid = \"loud\"\nmetric = \"lp\"\nabove = 70.0\nfor = \"2s\"\nclear_below = 65.0\npeak_every = \"1h\"\nchannels = [\"site\"]\n\n{extra}",
-            setup.path("state").display(),
-            tcp_device("north", address, "reconnect_min = \"100ms\"\nreconnect_max = \"1s\""),
-        ),
-    )
-    .expect("write config");
-    path
+/// A site: a calm simulated NL-43 (`--seed seed`), a webhook receiver
+/// and a folder for the config and the state.
+struct Site {
+    sim: Sim,
+    hook: HookServer,
+    setup: Setup,
+}
+
+impl Site {
+    fn new(seed: u64) -> Site {
+        Site {
+            sim: Sim::tcp(&["--calm", "--control-stdin", "--seed", &seed.to_string()]),
+            hook: HookServer::start(),
+            setup: Setup::new(),
+        }
+    }
+
+    /// Writes the config: the meter as `north`, `[levels]` with 10-second
+    /// windows, a webhook channel `site` to the receiver, the rule `loud`
+    /// (Lp above 70 dB for 2 s, clear below 65 dB), and `extra`.
+    fn config(&self, extra: &str) -> std::path::PathBuf {
+        let path = self.setup.path("slmd.toml");
+        let address = self.sim.address.as_deref().expect("address");
+        std::fs::write(
+            &path,
+            format!(
+                "[gateway]\nid = \"gw-limits\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
+                 [buffer]\ncommit_interval = \"250ms\"\n\n{}\n\
+                 [levels]\nintervals = [\"10s\"]\ntimezone = \"Europe/Zurich\"\n\n\
+                 [[channel]]\nid = \"site\"\nkind = \"webhook\"\nurl = \"{}\"\nretry_min = \"100ms\"\nretry_max = \"500ms\"\n\n\
+                 [[alert]]\nid = \"loud\"\nmetric = \"lp\"\nabove = 70.0\nfor = \"2s\"\nclear_below = 65.0\npeak_every = \"1h\"\nchannels = [\"site\"]\n\n{extra}",
+                self.setup.path("state").display(),
+                tcp_device("north", address, "reconnect_min = \"100ms\"\nreconnect_max = \"1s\""),
+                self.hook.url("/noise"),
+            ),
+        )
+        .expect("write config");
+        path
+    }
 }
 
 /// The webhook bodies received so far, as JSON.
@@ -70,30 +91,24 @@ fn get(api: &str, path: &str) -> Value {
 #[test]
 #[ignore = "needs mosquitto, mosquitto_sub; .ci/run installs them"]
 fn a_loud_meter_alerts_the_webhook_mqtt_and_the_fleet_is_acked_and_clears_when_quiet() {
-    let sim = Sim::tcp(&["--calm", "--control-stdin", "--seed", "7"]);
-    let hook = HookServer::start();
+    let site = Site::new(7);
+    let (sim, hook) = (&site.sim, &site.hook);
     let fleet = FleetSim::start(TOKEN, &[]);
-    let setup = Setup::new();
-    let broker = Broker::start(&setup.path(""), 0);
+    let broker = Broker::start(&site.setup.path(""), 0);
     let retained = broker.subscribe("slmd/gw-limits/alerts/#");
     let extra = format!(
         "[mqtt]\nurl = \"{}\"\n\n{}",
         broker.url(),
         fleet_section(&fleet.url(), &[TOKEN], "")
     );
-    let path = config(
-        &setup,
-        sim.address.as_deref().expect("address"),
-        &hook.url("/noise"),
-        &extra,
-    );
+    let path = site.config(&extra);
     let daemon = Daemon::start(&path);
     daemon.records("north", 3, TIMEOUT);
     let api = api_address(&daemon.proc);
-    assert!(bodies(&hook).is_empty(), "quiet: no alert");
+    assert!(bodies(hook).is_empty(), "quiet: no alert");
 
     sim.set_offset(30.0);
-    let onset = wait_hook(&hook, 0, "onset");
+    let onset = wait_hook(hook, 0, "onset");
     assert_eq!(onset["gateway"], "gw-limits");
     assert_eq!(onset["alert"], "loud");
     assert_eq!(onset["device"], "north");
@@ -153,7 +168,7 @@ fn a_loud_meter_alerts_the_webhook_mqtt_and_the_fleet_is_acked_and_clears_when_q
 
     // Quiet again: cleared, once, with the same episode.
     sim.set_offset(0.0);
-    let clear = wait_hook(&hook, 0, "clear");
+    let clear = wait_hook(hook, 0, "clear");
     assert_eq!(clear["episode"], episode.as_str());
     assert!(clear["value"].as_f64().is_some_and(|v| v < 65.0), "{clear}");
     let alerts = get(&api, "/v1/alerts");
@@ -193,7 +208,7 @@ fn a_loud_meter_alerts_the_webhook_mqtt_and_the_fleet_is_acked_and_clears_when_q
     assert_eq!(seqs.len(), 2, "{events:?}");
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     // The webhook got exactly the onset and the clear.
-    let kinds: Vec<String> = bodies(&hook)
+    let kinds: Vec<String> = bodies(hook)
         .iter()
         .filter_map(|b| b["event"].as_str().map(str::to_owned))
         .collect();
@@ -202,19 +217,13 @@ fn a_loud_meter_alerts_the_webhook_mqtt_and_the_fleet_is_acked_and_clears_when_q
 
 #[test]
 fn a_kill_9_during_an_episode_sends_no_second_onset_and_the_clear_still_comes() {
-    let sim = Sim::tcp(&["--calm", "--control-stdin", "--seed", "8"]);
-    let hook = HookServer::start();
-    let setup = Setup::new();
-    let path = config(
-        &setup,
-        sim.address.as_deref().expect("address"),
-        &hook.url("/noise"),
-        "",
-    );
+    let site = Site::new(8);
+    let (sim, hook) = (&site.sim, &site.hook);
+    let path = site.config("");
     let mut daemon = Daemon::start(&path);
     daemon.records("north", 2, TIMEOUT);
     sim.set_offset(30.0);
-    let onset = wait_hook(&hook, 0, "onset");
+    let onset = wait_hook(hook, 0, "onset");
     let episode = onset["episode"].as_str().expect("episode").to_owned();
 
     daemon.proc.signal(nix::sys::signal::Signal::SIGKILL);
@@ -234,14 +243,14 @@ fn a_kill_9_during_an_episode_sends_no_second_onset_and_the_clear_still_comes() 
     let alerts = get(&api, "/v1/alerts");
     assert_eq!(alerts["active"][0]["episode"], episode.as_str(), "{alerts}");
     // ...and no second onset.
-    let onsets = bodies(&hook)
+    let onsets = bodies(hook)
         .iter()
         .filter(|b| b["event"] == "onset")
         .count();
-    assert_eq!(onsets, 1, "{:?}", bodies(&hook));
+    assert_eq!(onsets, 1, "{:?}", bodies(hook));
 
     sim.set_offset(0.0);
-    let clear = wait_hook(&hook, 0, "clear");
+    let clear = wait_hook(hook, 0, "clear");
     assert_eq!(clear["episode"], episode.as_str());
     assert!(
         again.log_lines("still active from before the restart") >= 1,
@@ -252,15 +261,9 @@ fn a_kill_9_during_an_episode_sends_no_second_onset_and_the_clear_still_comes() 
 
 #[test]
 fn a_webhook_down_for_a_while_gets_every_event_in_order_when_it_returns() {
-    let sim = Sim::tcp(&["--calm", "--control-stdin", "--seed", "9"]);
-    let hook = HookServer::start();
-    let setup = Setup::new();
-    let path = config(
-        &setup,
-        sim.address.as_deref().expect("address"),
-        &hook.url("/noise"),
-        "",
-    );
+    let site = Site::new(9);
+    let (sim, hook) = (&site.sim, &site.hook);
+    let path = site.config("");
     let daemon = Daemon::start(&path);
     daemon.records("north", 2, TIMEOUT);
     hook.down();
@@ -300,10 +303,10 @@ fn a_webhook_down_for_a_while_gets_every_event_in_order_when_it_returns() {
 
     hook.up();
     let got = poll_until(TIMEOUT, || {
-        let got = bodies(&hook);
+        let got = bodies(hook);
         (got.len() >= 4).then_some(got)
     })
-    .unwrap_or_else(|| panic!("not every event arrived: {:?}", bodies(&hook)));
+    .unwrap_or_else(|| panic!("not every event arrived: {:?}", bodies(hook)));
     let kinds: Vec<&str> = got.iter().filter_map(|b| b["event"].as_str()).collect();
     assert_eq!(kinds, ["onset", "clear", "onset", "clear"], "{got:?}");
     let seqs: Vec<u64> = got.iter().filter_map(|b| b["event_seq"].as_u64()).collect();
@@ -319,18 +322,12 @@ fn a_webhook_down_for_a_while_gets_every_event_in_order_when_it_returns() {
 
 #[test]
 fn interval_levels_are_stored_pushed_streamed_listed_and_fire_their_rule() {
-    let sim = Sim::tcp(&["--calm", "--control-stdin", "--seed", "10"]);
-    let hook = HookServer::start();
+    let site = Site::new(10);
+    let (sim, hook) = (&site.sim, &site.hook);
     let fleet = FleetSim::start(TOKEN, &[]);
-    let setup = Setup::new();
     let rule = "[[alert]]\nid = \"leq-limit\"\nmetric = \"leq_10s\"\nabove = 75.0\nchannels = [\"site\"]\n";
     let extra = format!("{rule}\n{}", fleet_section(&fleet.url(), &[TOKEN], ""));
-    let path = config(
-        &setup,
-        sim.address.as_deref().expect("address"),
-        &hook.url("/noise"),
-        &extra,
-    );
+    let path = site.config(&extra);
     let daemon = Daemon::start(&path);
     let api = api_address(&daemon.proc);
     let stream = Sse::open(&api, "/v1/stream?device=north", None);
@@ -387,7 +384,7 @@ fn interval_levels_are_stored_pushed_streamed_listed_and_fire_their_rule() {
     // Loud: the rule on the 10-second Leq fires at the end of the first
     // window that breaks it, not before.
     sim.set_offset(30.0);
-    let onset = wait_hook_for(&hook, 0, "onset", "leq-limit");
+    let onset = wait_hook_for(hook, 0, "onset", "leq-limit");
     assert_eq!(onset["metric"], "leq_10s");
     let at = chrono::DateTime::parse_from_rfc3339(onset["at"].as_str().expect("at")).expect("at");
     assert_eq!(
