@@ -225,8 +225,9 @@ pub fn render(status: &Value) -> String {
             .cloned()
             .unwrap_or_default();
         lines.push(format!(
-            "limits  {} rules · {} active",
+            "limits  {} rule{} · {} active",
             count(&limits["rules"]),
+            if limits["rules"] == 1 { "" } else { "s" },
             active.len()
         ));
         for alert in &active {

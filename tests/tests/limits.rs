@@ -165,6 +165,17 @@ fn a_loud_meter_alerts_the_webhook_mqtt_and_the_fleet_is_acked_and_clears_when_q
         get(&api, "/v1/alerts")["active"][0]["ack"]["note"],
         "crane work, site informed"
     );
+    // `slmd status` shows it to the tech on the gateway.
+    let table = std::process::Command::new(slmd_e2e::bin("slmd"))
+        .args(["status", "--config"])
+        .arg(&path)
+        .args(["--api", &api])
+        .output()
+        .expect("slmd status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("limits  1 rule · 1 active"), "{table}");
+    assert!(table.contains("  ALERT loud north lp peak "), "{table}");
+    assert!(table.contains("> 70.0 · acked"), "{table}");
 
     // Quiet again: cleared, once, with the same episode.
     sim.set_offset(0.0);
