@@ -332,12 +332,20 @@ fn a_webhook_down_for_a_while_gets_every_event_in_order_when_it_returns() {
 }
 
 #[test]
-fn interval_levels_are_stored_pushed_streamed_listed_and_fire_their_rule() {
+fn interval_levels_are_stored_pushed_streamed_listed_and_fire_their_rule_and_ntfy_is_told() {
     let site = Site::new(10);
     let (sim, hook) = (&site.sim, &site.hook);
     let fleet = FleetSim::start(TOKEN, &[]);
-    let rule = "[[alert]]\nid = \"leq-limit\"\nmetric = \"leq_10s\"\nabove = 75.0\nchannels = [\"site\"]\n";
-    let extra = format!("{rule}\n{}", fleet_section(&fleet.url(), &[TOKEN], ""));
+    // A phone's ntfy topic (a real local HTTP server standing in for
+    // ntfy.sh), told by a rule of its own.
+    let phone = HookServer::start();
+    let rules = format!(
+        "[[alert]]\nid = \"leq-limit\"\nmetric = \"leq_10s\"\nabove = 75.0\nchannels = [\"site\"]\n\n\
+         [[channel]]\nid = \"phone\"\nkind = \"ntfy\"\nurl = \"{}\"\ntoken = \"tk-phone\"\n\n\
+         [[alert]]\nid = \"loud-phone\"\nmetric = \"lp\"\nabove = 70.0\nfor = \"2s\"\nchannels = [\"phone\"]\n",
+        phone.url("/site-noise")
+    );
+    let extra = format!("{rules}\n{}", fleet_section(&fleet.url(), &[TOKEN], ""));
     let path = site.config(&extra);
     let daemon = Daemon::start(&path);
     let api = api_address(&daemon.proc);
@@ -404,4 +412,22 @@ fn interval_levels_are_stored_pushed_streamed_listed_and_fire_their_rule() {
         "at a window's end: {onset}"
     );
     assert_eq!(at.timestamp() % 10, 0, "at a window's end: {onset}");
+
+    // The phone got its rule's onset as an ntfy message, and only that.
+    let told = phone.wait_for(1, TIMEOUT);
+    let message = &told[0];
+    assert_eq!(message.method, "POST");
+    assert_eq!(message.path, "/site-noise");
+    assert_eq!(message.header("title"), Some("loud-phone: onset on north"));
+    assert_eq!(message.header("priority"), Some("high"));
+    assert_eq!(message.header("authorization"), Some("Bearer tk-phone"));
+    assert!(
+        message.body.starts_with("lp above ") && message.body.contains("(limit 70.0 dB)"),
+        "{message:?}"
+    );
+    assert!(
+        bodies(hook).iter().all(|b| b["alert"] != "loud-phone"),
+        "a channel takes only its rules' events: {:?}",
+        bodies(hook)
+    );
 }
