@@ -972,6 +972,55 @@ fn interval_levels_read_back_exactly_are_found_by_window_and_leave_history_alone
 }
 
 #[test]
+fn interval_levels_salvaged_from_a_damaged_file_are_found_by_window() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("buffer.sqlite");
+    let (open, _) = Open::new(settings(&path, 100_000));
+    open.write(1000);
+    let first = open.last_sent_seq() + 1;
+    let levels = 1000;
+    for i in 0..levels {
+        let start = t0() + chrono::Duration::seconds(10 * i as i64);
+        open.sender
+            .blocking_send(Arc::new(interval_record(first + i, "north", start)))
+            .expect("writer alive");
+    }
+    open.wait_written(1000 + levels);
+    drop(open.close());
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(&path).expect("read");
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let middle = (bytes.len() / page / 2) * page;
+    bytes[middle..middle + 2 * page].fill(0xAB);
+    std::fs::write(&path, &bytes).expect("write");
+
+    let (open, report) = Open::new(settings(&path, 100_000));
+    assert!(
+        matches!(report, OpenReport::MovedAside { .. }),
+        "expected the damaged file moved aside, got {report:?}"
+    );
+    open.wait_salvage();
+    let saved: Vec<Record> = open
+        .buffer
+        .unsent(10_000)
+        .expect("reads")
+        .into_iter()
+        .filter(|r| r.interval.is_some())
+        .collect();
+    assert!(!saved.is_empty(), "some interval levels were saved");
+    let found = open
+        .buffer
+        .levels("north", Duration::from_secs(10), None, 10_000)
+        .expect("levels");
+    assert_eq!(found, saved, "every saved interval level is found");
+    open.close();
+}
+
+#[test]
 fn alert_events_are_numbered_kept_per_consumer_and_episodes_acked() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("buffer.sqlite");

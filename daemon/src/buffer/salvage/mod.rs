@@ -426,6 +426,12 @@ fn commit(
                     already += 1;
                     continue;
                 }
+                // A salvaged interval level is found by `levels` like
+                // one the writer stored.
+                let mut metrics = good.metrics.clone();
+                if let Some(interval) = row::take_interval(&mut metrics, fresh.flags) {
+                    super::levels::index(&tx, &fresh, &interval)?;
+                }
                 saved += 1;
                 let seq = u64::try_from(fresh.seq).unwrap_or(0);
                 max_seq = max_seq.max(seq);
