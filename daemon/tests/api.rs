@@ -1176,6 +1176,59 @@ async fn tokens_guard_every_route() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_field_page_is_served_without_a_token_and_only_the_page() {
+    let token = "page-Token_9";
+    let api = Api::start(Setup {
+        tokens: vec![token.to_owned()],
+        ..Setup::default()
+    })
+    .await;
+    for (path, kind, holds) in [
+        ("/", "text/html", "<main id=\"page\""),
+        ("/page.js", "text/javascript", "/v1/stream"),
+        ("/page.css", "text/css", ".meter"),
+    ] {
+        let response = api.client.get(api.url(path)).send().await.expect("request");
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(header("content-type").starts_with(kind), "{path}");
+        assert!(
+            header("content-security-policy").contains("script-src 'self'"),
+            "{path}"
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff");
+        let body = response.text().await.expect("body");
+        assert!(body.contains(holds), "{path}");
+    }
+    // Anything else still needs the token: writing to the page's paths,
+    // and every data route.
+    let post = api.client.post(api.url("/")).send().await.expect("request");
+    assert_eq!(post.status().as_u16(), 401);
+    let status = api
+        .client
+        .get(api.url("/v1/status"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status.status().as_u16(), 401);
+    let other = api
+        .client
+        .get(api.url("/page.html"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(other.status().as_u16(), 401);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_methods_answer_json() {
     let api = Api::start(Setup::default()).await;
     let (code, body) = api.json("/v2/nothing").await;

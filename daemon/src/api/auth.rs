@@ -6,7 +6,7 @@
 
 use super::{ApiError, ApiState};
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -76,14 +76,18 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// Middleware: every route, the fallbacks included, requires a good token
-/// when `[api].tokens` is set.
+/// when `[api].tokens` is set; but for reading the field page's files
+/// (`GET`/`HEAD` of [`super::page::FILES`]), which hold no data: the page
+/// asks for the token itself.
 pub(crate) async fn require_token(
     State(state): State<ApiState>,
     request: Request,
     next: Next,
 ) -> Response {
     let tokens = state.tokens();
-    if tokens.required() {
+    let page_file = matches!(*request.method(), Method::GET | Method::HEAD)
+        && super::page::FILES.contains(&request.uri().path());
+    if tokens.required() && !page_file {
         match bearer(&request) {
             None => return ApiError::MissingToken.into_response(),
             Some(token) if !tokens.accepts(token) => return ApiError::BadToken.into_response(),

@@ -88,7 +88,9 @@
 //! # Security
 //!
 //! When `[api].tokens` is set, every route (metrics and the 404/405
-//! answers included) requires `Authorization: Bearer <token>`; otherwise
+//! answers included) but the field page's three files (`/`, `/page.js`,
+//! `/page.css`: no data in them, see [`page`]) requires
+//! `Authorization: Bearer <token>`; otherwise
 //! `401` with `WWW-Authenticate: Bearer`. Only SHA-256 digests of the
 //! tokens are kept, compared in constant time; tokens are never logged.
 //! A non-loopback `listen` address without tokens is refused by config
@@ -105,6 +107,7 @@ mod auth;
 mod conn;
 mod error;
 pub mod metrics;
+pub mod page;
 mod routes;
 mod stream;
 
@@ -339,6 +342,9 @@ fn lock_fleet(cell: &FleetStatusCell) -> MutexGuard<'_, FleetStatus> {
 /// the OS (there is no kill switch), and streams do not end at shutdown.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(page::index))
+        .route("/page.js", get(page::script))
+        .route("/page.css", get(page::style))
         .route("/v1/status", get(routes::status))
         .route("/v1/devices/{id}/live", get(routes::live))
         .route("/v1/devices/{id}/history", get(routes::history))

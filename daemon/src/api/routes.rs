@@ -62,6 +62,9 @@ pub(crate) struct LimitsView {
     active_alerts: Vec<serde_json::Value>,
     /// The fleet first, then each channel.
     deliveries: Vec<crate::limits::deliver::DeliveryStatus>,
+    /// `[levels].intervals` as written (`"15m"`): the lengths
+    /// `/v1/devices/{id}/levels?length=` takes.
+    intervals: Vec<String>,
 }
 
 /// A device in status: its [`DeviceStatus`] (state, counters, health)
@@ -181,6 +184,11 @@ async fn limits_view(state: &ApiState) -> Result<Option<LimitsView>, ApiError> {
         counters,
         active_alerts,
         deliveries,
+        intervals: limits
+            .intervals
+            .iter()
+            .map(|length| crate::limits::interval::length_suffix(*length))
+            .collect(),
     }))
 }
 
