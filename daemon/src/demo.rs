@@ -134,12 +134,19 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
         }
     });
 
+    // The API on a port free now, so the page's address can be printed
+    // before the daemon starts (another program taking it in between
+    // would make the start fail with a clear message).
+    let api_address = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(DemoError::Simulator)?;
     let config_path = dir.path().join("slmd.toml");
     let text = demo_config(
         dir.path(),
         &tcp_address.to_string(),
         &serial,
         &format!("http://{fleet_address}"),
+        &api_address.to_string(),
     );
     write_private(&config_path, &text, &token).map_err(state_error)?;
     let config = config::load(&config_path)?;
@@ -158,6 +165,7 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
     println!(
         "  limits       1-minute and 15-minute levels; alert demo-loud when Lp > 75 dB for 2 s"
     );
+    println!("  page         http://{api_address}/ (the field page: open it in a browser)");
     println!("  config and state in {}", dir.path().display());
     println!("  Ctrl-C to stop");
     println!();
@@ -241,6 +249,7 @@ fn demo_config(
     tcp_address: &str,
     serial: &[(&SerialMeter, PathBuf)],
     fleet_url: &str,
+    api_address: &str,
 ) -> String {
     let mut devices = format!(
         r#"[[device]]
@@ -268,8 +277,8 @@ state_dir = "{state}"
 
 {devices}
 [api]
-# A free port: the log line "API listening" says which.
-listen = "127.0.0.1:0"
+# A port that was free when the demo started; the field page is at /.
+listen = "{api_address}"
 
 [fleet]
 enabled = true
