@@ -8,6 +8,7 @@
 //! folder as this test executable, so they always match the source.
 
 pub mod api;
+pub mod browser;
 pub mod deb;
 pub mod fixture;
 pub mod fleet;
