@@ -15,10 +15,10 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The ids of the meter tiles on the page.
-fn tiles(tab: &Tab<'_>) -> Vec<String> {
-    let ids = tab.eval("[...document.querySelectorAll('.meter')].map(t => t.dataset.meter)");
-    ids.as_array()
+/// The strings of the array `expression` gives.
+fn strings(tab: &Tab<'_>, expression: &str) -> Vec<String> {
+    tab.eval(expression)
+        .as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
@@ -27,17 +27,20 @@ fn tiles(tab: &Tab<'_>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The ids of the meter tiles on the page.
+fn tiles(tab: &Tab<'_>) -> Vec<String> {
+    strings(
+        tab,
+        "[...document.querySelectorAll('.meter')].map(t => t.dataset.meter)",
+    )
+}
+
 /// Each tile's Lp as shown.
 fn lps(tab: &Tab<'_>) -> Vec<String> {
-    let shown = tab.eval("[...document.querySelectorAll('.meter .lp')].map(e => e.textContent)");
-    shown
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    strings(
+        tab,
+        "[...document.querySelectorAll('.meter .lp')].map(e => e.textContent)",
+    )
 }
 
 fn wait_ready(tab: &Tab<'_>) {
