@@ -273,7 +273,9 @@ fn with_tokens_the_page_shows_nothing_until_it_is_given_one() {
     wait_ready(&tab);
     assert_eq!(
         tab.eval("getComputedStyle(document.getElementById('login')).display"),
-        "none"
+        "none",
+        "{}",
+        tab.eval("[document.body.dataset.state, document.getElementById('login-error').textContent, document.getElementById('footer').textContent, document.getElementById('page').hidden]")
     );
     assert_eq!(tiles(&tab), ["north"]);
     poll_until(TIMEOUT, || lps(&tab).iter().all(|v| v != "–").then_some(()))
@@ -281,6 +283,26 @@ fn with_tokens_the_page_shows_nothing_until_it_is_given_one() {
     // The stream authenticates with the header: the token is nowhere in
     // the daemon's log.
     assert_eq!(daemon.log_lines(secret), 0);
+
+    // The token is rotated (a reload with a new one): the page asks again,
+    // and with the new token it carries on.
+    let rotated = "page-rotated-77aa";
+    config(
+        &setup,
+        sim.address.as_deref().expect("address"),
+        "127.0.0.1:0",
+        &format!("tokens = [\"{rotated}\"]"),
+        "",
+    );
+    daemon.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    tab.wait("document.body.dataset.state === 'login'", TIMEOUT)
+        .expect("the page asks for the new token");
+    submit(rotated);
+    wait_ready(&tab);
+    let before = lps(&tab);
+    poll_until(TIMEOUT, || (lps(&tab) != before).then_some(()))
+        .unwrap_or_else(|| panic!("no new readings with the new token: {before:?}"));
+    assert_eq!(daemon.log_lines(rotated), 0);
 }
 
 #[test]

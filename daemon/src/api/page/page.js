@@ -21,11 +21,21 @@
   let token = sessionStorage.getItem(TOKEN_KEY) || localStorage.getItem(TOKEN_KEY) || '';
   let intervals = [];
   let started = false;
+  let following = false;
   let streamConnects = 0;
   let drawQueued = false;
   let alertsQueued = false;
 
-  class NeedToken extends Error {}
+  // A 401: `used` is the token the refused request carried, so an answer
+  // to a request made with an older token does not undo a newer login.
+  class NeedToken extends Error {
+    constructor(used) {
+      super('a token is needed');
+      this.used = used;
+    }
+  }
+
+  const refused = (err) => err instanceof NeedToken && err.used === token;
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const level = (v) => (typeof v === 'number' && Number.isFinite(v) ? v.toFixed(1) : '–');
@@ -48,9 +58,10 @@
 
   async function api(path, options = {}) {
     const headers = { ...(options.headers || {}) };
-    if (token) headers.Authorization = `Bearer ${token}`;
+    const used = token;
+    if (used) headers.Authorization = `Bearer ${used}`;
     const response = await fetch(path, { ...options, headers, cache: 'no-store' });
-    if (response.status === 401) throw new NeedToken();
+    if (response.status === 401) throw new NeedToken(used);
     const text = await response.text();
     let body = null;
     try {
@@ -83,8 +94,8 @@
       sessionStorage.setItem(TOKEN_KEY, token);
       if ($('#remember').checked) localStorage.setItem(TOKEN_KEY, token);
     } catch (err) {
-      if (err instanceof NeedToken) askToken('That token is not accepted.');
-      else showProblem(String(err.message || err));
+      if (refused(err)) askToken('That token is not accepted.');
+      else if (!(err instanceof NeedToken)) showProblem(String(err.message || err));
     }
   });
 
@@ -323,30 +334,35 @@
   }
 
   async function refreshStatus() {
+    // While the token form is up, leave it to the user.
+    if (document.body.dataset.state === 'login') return;
     try {
       showStatus(await api('/v1/status'));
     } catch (err) {
-      if (err instanceof NeedToken) askToken('The token is no longer accepted.');
-      else showProblem(`status: ${err.message || err}`);
+      if (refused(err)) askToken('The token is no longer accepted.');
+      else if (!(err instanceof NeedToken)) showProblem(`status: ${err.message || err}`);
     }
   }
 
   async function backfill(meter) {
     const since = new Date(Date.now() - WINDOW_MS).toISOString();
+    const history = [];
     let after = null;
     for (let page = 0; page < HISTORY_PAGES; page += 1) {
       const query = `since=${encodeURIComponent(since)}&limit=10000${after === null ? '' : `&after=${after}`}`;
       const body = await api(`/v1/devices/${encodeURIComponent(meter.id)}/history?${query}`);
-      const points = (body.records || [])
-        .filter((r) => r.metrics && typeof r.metrics.lp === 'number')
-        .map((r) => [Date.parse(r.received_at), r.metrics.lp]);
-      const newest = meter.points.length ? meter.points[0][0] : Infinity;
-      meter.points = points.filter((p) => p[0] < newest).concat(meter.points);
-      const last = (body.records || [])[body.records.length - 1];
+      const records = body.records || [];
+      for (const r of records) {
+        if (r.metrics && typeof r.metrics.lp === 'number') history.push([Date.parse(r.received_at), r.metrics.lp]);
+      }
+      const last = records[records.length - 1];
       if (last && !meter.live) showNumbers(meter, last);
       if (!body.truncated) break;
       after = body.next_after;
     }
+    // History is older than anything the stream brought meanwhile.
+    const firstLive = meter.points.length ? meter.points[0][0] : Infinity;
+    meter.points = history.filter((p) => p[0] < firstLive).concat(meter.points);
     queueDraw();
   }
 
@@ -406,12 +422,15 @@
   }
 
   async function follow() {
+    following = true;
     let wait = RETRY_MIN_MS;
     for (;;) {
       try {
-        const headers = token ? { Authorization: `Bearer ${token}` } : {};
+        const used = token;
+        const headers = used ? { Authorization: `Bearer ${used}` } : {};
         const response = await fetch('/v1/stream', { headers, cache: 'no-store' });
-        if (response.status === 401) {
+        if (response.status === 401 && used === token) {
+          following = false;
           askToken('The token is no longer accepted.');
           return;
         }
@@ -444,16 +463,19 @@
     $('#page').hidden = false;
     intervals = (status.limits && status.limits.intervals) || [];
     showStatus(status);
-    if (started) return;
-    started = true;
-    await Promise.all([...meters.values()].map((m) => backfill(m).catch((e) => showProblem(String(e.message || e)))));
-    await Promise.all([...meters.values()].map((m) => loadLevels(m).catch((e) => showProblem(String(e.message || e)))));
-    await refreshAlerts().catch((e) => showProblem(String(e.message || e)));
+    const problem = (e) => showProblem(String(e.message || e));
+    if (!started) {
+      started = true;
+      await Promise.all([...meters.values()].map((m) => backfill(m).catch(problem)));
+      await Promise.all([...meters.values()].map((m) => loadLevels(m).catch(problem)));
+      setInterval(refreshStatus, STATUS_EVERY_MS);
+      setInterval(() => meters.forEach(showSeen), 1000);
+      window.addEventListener('resize', queueDraw);
+    }
+    await refreshAlerts().catch(problem);
     document.body.dataset.state = 'ready';
-    follow();
-    setInterval(refreshStatus, STATUS_EVERY_MS);
-    setInterval(() => meters.forEach(showSeen), 1000);
-    window.addEventListener('resize', queueDraw);
+    // Again after a new token (the old one was refused mid-way).
+    if (!following) follow();
   }
 
   async function main() {
@@ -462,7 +484,7 @@
         await start();
         return;
       } catch (err) {
-        if (err instanceof NeedToken) {
+        if (refused(err)) {
           askToken(token ? 'That token is not accepted.' : '');
           return;
         }
