@@ -352,6 +352,21 @@ fn records_read_back_exactly_in_seq_order_and_the_cursor_only_moves_forward() {
     );
 }
 
+/// Folds the log into the file, then overwrites its two middle pages
+/// with garbage (as a failing SD card would).
+fn damage_two_middle_pages(path: &Path) {
+    {
+        let conn = rusqlite::Connection::open(path).expect("open");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("checkpoint");
+    }
+    let mut bytes = std::fs::read(path).expect("read");
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let middle = (bytes.len() / page / 2) * page;
+    bytes[middle..middle + 2 * page].fill(0xAB);
+    std::fs::write(path, &bytes).expect("write");
+}
+
 #[test]
 fn a_damaged_file_is_moved_aside_and_its_readable_rows_salvaged() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -361,16 +376,7 @@ fn a_damaged_file_is_moved_aside_and_its_readable_rows_salvaged() {
     let buffer = open.close();
     let before = buffer.counters();
     drop(buffer);
-    {
-        let conn = rusqlite::Connection::open(&path).expect("open");
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .expect("checkpoint");
-    }
-    let mut bytes = std::fs::read(&path).expect("read");
-    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
-    let middle = (bytes.len() / page / 2) * page;
-    bytes[middle..middle + 2 * page].fill(0xAB);
-    std::fs::write(&path, &bytes).expect("write");
+    damage_two_middle_pages(&path);
 
     let (open, report) = Open::new(settings(&path, 100_000));
     let OpenReport::MovedAside { moved_to, .. } = report else {
@@ -987,16 +993,7 @@ fn interval_levels_salvaged_from_a_damaged_file_are_found_by_window() {
     }
     open.wait_written(1000 + levels);
     drop(open.close());
-    {
-        let conn = rusqlite::Connection::open(&path).expect("open");
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            .expect("checkpoint");
-    }
-    let mut bytes = std::fs::read(&path).expect("read");
-    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
-    let middle = (bytes.len() / page / 2) * page;
-    bytes[middle..middle + 2 * page].fill(0xAB);
-    std::fs::write(&path, &bytes).expect("write");
+    damage_two_middle_pages(&path);
 
     let (open, report) = Open::new(settings(&path, 100_000));
     assert!(

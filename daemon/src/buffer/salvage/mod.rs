@@ -428,8 +428,10 @@ fn commit(
                 }
                 // A salvaged interval level is found by `levels` like
                 // one the writer stored.
-                let mut metrics = good.metrics.clone();
-                if let Some(interval) = row::take_interval(&mut metrics, fresh.flags) {
+                if fresh.flags & row::INTERVAL_BIT != 0
+                    && let Some(interval) =
+                        row::take_interval(&mut good.metrics.clone(), fresh.flags)
+                {
                     super::levels::index(&tx, &fresh, &interval)?;
                 }
                 saved += 1;
