@@ -115,6 +115,13 @@ pub fn fleet_change(running: &FleetConfig, file: &FleetConfig) -> FleetChange {
         retry_max,
         auth_retry,
         heartbeat_interval,
+        transport,
+        urls,
+        topic_prefix,
+        username,
+        ca_file,
+        client_cert,
+        client_key,
     } = file;
     let mut keys = Vec::new();
     let mut differs = |key: &'static str, changed: bool| {
@@ -136,6 +143,13 @@ pub fn fleet_change(running: &FleetConfig, file: &FleetConfig) -> FleetChange {
         "heartbeat_interval",
         *heartbeat_interval != running.heartbeat_interval,
     );
+    differs("transport", *transport != running.transport);
+    differs("urls", *urls != running.urls);
+    differs("topic_prefix", *topic_prefix != running.topic_prefix);
+    differs("username", *username != running.username);
+    differs("ca_file", *ca_file != running.ca_file);
+    differs("client_cert", *client_cert != running.client_cert);
+    differs("client_key", *client_key != running.client_key);
     if !keys.is_empty() {
         FleetChange::Keys(keys)
     } else if *tokens != running.tokens || *token_file != running.token_file {

@@ -638,3 +638,71 @@ fn parse_uses_the_given_path_in_messages() {
         r#"/etc/slmd/slmd.toml:2:1: gateway.idd: unknown key "idd"; expected one of: id, state_dir, clock_trusted (did you mean "id"?)"#
     );
 }
+
+// ---- the fleet over MQTT ----
+
+#[test]
+fn the_mqtt_uplink_needs_its_brokers_and_each_is_checked() {
+    assert_located(
+        "[fleet]\nenabled = true\ntransport = \"mqtt\"\ntokens = [\"t\"]\n",
+        1,
+        1,
+        "fleet.urls",
+        &["missing", "mqtts://"],
+    );
+    assert_located(
+        "[fleet]\nenabled = true\ntransport = \"mqtt\"\ntokens = [\"t\"]\nurls = [\"mqtts://a:8883\", \"https://b\"]\n",
+        5,
+        27,
+        "fleet.urls[1]",
+        &["https://b", "mqtt://host[:port]"],
+    );
+    assert_located(
+        "[fleet]\ntransport = \"kafka\"\n",
+        2,
+        13,
+        "fleet.transport",
+        &["kafka", "http", "mqtt", "both"],
+    );
+    let nine: Vec<String> = (0..9).map(|i| format!("\"mqtt://b{i}\"")).collect();
+    assert_located(
+        &format!("[fleet]\nurls = [{}]\n", nine.join(", ")),
+        2,
+        8,
+        "fleet.urls",
+        &["at most 8", "found 9"],
+    );
+    assert_located(
+        "[fleet]\ntopic_prefix = \"fleet/#\"\n",
+        2,
+        16,
+        "fleet.topic_prefix",
+        &["fleet/#", "no + #"],
+    );
+    assert_located(
+        "[fleet]\nclient_cert = \"/etc/slmd/gw.pem\"\n",
+        1,
+        1,
+        "fleet.client_key",
+        &["client_cert and client_key go together"],
+    );
+}
+
+#[test]
+fn an_mqtt_fleet_needs_no_http_url_and_both_transports_need_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("slmd.toml");
+    let mqtt = "[fleet]\nenabled = true\ntransport = \"mqtt\"\ntokens = [\"t\"]\nurls = [\"mqtts://a.example.com\", \"mqtt://10.0.0.2:1884\"]\nusername = \"gw-7\"\n";
+    std::fs::write(&path, mqtt).expect("write config");
+    let config = load(&path).expect("valid");
+    assert!(config.fleet.transport.mqtt() && !config.fleet.transport.http());
+    assert_eq!(config.fleet.urls.len(), 2);
+    assert_eq!(config.fleet.topic_prefix, "slmd");
+    assert_located(
+        &mqtt.replace("\"mqtt\"", "\"both\""),
+        1,
+        1,
+        "fleet.url",
+        &["missing"],
+    );
+}

@@ -418,6 +418,11 @@ pub(crate) const KEYS: &[&str] = &[
     "retry_max",
     "auth_retry",
     "heartbeat_interval",
+    "urls",
+    "username",
+    "ca_file",
+    "client_cert",
+    "client_key",
     // [levels]
     "levels",
     "intervals",
@@ -448,6 +453,7 @@ pub(crate) const KEYS: &[&str] = &[
 const ARRAY_KEYS: &[&str] = &[
     "device",
     "tokens",
+    "urls",
     "channel",
     "alert",
     "intervals",

@@ -697,6 +697,53 @@ pub struct FleetConfig {
     /// state; 1s to 1h.
     #[serde(deserialize_with = "units::duration")]
     pub heartbeat_interval: Duration,
+    /// How records, heartbeats and events reach the fleet: `"http"` (the
+    /// default, `url`), `"mqtt"` (a broker cluster, `urls`), or `"both"`
+    /// (each uplink keeps its own position in the buffer).
+    pub transport: FleetTransport,
+    /// The fleet's MQTT brokers (`mqtt://` or `mqtts://`), tried in this
+    /// order: the first that accepts is used, the first is come back to;
+    /// 1 to 8. Required with `transport = "mqtt"` or `"both"`.
+    pub urls: Vec<String>,
+    /// Topics are `{topic_prefix}/{gateway}/records`, `.../heartbeat`,
+    /// `.../events`.
+    pub topic_prefix: String,
+    /// MQTT user name; the password is the fleet token. Defaults to the
+    /// gateway id.
+    pub username: Option<String>,
+    /// PEM file of root certificates trusted for `mqtts://` instead of the
+    /// system's (a fleet with a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for `mqtts://` brokers that ask for
+    /// one; with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[fleet].transport`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetTransport {
+    /// `POST {url}/api/fleet/...` (SPEC §7).
+    #[default]
+    Http,
+    /// QoS 1 publishes to the brokers in `urls`.
+    Mqtt,
+    /// Both at once (a fleet moving from one to the other).
+    Both,
+}
+
+impl FleetTransport {
+    /// Whether the HTTP push runs.
+    pub fn http(self) -> bool {
+        matches!(self, FleetTransport::Http | FleetTransport::Both)
+    }
+
+    /// Whether the MQTT uplink runs.
+    pub fn mqtt(self) -> bool {
+        matches!(self, FleetTransport::Mqtt | FleetTransport::Both)
+    }
 }
 
 impl Default for FleetConfig {
@@ -715,6 +762,13 @@ impl Default for FleetConfig {
             retry_max: Duration::from_secs(5 * 60),
             auth_retry: Duration::from_secs(5 * 60),
             heartbeat_interval: Duration::from_secs(60),
+            transport: FleetTransport::Http,
+            urls: Vec::new(),
+            topic_prefix: default_topic_prefix(),
+            username: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }

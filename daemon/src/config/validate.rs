@@ -621,8 +621,12 @@ fn mqtt(config: &RawConfig, out: &mut Vec<Problem>) {
     }
 }
 
+/// Most `[fleet].urls` (brokers of one cluster).
+pub const MAX_FLEET_BROKERS: usize = 8;
+
 fn fleet(config: &RawConfig, out: &mut Vec<Problem>) {
     let fleet = &config.fleet;
+    fleet_mqtt(fleet, out);
     match &fleet.url {
         Some(u) => {
             if let Err(why) = url(u, &["http", "https"], true) {
@@ -635,7 +639,7 @@ fn fleet(config: &RawConfig, out: &mut Vec<Problem>) {
                 ));
             }
         }
-        None if fleet.enabled => out.push(Problem::value(
+        None if fleet.enabled && fleet.transport.http() => out.push(Problem::value(
             key(&["fleet", "url"]),
             "missing: enabled = true needs url = \"https://...\" (the fleet server)",
         )),
@@ -708,6 +712,82 @@ fn fleet(config: &RawConfig, out: &mut Vec<Problem>) {
                 format_duration(fleet.retry_min)
             ),
         ));
+    }
+}
+
+/// `transport`, `urls`, `topic_prefix`, `username` and the TLS files of
+/// the MQTT uplink.
+fn fleet_mqtt(fleet: &crate::config::FleetConfig, out: &mut Vec<Problem>) {
+    if fleet.enabled && fleet.transport.mqtt() && fleet.urls.is_empty() {
+        out.push(Problem::value(
+            key(&["fleet", "urls"]),
+            "missing: transport = \"mqtt\" needs urls = [\"mqtts://broker-a:8883\", ...] (the fleet's brokers)",
+        ));
+    }
+    if fleet.urls.len() > MAX_FLEET_BROKERS {
+        out.push(Problem::value(
+            key(&["fleet", "urls"]),
+            format!(
+                "expected at most {MAX_FLEET_BROKERS} broker addresses, found {}",
+                fleet.urls.len()
+            ),
+        ));
+    }
+    for (i, u) in fleet.urls.iter().enumerate() {
+        if let Err(why) = url(u, &["mqtt", "mqtts"], false) {
+            let mut at = key(&["fleet", "urls"]);
+            at.push(Seg::Index(i));
+            out.push(Problem::value(
+                at,
+                format!(
+                    "invalid URL {}: {why}; expected mqtt://host[:port] or mqtts://host[:port] (e.g. \"mqtts://broker-a.example.com:8883\")",
+                    shown_url(u)
+                ),
+            ));
+        }
+    }
+    let prefix = &fleet.topic_prefix;
+    if prefix.is_empty()
+        || prefix.contains(['+', '#', '\0'])
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+        || prefix.chars().count() > MAX_TOPIC_PREFIX_CHARS
+    {
+        out.push(Problem::value(
+            key(&["fleet", "topic_prefix"]),
+            format!(
+                "invalid topic prefix {}: 1 to {MAX_TOPIC_PREFIX_CHARS} characters, no + # or NUL, not starting or ending with / (e.g. \"fleet\")",
+                shown(prefix)
+            ),
+        ));
+    }
+    if let Some(name) = &fleet.username
+        && (name.is_empty() || name.len() > 256 || name.chars().any(char::is_control))
+    {
+        out.push(Problem::value(
+            key(&["fleet", "username"]),
+            "expected 1 to 256 bytes without control characters (default: the gateway id)",
+        ));
+    }
+    if fleet.client_cert.is_some() != fleet.client_key.is_some() {
+        let missing = if fleet.client_cert.is_some() {
+            "client_key"
+        } else {
+            "client_cert"
+        };
+        out.push(Problem::key(
+            key(&["fleet", missing]),
+            "missing: client_cert and client_key go together (a PEM certificate and its private key)",
+        ));
+    }
+    for (name, file) in [
+        ("ca_file", &fleet.ca_file),
+        ("client_cert", &fleet.client_cert),
+        ("client_key", &fleet.client_key),
+    ] {
+        if let Some(file) = file {
+            path_limits(key(&["fleet", name]), file, out);
+        }
     }
 }
 
