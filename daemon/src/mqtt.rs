@@ -252,7 +252,7 @@ pub fn client_id(gateway: &str) -> String {
 }
 
 /// One topic level: the characters with a meaning in topics replaced by `_`.
-fn topic_level(s: &str) -> String {
+pub(crate) fn topic_level(s: &str) -> String {
     s.replace(['/', '+', '#', '\0'], "_")
 }
 
@@ -266,20 +266,20 @@ fn status_payload(state: LinkState) -> &'static str {
 
 /// A broker address from the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct BrokerAddr {
+pub(crate) struct BrokerAddr {
     /// `mqtts://`.
-    tls: bool,
+    pub(crate) tls: bool,
     /// Host name or IP address; an IPv6 address without brackets (rumqttc
     /// resolves `host:port` by splitting at the last colon, and the TLS
     /// server name must be the bare address).
-    host: String,
+    pub(crate) host: String,
     /// Port, defaulted by scheme.
-    port: u16,
+    pub(crate) port: u16,
 }
 
 /// Parses `mqtt://host[:port][/]` or `mqtts://...` (scheme case-insensitive,
 /// IPv6 in brackets).
-fn parse_url(url: &str) -> Result<BrokerAddr, String> {
+pub(crate) fn parse_url(url: &str) -> Result<BrokerAddr, String> {
     let (scheme, rest) = url.split_once("://").ok_or("the scheme is missing")?;
     let tls = if scheme.eq_ignore_ascii_case("mqtt") {
         false
@@ -389,7 +389,7 @@ pub fn system_roots() -> Result<RootCertStore, MqttError> {
 }
 
 /// Adds the certificates of one PEM file; returns how many items failed.
-fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> usize {
+pub(crate) fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> usize {
     let Ok(certs) = CertificateDer::pem_file_iter(path) else {
         return 1;
     };

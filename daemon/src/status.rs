@@ -194,26 +194,9 @@ pub fn render(status: &Value) -> String {
     }
     let fleet = &status["fleet"];
     if fleet["enabled"] == true {
-        let slot = fleet["token_slot"]
-            .as_u64()
-            .map_or(String::new(), |s| format!(" · token {s}"));
-        lines.push(format!(
-            "fleet   {} · backlog {}{slot}",
-            text(&fleet["state"]),
-            count(&fleet["backlog"])
-        ));
-        if let Some(error) = fleet["last_error"].as_str() {
-            lines.push(format!("        {}", clip(error, WIDTH - 8)));
-        }
-        let beat = &fleet["heartbeat"];
-        if let Some(error) = beat["last_error"].as_str() {
-            lines.push(format!("        heartbeat: {}", clip(error, WIDTH - 19)));
-        } else if let Some(at) = beat["last_at"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        {
-            let ago = (now - at.with_timezone(&chrono::Utc)).num_seconds().max(0);
-            lines.push(format!("        heartbeat {} ago", duration(ago as u64)));
+        fleet_lines(fleet, "fleet   ", now, &mut lines);
+        if fleet["mqtt"].is_object() {
+            fleet_lines(&fleet["mqtt"], "  mqtt  ", now, &mut lines);
         }
     } else {
         lines.push("fleet   off".to_owned());
@@ -335,6 +318,40 @@ fn clip(s: &str, width: usize) -> String {
     out
 }
 
+/// The lines of one fleet uplink: state, backlog, token, the MQTT broker
+/// in use, the last error and the heartbeat.
+fn fleet_lines(
+    fleet: &Value,
+    head: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    lines: &mut Vec<String>,
+) {
+    let slot = fleet["token_slot"]
+        .as_u64()
+        .map_or(String::new(), |s| format!(" · token {s}"));
+    lines.push(format!(
+        "{head}{} · backlog {}{slot}",
+        text(&fleet["state"]),
+        count(&fleet["backlog"])
+    ));
+    if let Some(broker) = fleet["broker"].as_str() {
+        lines.push(format!("        via {}", clip(broker, WIDTH - 12)));
+    }
+    if let Some(error) = fleet["last_error"].as_str() {
+        lines.push(format!("        {}", clip(error, WIDTH - 8)));
+    }
+    let beat = &fleet["heartbeat"];
+    if let Some(error) = beat["last_error"].as_str() {
+        lines.push(format!("        heartbeat: {}", clip(error, WIDTH - 19)));
+    } else if let Some(at) = beat["last_at"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        let ago = (now - at.with_timezone(&chrono::Utc)).num_seconds().max(0);
+        lines.push(format!("        heartbeat {} ago", duration(ago as u64)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +418,32 @@ mod tests {
             "{table}"
         );
         assert!(table.starts_with("slmd 0.1.0 · gw-0042"), "{table}");
+    }
+
+    #[test]
+    fn both_fleet_uplinks_are_shown_with_the_broker_in_use() {
+        let status = serde_json::json!({
+            "gateway": "gw-0042", "version": "0.1.0", "uptime_s": 5,
+            "devices": [],
+            "buffer": {"open": true, "records": 10, "capacity": 100, "unsent": 3,
+                       "evicted_unsent": 0, "write_error": null},
+            "fleet": {"enabled": true, "transport": "http", "state": "ok", "backlog": 0,
+                      "token_slot": 1, "last_error": null, "heartbeat": {},
+                      "mqtt": {"enabled": true, "transport": "mqtt", "state": "retrying",
+                               "backlog": 3, "token_slot": 2,
+                               "broker": "mqtts://broker-b.example.com:8883",
+                               "last_error": "lost the connection to mqtts://broker-a.example.com:8883",
+                               "heartbeat": {}}},
+        });
+        let table = render(&status);
+        assert!(
+            table.contains("fleet   ok · backlog 0 · token 1\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  mqtt  retrying · backlog 3 · token 2\n        via mqtts://broker-b.example.com:8883\n        lost the connection"),
+            "{table}"
+        );
     }
 
     #[test]

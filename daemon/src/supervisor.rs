@@ -37,7 +37,7 @@ use crate::printer::{self, PrintMode};
 use crate::reload::{FleetChange, fleet_change, restart_keys};
 use crate::uplink::heartbeat::{self, Heartbeat};
 use crate::uplink::{
-    FleetStatus, FleetStatusCell, UPLINK_EVENTS, Uplink, UplinkError, UplinkEvent, UplinkHandle,
+    FleetStatus, FleetStatusCell, UPLINK_EVENTS, Uplink, UplinkError, UplinkEvent,
 };
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -227,7 +227,21 @@ pub fn start(
     // names every meter.
     *lock_list(&live.meters) = live.devices.cells();
     if config.fleet.enabled {
-        live.uplink = Some(live.start_uplink(&config.fleet)?);
+        // An uplink that cannot start (a TLS file missing or unreadable)
+        // stops nothing else: readings buffer, status says why, and a
+        // reload with the file in place starts it.
+        match live.start_uplink(&config.fleet) {
+            Ok(running) => live.uplink = Some(running),
+            Err(e) => {
+                tracing::error!(
+                    "the fleet uplink cannot start: {e}; readings keep buffering, fix it and reload (systemctl reload slmd)"
+                );
+                let mut status = fleet.lock().unwrap_or_else(PoisonError::into_inner);
+                status.enabled = true;
+                status.state = crate::uplink::FleetState::Failed;
+                status.last_error = Some(e.to_string());
+            }
+        }
     }
     let devices = live.devices.cells();
     let (api_addr, api) = start_api(config, &hub, &slot, &devices, &fleet, tracker, shutdown)?;
@@ -518,17 +532,24 @@ impl Replaceable {
     }
 }
 
-/// The running uplink.
+/// The running uplinks: the HTTP push and/or the MQTT one, each with its
+/// heartbeat and alert events.
 struct RunningUplink {
-    /// Its task.
-    task: Replaceable,
-    /// The heartbeat's task, beside it (never inside it: one never waits
-    /// for the other).
-    heartbeat: Replaceable,
-    /// Alert events to the fleet, beside both, when limits are configured.
-    events: Option<Replaceable>,
-    /// Where reloaded tokens go.
-    handle: UplinkHandle,
+    /// Their tasks, in the order they are stopped: heartbeats and events
+    /// (never inside a push: one never waits for the other), the pushes,
+    /// and the MQTT link last (the others publish through it).
+    tasks: Vec<(&'static str, Replaceable)>,
+    /// Where reloaded tokens go (one per transport).
+    reloads: Vec<tokio::sync::watch::Sender<crate::config::FleetConfig>>,
+}
+
+impl RunningUplink {
+    /// Stops every task, in order, waiting for each.
+    async fn stop(self) {
+        for (what, task) in self.tasks {
+            task.stop(what).await;
+        }
+    }
 }
 
 /// What a reload can change, and the configs it compares against.
@@ -564,71 +585,177 @@ fn lock_list(list: &MeterList) -> std::sync::MutexGuard<'_, Vec<StatusCell>> {
 }
 
 impl Live {
-    /// Starts an uplink for `fleet` (with the started gateway id),
-    /// reporting into the shared status cell and event channel.
+    /// Starts the uplinks `fleet` asks for (with the started gateway id),
+    /// reporting into the shared status cell and event channel; with both
+    /// transports the MQTT one reports into a cell of its own, shown as
+    /// `fleet.mqtt`.
     fn start_uplink(
         &self,
         fleet: &crate::config::FleetConfig,
     ) -> Result<RunningUplink, UplinkError> {
-        let (uplink, handle) = Uplink::with_shared(
-            fleet.clone(),
-            self.started.gateway.id.clone(),
-            self.buffer.clone(),
-            self.fleet.clone(),
-            self.uplink_events.clone(),
-        )?;
-        let heartbeat = Heartbeat::new(
-            fleet.clone(),
-            heartbeat::Sources {
-                gateway: self.started.gateway.id.clone(),
-                started: self.started_at,
-                hub: self.devices.hub.clone(),
-                meters: self.meters.clone(),
-                buffer: self.buffer.clone(),
-            },
-            self.fleet.clone(),
-            handle.reload.subscribe(),
-        )?;
-        let events = match &self.limits {
-            Some(limits) => Some(crate::uplink::events::FleetEvents::new(
-                fleet,
-                self.started.gateway.id.clone(),
-                handle.reload.subscribe(),
-            )?)
-            .map(|sink| (sink, limits.clone())),
-            None => None,
+        let gateway = self.started.gateway.id.clone();
+        let sources = || heartbeat::Sources {
+            gateway: gateway.clone(),
+            started: self.started_at,
+            hub: self.devices.hub.clone(),
+            meters: self.meters.clone(),
+            buffer: self.buffer.clone(),
         };
         let stop = self.devices.shutdown.child_token();
-        let done = self.devices.tracker.spawn(uplink.run(stop.clone()));
-        let beat_stop = stop.child_token();
-        let beat_done = self.devices.tracker.spawn(heartbeat.run(beat_stop.clone()));
-        let events = events.map(|(sink, limits)| {
-            let events_stop = stop.child_token();
-            let events_done = self.devices.tracker.spawn(crate::limits::deliver::run(
-                sink,
+        let mut first = Vec::new();
+        let mut pushes = Vec::new();
+        let mut last = Vec::new();
+        let mut reloads = Vec::new();
+        let spawn = |list: &mut Vec<(&'static str, Replaceable)>,
+                     what: &'static str,
+                     task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+                     token: CancellationToken| {
+            let done = self.devices.tracker.spawn(task);
+            list.push((what, Replaceable { stop: token, done }));
+        };
+        // Everything that can fail is built before any task starts, so a
+        // refusal leaves nothing half running.
+        let mqtt = if fleet.transport.mqtt() {
+            let status = if fleet.transport.http() {
+                Arc::new(Mutex::new(FleetStatus::disabled()))
+            } else {
+                self.fleet.clone()
+            };
+            let (reload, reloaded) = tokio::sync::watch::channel(fleet.clone());
+            let (link, handle) = crate::uplink::mqtt::Link::new(
+                fleet,
+                &gateway,
+                status.clone(),
+                self.uplink_events.clone(),
+                reloaded,
+            )?;
+            Some((status, reload, link, handle))
+        } else {
+            None
+        };
+        if fleet.transport.http() {
+            let (uplink, handle) = Uplink::with_shared(
+                fleet.clone(),
+                gateway.clone(),
                 self.buffer.clone(),
-                limits.handle.events.clone(),
-                crate::limits::deliver::Retry {
-                    min: fleet.retry_min,
-                    max: fleet.retry_max,
-                },
-                limits.fleet.clone(),
-                events_stop.clone(),
-            ));
-            Replaceable {
-                stop: events_stop,
-                done: events_done,
+                self.fleet.clone(),
+                self.uplink_events.clone(),
+            )?;
+            let heartbeat = Heartbeat::new(
+                fleet.clone(),
+                sources(),
+                self.fleet.clone(),
+                handle.reload.subscribe(),
+            )?;
+            if let Some(limits) = &self.limits {
+                let sink = crate::uplink::events::FleetEvents::new(
+                    fleet,
+                    gateway.clone(),
+                    handle.reload.subscribe(),
+                )?;
+                let token = stop.child_token();
+                let task = self.deliver_events(sink, limits, fleet, token.clone());
+                spawn(&mut first, "fleet alert events", task, token);
             }
-        });
-        Ok(RunningUplink {
-            task: Replaceable { stop, done },
-            heartbeat: Replaceable {
-                stop: beat_stop,
-                done: beat_done,
+            let token = stop.child_token();
+            spawn(
+                &mut first,
+                "fleet heartbeat",
+                Box::pin(heartbeat.run(token.clone())),
+                token,
+            );
+            let token = stop.child_token();
+            spawn(
+                &mut pushes,
+                "fleet uplink",
+                Box::pin(uplink.run(token.clone())),
+                token,
+            );
+            reloads.push(handle.reload);
+        }
+        if let Some((status, reload, link, handle)) = mqtt {
+            if fleet.transport.http() {
+                self.fleet
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .mqtt = Some(status.clone());
+            }
+            *status.lock().unwrap_or_else(PoisonError::into_inner) = FleetStatus {
+                enabled: true,
+                transport: "mqtt",
+                state: crate::uplink::FleetState::Starting,
+                ..FleetStatus::disabled()
+            };
+            let push = crate::uplink::mqtt::MqttUplink::new(
+                fleet,
+                gateway.clone(),
+                handle.clone(),
+                self.buffer.clone(),
+                status.clone(),
+                self.uplink_events.clone(),
+            );
+            let heartbeat = Heartbeat::over_mqtt(
+                fleet.clone(),
+                sources(),
+                status.clone(),
+                reload.subscribe(),
+                handle.clone(),
+            );
+            if let Some(limits) = &self.limits {
+                let sink =
+                    crate::uplink::mqtt::MqttEvents::new(fleet, gateway.clone(), handle.clone());
+                let token = stop.child_token();
+                let task = self.deliver_events(sink, limits, fleet, token.clone());
+                spawn(&mut first, "fleet alert events (MQTT)", task, token);
+            }
+            let token = stop.child_token();
+            spawn(
+                &mut first,
+                "fleet heartbeat (MQTT)",
+                Box::pin(heartbeat.run(token.clone())),
+                token,
+            );
+            let token = stop.child_token();
+            spawn(
+                &mut pushes,
+                "fleet MQTT uplink",
+                Box::pin(push.run(token.clone())),
+                token,
+            );
+            let token = stop.child_token();
+            spawn(
+                &mut last,
+                "fleet MQTT link",
+                Box::pin(link.run(token.clone())),
+                token,
+            );
+            reloads.push(reload);
+        }
+        let mut tasks = first;
+        tasks.extend(pushes);
+        tasks.extend(last);
+        Ok(RunningUplink { tasks, reloads })
+    }
+
+    /// The delivery task of one fleet consumer of alert events.
+    fn deliver_events<S: crate::limits::deliver::EventSink + 'static>(
+        &self,
+        sink: S,
+        limits: &crate::limits::LimitsRuntime,
+        fleet: &crate::config::FleetConfig,
+        stop: CancellationToken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(crate::limits::deliver::run(
+            sink,
+            self.buffer.clone(),
+            limits.handle.events.clone(),
+            crate::limits::deliver::Retry {
+                min: fleet.retry_min,
+                max: fleet.retry_max,
             },
-            events,
-            handle,
-        })
+            limits.fleet.clone(),
+            stop,
+        ))
     }
 
     /// Starts an MQTT publisher announcing `devices`.
@@ -698,10 +825,17 @@ impl Live {
     /// Applies a reloaded `[fleet]`; says what it did.
     async fn apply_fleet(&mut self, file: &crate::config::FleetConfig) -> String {
         let keys = match fleet_change(&self.running.fleet, file) {
-            FleetChange::Same => return "unchanged".to_owned(),
+            FleetChange::Same if self.uplink.is_some() || !file.enabled => {
+                return "unchanged".to_owned();
+            }
+            // Enabled but not running: it could not start before (a TLS
+            // file); try again.
+            FleetChange::Same => "nothing".to_owned(),
             FleetChange::Tokens => match &self.uplink {
                 Some(running) => {
-                    running.handle.reload.send_replace(file.clone());
+                    for reload in &running.reloads {
+                        reload.send_replace(file.clone());
+                    }
                     return "tokens reloaded".to_owned();
                 }
                 None if !file.enabled => return "tokens changed (pushing is off)".to_owned(),
@@ -712,11 +846,7 @@ impl Live {
         };
         // The old one ends first: two uplinks never push at once.
         if let Some(old) = self.uplink.take() {
-            old.heartbeat.stop("fleet heartbeat").await;
-            if let Some(events) = old.events {
-                events.stop("fleet alert events").await;
-            }
-            old.task.stop("fleet uplink").await;
+            old.stop().await;
         }
         *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = FleetStatus::disabled();
         if !file.enabled {

@@ -4,7 +4,9 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
-use slmd::buffer::{self, Buffer, Counters, OpenReport, Settings, WriterHandle, numbering};
+use slmd::buffer::{
+    self, Buffer, Consumer, Counters, OpenReport, Settings, WriterHandle, numbering,
+};
 use slmd::config::Durability;
 use slmd::record::{Flag, MeterState, Record};
 use std::collections::BTreeMap;
@@ -272,7 +274,9 @@ fn already_pushed_records_are_evicted_first_then_the_oldest_unsent() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (open, _) = Open::new(settings(&dir.path().join("b.sqlite"), 100));
     let seqs = open.write(100);
-    open.buffer.mark_pushed(seqs[29]).expect("cursor moves");
+    open.buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[29])
+        .expect("cursor moves");
     let c = open.buffer.counters();
     assert_eq!((c.cursor, c.unsent), (seqs[29], 70));
 
@@ -323,9 +327,11 @@ fn records_read_back_exactly_in_seq_order_and_the_cursor_only_moves_forward() {
         "unsent records read back exactly, in seq order"
     );
 
-    buffer2.mark_pushed(seqs[14]).expect("cursor");
     buffer2
-        .mark_pushed(seqs[3])
+        .mark_pushed(Consumer::FleetHttp, seqs[14])
+        .expect("cursor");
+    buffer2
+        .mark_pushed(Consumer::FleetHttp, seqs[3])
         .expect("an older ack is harmless");
     assert_eq!(buffer2.counters().cursor, seqs[14]);
     assert_eq!(buffer2.unsent(1).expect("reads")[0].seq, seqs[15]);
@@ -467,7 +473,9 @@ fn after_an_unclean_stop_numbering_continues_past_the_reserve_and_declares_the_s
         "every number in between is declared"
     );
     assert!(skipped <= numbering::SKIP_BOUND, "{skipped}");
-    let batch = after_kill.next_batch(100).expect("batch");
+    let batch = after_kill
+        .next_batch(Consumer::FleetHttp, 100)
+        .expect("batch");
     assert!(batch.skipped.is_empty(), "no record above the skip yet");
     drop(after_kill);
     // A second kill skips again, from where the first restart began.
@@ -484,16 +492,20 @@ fn after_an_unclean_stop_numbering_continues_past_the_reserve_and_declares_the_s
     sender.blocking_send(Arc::new(record(seq))).expect("send");
     drop(sender);
     writer.join();
-    let batch = after_second.next_batch(100).expect("batch");
+    let batch = after_second
+        .next_batch(Consumer::FleetHttp, 100)
+        .expect("batch");
     assert_eq!(
         batch.records.iter().map(|r| r.seq).collect::<Vec<_>>()[5],
         seq
     );
     assert_eq!(batch.skipped, vec![(clean_next, next - 1), (next, seq - 1)]);
-    after_second.mark_pushed(seq).expect("pushed");
+    after_second
+        .mark_pushed(Consumer::FleetHttp, seq)
+        .expect("pushed");
     assert!(
         after_second
-            .next_batch(100)
+            .next_batch(Consumer::FleetHttp, 100)
             .expect("batch")
             .skipped
             .is_empty()
@@ -556,13 +568,17 @@ fn losing_the_anchor_and_the_buffer_starts_a_new_epoch() {
     let new = open.write(3);
     let buffer = open.close();
     // Salvaged rows keep epoch 0; new ones go out in the new epoch.
-    let first = buffer.next_batch(10_000).expect("batch");
+    let first = buffer
+        .next_batch(Consumer::FleetHttp, 10_000)
+        .expect("batch");
     assert_eq!(first.epoch, 0);
     assert!(first.records.iter().all(|r| r.seq < new[0]));
     buffer
-        .mark_pushed(first.records.last().expect("rows").seq)
+        .mark_pushed(Consumer::FleetHttp, first.records.last().expect("rows").seq)
         .expect("pushed");
-    let second = buffer.next_batch(10_000).expect("batch");
+    let second = buffer
+        .next_batch(Consumer::FleetHttp, 10_000)
+        .expect("batch");
     assert_eq!(second.epoch, epoch);
     assert_eq!(
         second.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -626,7 +642,7 @@ proptest! {
                 }
                 Op::Push(n) => {
                     if let Some(seq) = stored_seqs(&open.buffer).into_iter().filter(|s| *s > cursor).nth(n) {
-                        open.buffer.mark_pushed(seq).expect("cursor");
+                        open.buffer.mark_pushed(Consumer::FleetHttp, seq).expect("cursor");
                         cursor = seq;
                     }
                 }
@@ -666,13 +682,23 @@ fn a_quarantined_record_is_kept_flagged_counted_and_skipped() {
     let seqs = open.write(10);
     let buffer = open.close();
 
-    buffer.mark_pushed(seqs[2]).expect("cursor");
+    buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[2])
+        .expect("cursor");
     // Only the first unsent record can be quarantined.
-    assert!(!buffer.quarantine(seqs[5], "not first").expect("no error"));
+    assert!(
+        !buffer
+            .quarantine(Consumer::FleetHttp, seqs[5], "not first")
+            .expect("no error")
+    );
     assert_eq!(buffer.counters().quarantined, 0);
     assert!(
         buffer
-            .quarantine(seqs[3], "the fleet answered 400: bad lmax")
+            .quarantine(
+                Consumer::FleetHttp,
+                seqs[3],
+                "the fleet answered 400: bad lmax"
+            )
             .expect("quarantined")
     );
     let c = buffer.counters();
@@ -716,7 +742,7 @@ fn a_version_1_buffer_is_migrated_with_its_records() {
     conn.execute_batch(
         "DROP TABLE quarantine; DROP TABLE skipped; DROP TABLE epochs; DROP TABLE salvage;
          DROP TABLE intervals; DROP TABLE alert_events; DROP TABLE alert_episodes;
-         DROP TABLE event_deliveries;
+         DROP TABLE event_deliveries; DROP TABLE record_deliveries;
          ALTER TABLE records DROP COLUMN crc; PRAGMA user_version = 1;",
     )
     .expect("downgrade");
@@ -724,17 +750,15 @@ fn a_version_1_buffer_is_migrated_with_its_records() {
 
     let (buffer, _) = buffer::open(settings(&path, 1000)).expect("migrates");
     assert_eq!(stored_seqs(&buffer), seqs);
-    buffer.mark_pushed(seqs[0]).expect("cursor");
+    buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[0])
+        .expect("cursor");
     assert!(
         buffer
-            .quarantine(seqs[1], "bad")
+            .quarantine(Consumer::FleetHttp, seqs[1], "bad")
             .expect("the new table exists")
     );
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .expect("version");
-    assert_eq!(version, buffer::schema::VERSION);
+    assert_eq!(file_version(&path), buffer::schema::VERSION);
 }
 
 #[test]
@@ -864,7 +888,9 @@ fn a_moved_cursor_rides_with_the_next_commit_or_gets_its_own_on_a_quiet_gateway(
     let seqs = open.write(10);
     let commits = open.buffer.commit_stats().total;
     // The fleet acknowledges; no reading follows (every meter is down).
-    open.buffer.mark_pushed(seqs[4]).expect("cursor");
+    open.buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[4])
+        .expect("cursor");
     assert_eq!(
         open.buffer.counters().cursor,
         seqs[4],
@@ -885,7 +911,9 @@ fn a_moved_cursor_rides_with_the_next_commit_or_gets_its_own_on_a_quiet_gateway(
         "a commit of its own"
     );
     // With readings flowing, the cursor goes into their commit.
-    open.buffer.mark_pushed(seqs[9]).expect("cursor");
+    open.buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[9])
+        .expect("cursor");
     let more = open.write(3);
     let before_close = open.buffer.commit_stats().total;
     assert!(before_close <= commits + 2, "{before_close} commits");
@@ -1072,4 +1100,201 @@ fn alert_events_are_numbered_kept_per_consumer_and_episodes_acked() {
     let buffer = open.close();
     assert_eq!(buffer.last_event_seq().expect("last"), two);
     assert_eq!(buffer.event_delivery("fleet", true).expect("pos"), (one, 0));
+}
+
+/// Each consumer's position as the file holds it.
+fn positions_on_disk(path: &Path) -> BTreeMap<String, i64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open");
+    let mut stmt = conn
+        .prepare("SELECT consumer, delivered FROM record_deliveries")
+        .expect("the table exists");
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("reads")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn two_uplinks_keep_their_own_positions_and_eviction_counts_what_either_has_not_taken() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 10));
+    let both = [Consumer::FleetHttp, Consumer::FleetMqtt];
+    open.buffer.use_consumers(&both).expect("consumers");
+    let seqs = open.write(8);
+
+    // HTTP takes everything; the MQTT uplink has taken nothing yet.
+    open.buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[7])
+        .expect("moves");
+    let c = open.buffer.counters();
+    assert_eq!((c.cursor, c.unsent), (0, 8), "unsent until both have them");
+    assert!(
+        open.buffer
+            .next_batch(Consumer::FleetHttp, 100)
+            .expect("reads")
+            .records
+            .is_empty()
+    );
+    let batch = open
+        .buffer
+        .next_batch(Consumer::FleetMqtt, 100)
+        .expect("reads");
+    assert_eq!(
+        batch.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        seqs,
+        "the MQTT uplink gets every record, in order"
+    );
+    assert_eq!(open.buffer.backlog(Consumer::FleetHttp).expect("counts"), 0);
+    assert_eq!(open.buffer.backlog(Consumer::FleetMqtt).expect("counts"), 8);
+
+    // The MQTT uplink's acknowledgement is on disk when the call returns.
+    open.buffer
+        .mark_pushed_durably(Consumer::FleetMqtt, seqs[3])
+        .expect("moves");
+    assert_eq!(
+        positions_on_disk(&path).get("fleet-mqtt"),
+        Some(&(seqs[3] as i64))
+    );
+    assert_eq!(cursor_on_disk(&path), seqs[3] as i64, "the cursor with it");
+    let c = open.buffer.counters();
+    assert_eq!((c.cursor, c.unsent), (seqs[3], 4));
+
+    // Full (10): what both have taken goes first, then the oldest that
+    // the MQTT uplink lacks, counted as unsent although HTTP has them.
+    let more = open.write(6);
+    let c = open.buffer.counters();
+    assert_eq!((c.evicted_pushed, c.evicted_unsent), (4, 0), "{c:?}");
+    open.write(3);
+    let c = open.buffer.counters();
+    assert_eq!((c.evicted_pushed, c.evicted_unsent), (4, 3), "{c:?}");
+    assert_accounting(&c, &open.buffer);
+    assert_eq!(
+        open.buffer
+            .next_batch(Consumer::FleetMqtt, 1)
+            .expect("reads")
+            .records[0]
+            .seq,
+        seqs[7],
+        "the MQTT uplink goes on with the oldest record still stored"
+    );
+    let buffer = open.close();
+    drop(buffer);
+
+    // Both positions survive a restart.
+    let (again, _) = buffer::open(settings(&path, 10)).expect("reopens");
+    again.use_consumers(&both).expect("consumers");
+    assert_eq!(again.position(Consumer::FleetHttp), seqs[7]);
+    assert_eq!(again.position(Consumer::FleetMqtt), seqs[3]);
+    assert!(more.iter().all(|s| *s > seqs[7]));
+}
+
+#[test]
+fn a_new_uplink_starts_at_the_cursor_and_a_dropped_one_is_forgotten() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    open.buffer
+        .use_consumers(&[Consumer::FleetHttp])
+        .expect("consumers");
+    let seqs = open.write(5);
+    open.buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[4])
+        .expect("moves");
+    // MQTT added by a reload: it sends what is unsent, not the buffer.
+    open.buffer
+        .use_consumers(&[Consumer::FleetHttp, Consumer::FleetMqtt])
+        .expect("consumers");
+    assert_eq!(open.buffer.position(Consumer::FleetMqtt), seqs[4]);
+    let later = open.write(3);
+    open.buffer
+        .mark_pushed(Consumer::FleetHttp, later[2])
+        .expect("moves");
+    assert_eq!(open.buffer.counters().unsent, 3, "the MQTT uplink lacks 3");
+    // Off again: forgotten, and the cursor follows the one left.
+    open.buffer
+        .use_consumers(&[Consumer::FleetHttp])
+        .expect("consumers");
+    let c = open.buffer.counters();
+    assert_eq!((c.cursor, c.unsent), (later[2], 0));
+    assert_eq!(
+        positions_on_disk(&path).keys().collect::<Vec<_>>(),
+        ["fleet-http"]
+    );
+    // Pushing turned off names no consumer: nothing is forgotten.
+    open.buffer.use_consumers(&[]).expect("no change");
+    assert_eq!(open.buffer.position(Consumer::FleetHttp), later[2]);
+    assert_accounting(&open.buffer.counters(), &open.buffer);
+    open.close();
+}
+
+#[test]
+fn a_version_4_buffer_is_migrated_and_its_cursor_is_where_each_uplink_starts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    let seqs = open.write(5);
+    // One uplink, as before there were consumers: the cursor itself.
+    open.buffer
+        .mark_pushed(Consumer::FleetHttp, seqs[2])
+        .expect("moves");
+    drop(open.close());
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch("DROP TABLE record_deliveries; PRAGMA user_version = 4;")
+        .expect("downgrade");
+    drop(conn);
+
+    let (buffer, _) = buffer::open(settings(&path, 1000)).expect("migrates");
+    buffer
+        .use_consumers(&[Consumer::FleetMqtt])
+        .expect("the new table exists");
+    let batch = buffer.next_batch(Consumer::FleetMqtt, 100).expect("reads");
+    assert_eq!(
+        batch.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        seqs[3..],
+        "switched to MQTT, it sends what the HTTP uplink had not"
+    );
+    assert_eq!(file_version(&path), buffer::schema::VERSION);
+}
+
+#[test]
+fn a_record_one_uplink_quarantined_is_passed_over_by_the_other_and_counted_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("b.sqlite");
+    let (open, _) = Open::new(settings(&path, 1000));
+    open.buffer
+        .use_consumers(&[Consumer::FleetHttp, Consumer::FleetMqtt])
+        .expect("consumers");
+    let seqs = open.write(3);
+    assert!(
+        open.buffer
+            .quarantine(Consumer::FleetHttp, seqs[0], "the fleet answered 400")
+            .expect("quarantines")
+    );
+    let batch = open
+        .buffer
+        .next_batch(Consumer::FleetMqtt, 100)
+        .expect("reads");
+    assert_eq!(
+        batch.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        seqs[1..],
+        "never sent as a normal record"
+    );
+    let c = open.buffer.counters();
+    assert_eq!(c.quarantined, 1);
+    assert_eq!(
+        (c.cursor, c.unsent),
+        (seqs[0], 2),
+        "passed over by both: out of the unsent count"
+    );
+    open.close();
+}
+
+/// The schema version written in a buffer file.
+fn file_version(path: &Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .and_then(|conn| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .expect("the file's schema version")
 }

@@ -1,8 +1,9 @@
 //! The MQTT fan-out against a real mosquitto broker (SPEC §6): each test
 //! starts its own broker on a free port (killed on drop), a real hub and the
-//! publisher in-process, and watches the broker with a separate subscriber.
+//! publisher in-process, and watches the broker with a separate subscriber;
+//! the last test is the fleet link's TLS (`uplink::mqtt`).
 //!
-//! They need mosquitto (and the TLS one openssl), so they are `#[ignore]`d
+//! They need mosquitto (and the TLS ones openssl), so they are `#[ignore]`d
 //! in a plain `cargo test`; `.ci/run` installs it and runs them with
 //! `-- --include-ignored`. Without it they fail, naming it.
 
@@ -672,13 +673,10 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs mosquitto and openssl; .ci/run installs them"]
-async fn mqtts_verifies_the_broker_certificate() {
-    init_logs();
-    // A private CA and a certificate for localhost.
-    let pki = tempfile::tempdir().expect("temp dir");
-    let dir = pki.path();
+/// A private CA (`ca.pem`), a server certificate for localhost and
+/// 127.0.0.1 (`server.pem`, `server.key`) and a client certificate
+/// (`client.pem`, `client.key`), all signed by the CA, in `dir`.
+fn private_pki(dir: &Path) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
     openssl(
         dir,
@@ -702,47 +700,64 @@ async fn mqtts_verifies_the_broker_certificate() {
         ]
         .concat(),
     );
-    openssl(
-        dir,
-        &[
-            &["req", "-nodes"][..],
-            &ec,
+    for (name, cn, ext) in [
+        (
+            "server",
+            "/CN=localhost",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        ),
+        (
+            "client",
+            "/CN=gw-t",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        ),
+    ] {
+        let (key, csr, pem, cnf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.cnf"),
+        );
+        openssl(
+            dir,
             &[
-                "-keyout",
-                "server.key",
+                &["req", "-nodes"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", cn],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join(&cnf), ext).expect("write ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
                 "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &cnf,
             ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write ext");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and openssl; .ci/run installs them"]
+async fn mqtts_verifies_the_broker_certificate() {
+    init_logs();
+    let pki = tempfile::tempdir().expect("temp dir");
+    let dir = pki.path();
+    private_pki(dir);
 
     // TLS for the publisher, plain for the test's subscriber.
     let tls_port = free_port();
@@ -793,4 +808,109 @@ async fn mqtts_verifies_the_broker_certificate() {
         json(&record)
     );
     publisher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and openssl; .ci/run installs them"]
+async fn the_fleet_link_speaks_tls_with_a_private_ca_and_a_client_certificate() {
+    use slmd::config::{FleetConfig, FleetTransport};
+    use slmd::uplink::mqtt::Link;
+    use slmd::uplink::{FleetStatus, FleetStatusCell, UPLINK_EVENTS};
+    init_logs();
+    let pki = tempfile::tempdir().expect("temp dir");
+    let dir = pki.path();
+    private_pki(dir);
+    // The fleet's broker asks every client for a certificate from its CA;
+    // the test's subscriber reads on a plain listener beside it.
+    let tls_port = free_port();
+    let plain_port = free_port();
+    let broker = Broker::start_with(
+        plain_port,
+        format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+             listener {plain_port} 127.0.0.1\n",
+            dir.join("ca.pem").display(),
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ),
+    )
+    .await;
+    let fleet = FleetConfig {
+        enabled: true,
+        transport: FleetTransport::Mqtt,
+        urls: vec![format!("mqtts://localhost:{tls_port}")],
+        tokens: vec!["t".to_owned()],
+        ca_file: Some(dir.join("ca.pem")),
+        retry_min: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        ..FleetConfig::default()
+    };
+    let start = |config: &FleetConfig| {
+        let status: FleetStatusCell = Arc::new(std::sync::Mutex::new(FleetStatus::disabled()));
+        let (events, _) = tokio::sync::broadcast::channel(UPLINK_EVENTS);
+        let (_reload, reloaded) = watch::channel(config.clone());
+        let (link, handle) =
+            Link::new(config, "gw-t", status.clone(), events, reloaded).expect("link");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(link.run(stop.clone()));
+        (status, handle, stop, task, _reload)
+    };
+
+    // Without the client certificate the broker refuses the handshake,
+    // and the status says why.
+    let (status, _, stop, task, _reload) = start(&fleet);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = status.lock().expect("status").clone();
+        if now.last_error.is_some() {
+            assert!(now.broker.is_none(), "never connected: {now:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no error reported: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let _ = task.await;
+
+    // With it, a publish is acknowledged and reaches the fleet.
+    let with_cert = FleetConfig {
+        client_cert: Some(dir.join("client.pem")),
+        client_key: Some(dir.join("client.key")),
+        ..fleet.clone()
+    };
+    let mut sub = Subscriber::connect(broker.port, "slmd/gw-t/records").await;
+    let (status, handle, stop, task, _reload) = start(&with_cert);
+    within("the TLS connection", handle.connected()).await;
+    handle
+        .publish(
+            handle.topic("records"),
+            br#"{"gateway":"gw-t","records":[]}"#.to_vec(),
+            false,
+            WAIT,
+        )
+        .await
+        .expect("acknowledged");
+    assert_eq!(
+        sub.next_on("slmd/gw-t/records").await.payload,
+        r#"{"gateway":"gw-t","records":[]}"#
+    );
+    assert_eq!(
+        status.lock().expect("status").broker.as_deref(),
+        Some(format!("mqtts://localhost:{tls_port}").as_str())
+    );
+    stop.cancel();
+    let _ = task.await;
+
+    // A certificate file that is not there stops the start, naming it.
+    let missing = FleetConfig {
+        client_cert: Some(dir.join("nope.pem")),
+        ..with_cert
+    };
+    let (_, reloaded) = watch::channel(missing.clone());
+    let (events, _) = tokio::sync::broadcast::channel(UPLINK_EVENTS);
+    let status: FleetStatusCell = Arc::new(std::sync::Mutex::new(FleetStatus::disabled()));
+    let error = Link::new(&missing, "gw-t", status, events, reloaded)
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("nope.pem"), "{error}");
 }

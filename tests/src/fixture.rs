@@ -100,7 +100,9 @@ impl Fixture {
         });
         assert!(committed.is_some(), "every fixture record committed");
         if pushed > 0 {
-            buffer.mark_pushed(pushed).expect("cursor");
+            buffer
+                .mark_pushed(slmd::buffer::Consumer::FleetHttp, pushed)
+                .expect("cursor");
         }
         drop(sender);
         writer.join();

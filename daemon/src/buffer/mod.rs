@@ -108,7 +108,7 @@ use std::time::Duration;
 pub use counters::Counters;
 pub use open::{Adopted, SEQ_SAFETY_GAP, Start, open, open_or_defer, start_deferred};
 pub(crate) use open::{declare_skip, set_clean_stop, stopped_cleanly};
-pub use push::Batch;
+pub use push::{Batch, Consumer};
 pub use salvage::{OpenReport, SalvageStatus};
 pub use writer::WriterHandle;
 
@@ -279,6 +279,9 @@ struct Shared {
     settings: Settings,
     /// The counters as of the last commit.
     counters: Mutex<Counters>,
+    /// How far each durable consumer of records has got (locked after
+    /// `counters`, never before).
+    positions: Mutex<push::Positions>,
     /// Records waiting in memory, and the current write error.
     pending: Mutex<(u64, Option<String>)>,
     /// Id ↔ name, for devices (kind 0) and metrics (kind 1).

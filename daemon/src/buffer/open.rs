@@ -377,9 +377,11 @@ pub(super) fn open_with(
         files_waiting: jobs.len(),
         ..SalvageStatus::default()
     });
+    let positions = super::push::Positions::load(&conn, counters.cursor).map_err(sql)?;
     let buffer = Buffer {
         shared: Arc::new(Shared {
             settings,
+            positions: Mutex::new(positions),
             counters: Mutex::new(counters),
             pending: Mutex::new((0, None)),
             names: Mutex::new(names),

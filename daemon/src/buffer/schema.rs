@@ -9,10 +9,10 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 /// Migration steps; step `i` takes version `i` to `i + 1`.
-const STEPS: [&str; 4] = [
+const STEPS: [&str; 5] = [
     // 0 → 1: the first schema.
     "CREATE TABLE meta (
          key   TEXT PRIMARY KEY,
@@ -93,6 +93,14 @@ const STEPS: [&str; 4] = [
          consumer  TEXT PRIMARY KEY,
          delivered INTEGER NOT NULL,
          lost      INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+    // 4 → 5: how far each durable consumer of records (the HTTP and the
+    // MQTT fleet uplink) has delivered them. A file from before has no
+    // rows: a consumer starts at `meta.cursor`, which is where the one
+    // uplink of that version had got to.
+    "CREATE TABLE record_deliveries (
+         consumer  TEXT PRIMARY KEY,
+         delivered INTEGER NOT NULL
      ) WITHOUT ROWID;",
 ];
 

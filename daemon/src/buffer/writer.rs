@@ -323,12 +323,13 @@ impl Writer {
         }
     }
 
-    /// Whether anything waits to be committed: records, a moved cursor, or
-    /// a count of records lost to a full memory queue.
+    /// Whether anything waits to be committed: records, a moved cursor or
+    /// consumer position, or a count of records lost to a full memory queue.
     fn has_work(&self) -> bool {
         !self.pending.is_empty()
             || self.lost_unsaved > 0
             || lock(&self.shared().counters).cursor != self.saved_cursor
+            || self.buffer.positions_dirty()
     }
 
     /// Commits everything waiting, batch by batch. `false` on failure.
@@ -458,6 +459,7 @@ impl Writer {
         c.lost += self.lost_unsaved;
         self.buffer.mirror_names_since(mark);
         c.save(&tx)?;
+        self.buffer.save_positions(&tx)?;
         tx.commit()?;
         // Counted before the counters show the rows: whoever sees them sees
         // the commit too.
@@ -504,6 +506,7 @@ impl Writer {
         let n = chunk.min(c.stored);
         let unsent_evicted = evict(&tx, &mut c, n)?;
         c.save(&tx)?;
+        self.buffer.save_positions(&tx)?;
         tx.commit()?;
         self.buffer.note_commit();
         *guard = c;

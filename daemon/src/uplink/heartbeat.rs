@@ -212,10 +212,8 @@ fn classify(status: u16, retry_after: Option<&str>) -> Answer {
 pub struct Heartbeat {
     /// `[fleet]` as loaded (tokens may since have been reloaded).
     config: FleetConfig,
-    /// `{url}/api/fleet/heartbeat`.
-    endpoint: String,
-    /// Its own HTTP client: a hung heartbeat holds no push connection.
-    client: reqwest::Client,
+    /// Where heartbeats go.
+    route: Route,
     /// Tokens, which one works, and where they come from.
     tokens: TokenSource,
     /// What goes into a heartbeat.
@@ -230,7 +228,43 @@ pub struct Heartbeat {
     failing: Option<(DateTime<Utc>, u64, Instant)>,
 }
 
+/// Where heartbeats go.
+enum Route {
+    /// `POST {url}/api/fleet/heartbeat`, with its own HTTP client: a hung
+    /// heartbeat holds no push connection.
+    Http {
+        endpoint: String,
+        client: reqwest::Client,
+    },
+    /// Retained on `{prefix}/{gateway}/heartbeat` through the MQTT
+    /// uplink's connection (which holds the tokens).
+    Mqtt(super::mqtt::LinkHandle),
+}
+
 impl Heartbeat {
+    /// A heartbeat over MQTT for `config`: published, retained, through
+    /// `link` (a late subscriber sees the last one at once).
+    pub fn over_mqtt(
+        config: FleetConfig,
+        sources: Sources,
+        status: FleetStatusCell,
+        reload: watch::Receiver<FleetConfig>,
+        link: super::mqtt::LinkHandle,
+    ) -> Heartbeat {
+        let (tokens, _) = TokenSource::new(&config);
+        let backoff = new_backoff(&config);
+        Heartbeat {
+            config,
+            route: Route::Mqtt(link),
+            tokens,
+            sources,
+            status,
+            reload,
+            backoff,
+            failing: None,
+        }
+    }
+
     /// A heartbeat for `config`, with the push's reload channel.
     pub fn new(
         config: FleetConfig,
@@ -250,8 +284,7 @@ impl Heartbeat {
         let backoff = new_backoff(&config);
         Ok(Heartbeat {
             config,
-            endpoint,
-            client,
+            route: Route::Http { endpoint, client },
             tokens,
             sources,
             status,
@@ -309,6 +342,25 @@ impl Heartbeat {
             Ok(encoded) => encoded,
             Err(e) => return self.failed(format!("cannot encode the heartbeat: {e}"), None),
         };
+        if let Route::Mqtt(link) = &self.route {
+            let bytes = encoded.bytes.len();
+            let link = link.clone();
+            link.connected().await;
+            let timeout = self
+                .config
+                .timeout
+                .min(interval.max(Duration::from_secs(5)));
+            return match link
+                .publish(link.topic("heartbeat"), encoded.bytes, true, timeout)
+                .await
+            {
+                Ok(()) => {
+                    self.succeeded(bytes);
+                    interval
+                }
+                Err(error) => self.failed(format!("heartbeat: {error}"), None),
+            };
+        }
         let order = self.tokens.ring.order(Instant::now());
         let mut rejected = 0;
         for slot in order {
@@ -339,7 +391,13 @@ impl Heartbeat {
 
     /// One request.
     async fn post(&self, body: &wire::Body, token: &Token) -> Answer {
-        match post_json(&self.client, &self.endpoint, body, token).await {
+        let Route::Http { endpoint, client } = &self.route else {
+            return Answer::Retry {
+                error: "heartbeat: not an HTTP fleet".to_owned(),
+                retry_after: None,
+            };
+        };
+        match post_json(client, endpoint, body, token).await {
             Ok(response) => classify(
                 response.status().as_u16(),
                 retry_after(&response).as_deref(),

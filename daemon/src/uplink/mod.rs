@@ -40,10 +40,11 @@
 
 pub mod events;
 pub mod heartbeat;
+pub mod mqtt;
 pub mod tokens;
 pub mod wire;
 
-use crate::buffer::{Buffer, BufferSlot};
+use crate::buffer::{Buffer, BufferSlot, Consumer};
 use crate::config::FleetConfig;
 use crate::record::Record;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -126,6 +127,11 @@ impl FleetState {
 pub struct FleetStatus {
     /// Whether pushing is configured at all.
     pub enabled: bool,
+    /// `http` or `mqtt`.
+    pub transport: &'static str,
+    /// The MQTT broker connected to (or last connected to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
     /// What the uplink is doing.
     pub state: FleetState,
     /// Records not yet accepted by the fleet.
@@ -151,6 +157,9 @@ pub struct FleetStatus {
     pub batch_size: usize,
     /// The heartbeat.
     pub heartbeat: HeartbeatStatus,
+    /// The MQTT uplink's own status, when both transports run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<FleetStatusCell>,
 }
 
 /// The heartbeat part of the fleet status.
@@ -174,6 +183,8 @@ impl FleetStatus {
     pub fn disabled() -> FleetStatus {
         FleetStatus {
             enabled: false,
+            transport: "http",
+            broker: None,
             state: FleetState::Disabled,
             backlog: 0,
             last_push_at: None,
@@ -186,6 +197,7 @@ impl FleetStatus {
             quarantined: 0,
             batch_size: 0,
             heartbeat: HeartbeatStatus::default(),
+            mqtt: None,
         }
     }
 }
@@ -280,6 +292,21 @@ pub enum UplinkError {
     /// `[fleet].url` is missing (validation prevents this).
     #[error("[fleet].url is not set")]
     NoUrl,
+    /// The MQTT uplink could not be set up (a broker URL, a TLS file).
+    #[error("fleet MQTT uplink: {0}")]
+    Mqtt(String),
+}
+
+/// The durable consumers of records `config` runs.
+pub fn consumers(config: &FleetConfig) -> Vec<Consumer> {
+    let mut consumers = Vec::new();
+    if config.transport.http() {
+        consumers.push(Consumer::FleetHttp);
+    }
+    if config.transport.mqtt() {
+        consumers.push(Consumer::FleetMqtt);
+    }
+    consumers
 }
 
 /// The HTTP client: rustls with the system's CA store (certificate
@@ -447,6 +474,10 @@ impl Uplink {
             () = shutdown.cancelled() => return,
             buffer = wait_for_buffer(&self.buffer) => buffer,
         };
+        let consumers = consumers(&self.config);
+        if let Err(e) = blocking(&buffer, move |b| b.use_consumers(&consumers)).await {
+            tracing::error!("cannot record the fleet push's position in the buffer: {e}");
+        }
         let mut next_round = Instant::now();
         let mut token_file_poll = tokio::time::interval(TOKEN_FILE_POLL);
         token_file_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -517,10 +548,11 @@ impl Uplink {
                 return Round::Failed(SALVAGE_POLL);
             }
             let limit = self.batch_size;
-            let next = match blocking(buffer, move |b| b.next_batch(limit)).await {
-                Ok(next) => next,
-                Err(error) => return self.buffer_failed(&error),
-            };
+            let next =
+                match blocking(buffer, move |b| b.next_batch(Consumer::FleetHttp, limit)).await {
+                    Ok(next) => next,
+                    Err(error) => return self.buffer_failed(&error),
+                };
             self.update_backlog(buffer);
             let batch = next.records;
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
@@ -545,7 +577,11 @@ impl Uplink {
                     duplicates,
                     slot,
                 } => {
-                    if let Err(error) = blocking(buffer, move |b| b.mark_pushed(last_seq)).await {
+                    if let Err(error) = blocking(buffer, move |b| {
+                        b.mark_pushed(Consumer::FleetHttp, last_seq)
+                    })
+                    .await
+                    {
                         return self.buffer_failed(&error);
                     }
                     self.delivered(buffer, &batch, &body, accepted, duplicates, slot);
@@ -610,22 +646,13 @@ impl Uplink {
             };
             match self.post(body, &token, records).await {
                 Answer::Unauthorized => {
-                    tracing::info!(
-                        token = token.fingerprint(),
-                        slot = slot + 1,
-                        "the fleet rejected token {} (slot {}){}",
-                        token.fingerprint(),
-                        slot + 1,
-                        if self.tokens.ring.tokens().len() > 1 {
-                            "; trying the other one for the same batch"
-                        } else {
-                            ""
-                        }
+                    token_rejected(
+                        &self.events,
+                        "the fleet",
+                        &token,
+                        slot,
+                        self.tokens.ring.tokens().len() > 1,
                     );
-                    let _ = self.events.send(UplinkEvent::TokenRejected {
-                        token: token.fingerprint().to_owned(),
-                        slot: slot + 1,
-                    });
                 }
                 Answer::Accepted {
                     accepted,
@@ -723,7 +750,9 @@ impl Uplink {
                 self.batch_size = (self.batch_size * 2).min(self.config.batch_max as usize);
             }
         }
-        let backlog = buffer.counters().unsent;
+        let backlog = buffer
+            .backlog(Consumer::FleetHttp)
+            .unwrap_or_else(|_| buffer.counters().unsent);
         let token = self
             .tokens
             .ring
@@ -769,7 +798,10 @@ impl Uplink {
         reason: &str,
     ) -> Result<(), crate::buffer::BufferError> {
         let why = reason.to_owned();
-        blocking(buffer, move |b| b.quarantine(seq, &why)).await?;
+        blocking(buffer, move |b| {
+            b.quarantine(Consumer::FleetHttp, seq, &why)
+        })
+        .await?;
         tracing::warn!(
             seq,
             "record {seq} quarantined: {reason}; it stays in the buffer's quarantine and the records behind it are pushed"
@@ -915,8 +947,11 @@ impl Uplink {
 
     fn update_backlog(&self, buffer: &Buffer) {
         let counters = buffer.counters();
+        let backlog = buffer
+            .backlog(Consumer::FleetHttp)
+            .unwrap_or(counters.unsent);
         let mut status = self.lock_status();
-        status.backlog = counters.unsent;
+        status.backlog = backlog;
         status.quarantined = counters.quarantined;
     }
 
@@ -1048,4 +1083,32 @@ fn human(d: Duration) -> String {
     } else {
         format!("{}m", d.as_secs() / 60)
     }
+}
+
+/// Logs and announces that `by` (the fleet, or one of its brokers)
+/// refused the token in `slot`; with `other` the next token is tried at
+/// once for the same batch.
+pub(crate) fn token_rejected(
+    events: &broadcast::Sender<UplinkEvent>,
+    by: &str,
+    token: &Token,
+    slot: usize,
+    other: bool,
+) {
+    tracing::info!(
+        token = token.fingerprint(),
+        slot = slot + 1,
+        "{by} rejected token {} (slot {}){}",
+        token.fingerprint(),
+        slot + 1,
+        if other {
+            "; trying the other one for the same batch"
+        } else {
+            ""
+        }
+    );
+    let _ = events.send(UplinkEvent::TokenRejected {
+        token: token.fingerprint().to_owned(),
+        slot: slot + 1,
+    });
 }
