@@ -175,12 +175,21 @@ impl Broker {
     /// Starts `mosquitto` on `port` (0: a free one) with a config in `dir`;
     /// fails the test when mosquitto or its clients are not installed.
     pub fn start(dir: &Path, port: u16) -> Broker {
+        Broker::start_with(dir, port, "allow_anonymous true\n")
+    }
+
+    /// Like [`Broker::start`], with `settings` (mosquitto.conf lines: a
+    /// password file, a bridge) instead of anonymous access.
+    pub fn start_with(dir: &Path, port: u16, settings: &str) -> Broker {
         crate::needs::require_tools(&["mosquitto", "mosquitto_sub"]);
         let port = if port == 0 { free_port() } else { port };
         let config = dir.join(format!("mosquitto-{port}.conf"));
         std::fs::write(
             &config,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            // `user root`: stay the user we are (as root, mosquitto would
+            // switch to `mosquitto` and could not read the test's files,
+            // a password file it reloads on SIGHUP for one).
+            format!("persistence false\nuser root\nlistener {port} 127.0.0.1\n{settings}"),
         )
         .expect("write mosquitto config");
         let mut cmd = Command::new(mosquitto_path());

@@ -710,6 +710,19 @@ pub fn open_buffer_ro(path: &Path) -> rusqlite::Connection {
     conn
 }
 
+/// The `seq` of every record the buffer holds up to `up_to`, in order.
+pub fn stored_seqs_up_to(conn: &rusqlite::Connection, up_to: u64) -> Vec<u64> {
+    conn.prepare("SELECT seq FROM records WHERE seq <= ?1 ORDER BY seq")
+        .and_then(|mut s| {
+            s.query_map([i64::try_from(up_to).unwrap_or(i64::MAX)], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .map(|r| r.map(|v| v as u64))
+            .collect()
+        })
+        .expect("stored seqs")
+}
+
 /// Opens the buffer read-write (for a stopped daemon's file).
 pub fn open_buffer_rw(path: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open_with_flags(

@@ -8,7 +8,8 @@
 use serde_json::{Value, json};
 use slmd_e2e::fleet::{FleetSim, fingerprint, fleet_section};
 use slmd_e2e::{
-    Daemon, Setup, Sim, buffer_file, open_buffer_ro, poll_until, tcp_devices, tcp_sims,
+    Daemon, Setup, Sim, buffer_file, open_buffer_ro, poll_until, stored_seqs_up_to, tcp_devices,
+    tcp_sims,
 };
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -350,14 +351,7 @@ fn kill_9_while_pushing_leaves_no_gap_only_resends() {
             r.get(0)
         })
         .expect("cursor");
-    let stored: Vec<u64> = conn
-        .prepare("SELECT seq FROM records WHERE seq <= ?1 ORDER BY seq")
-        .and_then(|mut s| {
-            s.query_map([cursor], |r| r.get::<_, i64>(0))?
-                .map(|r| r.map(|v| v as u64))
-                .collect()
-        })
-        .expect("stored seqs");
+    let stored = stored_seqs_up_to(&conn, cursor as u64);
     let at_fleet = fleet.seqs(GATEWAY);
     let unique: BTreeSet<u64> = at_fleet.iter().copied().collect();
     assert_eq!(
