@@ -413,3 +413,29 @@ fn the_bundled_example_is_valid_as_shipped_and_with_its_device_uncommented() {
         "serial /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A1B2C3D4-if00-port0"
     );
 }
+
+#[test]
+fn the_bundled_example_fleet_over_mqtt_is_valid_when_uncommented() {
+    let text = include_str!("../../packaging/slmd.toml");
+    let start = text
+        .find("# transport = \"mqtt\"")
+        .expect("mqtt fleet example");
+    let end = text[start..]
+        .find("\n\n")
+        .map(|n| start + n)
+        .expect("end of the fleet table");
+    let uncommented: String = text[start..end]
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+        .collect();
+    let config = text[..start].replace("enabled = false", "enabled = true")
+        + "tokens = [\"tok-current\"]\n"
+        + &uncommented
+        + &text[end..];
+    let c = load_text(&config);
+    assert!(c.fleet.enabled);
+    assert!(c.fleet.transport.mqtt() && !c.fleet.transport.http());
+    assert_eq!(c.fleet.urls.len(), 2);
+    assert_eq!(c.fleet.topic_prefix, "slmd");
+    assert!(c.fleet.client_cert.is_some() && c.fleet.client_key.is_some());
+}
