@@ -31,6 +31,8 @@
 //!   on stdout, signals, the print-until-stopped loop).
 //! - [`fleet`]: the fleet ingest server simulator ([`fleet::FleetSim`],
 //!   SPEC §7), served by `fleet-sim`.
+//! - [`scenario`]: the scenario runner of `slm-hil` (scenario files, the
+//!   timeline, the checks, JUnit XML).
 //!
 //! The [`Simulator`] is the meter: cloning it gives another handle to the
 //! same meter, whose state (measuring, echo, clock, pacing, stored records)
@@ -56,6 +58,7 @@ pub mod levels;
 mod meter;
 pub mod pty;
 pub mod report;
+pub mod scenario;
 mod session;
 mod tcp;
 
