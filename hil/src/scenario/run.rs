@@ -121,6 +121,8 @@ struct World<'a> {
     extra_config: String,
     /// When a `fleet_down` with `for` ends.
     fleet_up_at: Option<Instant>,
+    /// Whether the fleet answers 503 (a `fleet_down` not yet over).
+    fleet_down: bool,
     timeline: Vec<String>,
     /// slmd's log of earlier runs (before a kill or stop).
     old_logs: Vec<String>,
@@ -154,6 +156,7 @@ pub fn run_scenario(
         tokens: scenario.fleet.tokens.clone(),
         extra_config: scenario.slmd.config.clone(),
         fleet_up_at: None,
+        fleet_down: false,
         timeline: Vec::new(),
         old_logs: Vec::new(),
     };
@@ -345,7 +348,7 @@ impl World<'_> {
             let what = step.describe();
             self.note(say, &format!("step {}: {what}", i + 1));
             let began = Instant::now();
-            let result = self.step(step, say);
+            let result = self.step(step);
             let seconds = began.elapsed().as_secs_f64();
             if let Step::Wait {
                 check: Some(title), ..
@@ -395,6 +398,7 @@ impl World<'_> {
             && Instant::now() >= at
         {
             self.fleet_up_at = None;
+            self.fleet_down = false;
             let _ = self.fleet_admin_call("DELETE", "/admin/faults", None);
             self.timeline.push(format!(
                 "{:7.1}s  fleet answers again (end of the outage)",
@@ -403,7 +407,7 @@ impl World<'_> {
         }
     }
 
-    fn step(&mut self, step: &Step, say: &mut dyn FnMut(&str)) -> Result<Done, String> {
+    fn step(&mut self, step: &Step) -> Result<Done, String> {
         match step {
             Step::Start {} => self.start_slmd().map(Done::Did),
             Step::Stop {} => self.stop_slmd().map(Done::Did),
@@ -423,7 +427,7 @@ impl World<'_> {
                     .signal(Signal::SIGHUP)?;
                 Ok(Done::Did(String::new()))
             }
-            Step::Wait { until, within, .. } => self.wait(until, *within, say),
+            Step::Wait { until, within, .. } => self.wait(until, *within),
             Step::Sleep { duration } => {
                 let end = Instant::now() + *duration;
                 while Instant::now() < end {
@@ -448,6 +452,7 @@ impl World<'_> {
                     Some(json!({"kind": "status", "status": 503, "count": 1_000_000, "route": "all"})),
                 )?;
                 self.fleet_up_at = duration.map(|d| Instant::now() + d);
+                self.fleet_down = true;
                 Ok(Done::Did(String::new()))
             }
             Step::FleetUp {} => {
@@ -455,6 +460,7 @@ impl World<'_> {
                     return Ok(Done::Skipped("a real fleet".to_owned()));
                 }
                 self.fleet_up_at = None;
+                self.fleet_down = false;
                 self.fleet_admin_call("DELETE", "/admin/faults", None)?;
                 Ok(Done::Did(String::new()))
             }
@@ -505,9 +511,10 @@ impl World<'_> {
         cmd.arg("run").arg("--config").arg(self.config_path());
         let slmd = Proc::spawn("slmd", cmd)
             .map_err(|e| format!("cannot start {}: {e}", self.options.slmd.display()))?;
-        let found = slmd.stderr.wait_from(0, START_TIMEOUT, |l| {
-            l.contains("API listening") || l.contains("rror")
-        });
+        // Ends early when slmd exits (its stderr closes).
+        let found = slmd
+            .stderr
+            .wait_from(0, START_TIMEOUT, |l| l.contains("API listening"));
         let api = found
             .as_ref()
             .and_then(|(_, l)| {
@@ -608,12 +615,7 @@ impl World<'_> {
             .map_or(0, |a| a.len() as u64))
     }
 
-    fn wait(
-        &mut self,
-        until: &Condition,
-        within: Duration,
-        _say: &mut dyn FnMut(&str),
-    ) -> Result<Done, String> {
+    fn wait(&mut self, until: &Condition, within: Duration) -> Result<Done, String> {
         let needs_fleet = until.fleet_records.is_some() || until.alert.is_some();
         if needs_fleet && self.fleet_admin.is_none() {
             return Ok(Done::Skipped(
@@ -716,10 +718,13 @@ impl World<'_> {
                 sim.terminate(Duration::from_secs(5));
             }
         }
-        if let Some(at) = self.fleet_up_at.take() {
-            // An outage the timeline left running ends with the scenario.
-            let _ = at;
+        if self.fleet_down {
+            // An outage the timeline left running ends with the timeline,
+            // so slmd can push what it holds.
+            self.fleet_down = false;
+            self.fleet_up_at = None;
             let _ = self.fleet_admin_call("DELETE", "/admin/faults", None);
+            self.note(say, "fleet answers again (end of the timeline)");
         }
         let running = self.slmd.as_mut().is_some_and(Proc::running);
         if !running {
