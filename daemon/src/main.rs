@@ -114,8 +114,8 @@ async fn async_main(command: Command) -> ExitCode {
             config: path,
             print,
         } => {
-            let config = match config::load(&path) {
-                Ok(c) => c,
+            let (config, source) = match config::load_source(&path) {
+                Ok(loaded) => loaded,
                 Err(e) => {
                     eprintln!("slmd: invalid configuration: {e}");
                     return ExitCode::from(EXIT_CONFIG);
@@ -126,7 +126,7 @@ async fn async_main(command: Command) -> ExitCode {
                 eprintln!("slmd: cannot install signal handlers: {e}");
                 return ExitCode::from(EXIT_FAILURE);
             }
-            let options = supervisor::Options::new(print, Some(path));
+            let options = supervisor::Options::new(print, Some(source));
             match supervisor::run(config, options, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

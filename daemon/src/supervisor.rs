@@ -39,7 +39,6 @@ use crate::uplink::heartbeat::{self, Heartbeat};
 use crate::uplink::{
     FleetStatus, FleetStatusCell, UPLINK_EVENTS, Uplink, UplinkError, UplinkEvent,
 };
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -64,17 +63,18 @@ pub struct Options {
     pub print: PrintMode,
     /// Where record timestamps come from.
     pub clock: WallClock,
-    /// The config file, read again on `SIGHUP` (none: no reload).
-    pub config_path: Option<PathBuf>,
+    /// The config file the config was loaded from, read again on `SIGHUP`
+    /// and shown in status (none: no reload).
+    pub config_source: Option<crate::config::Source>,
 }
 
 impl Options {
-    /// Printing `print`, the system clock, reloading from `config_path`.
-    pub fn new(print: PrintMode, config_path: Option<PathBuf>) -> Options {
+    /// Printing `print`, the system clock, reloading from `config_source`'s file.
+    pub fn new(print: PrintMode, config_source: Option<crate::config::Source>) -> Options {
         Options {
             print,
             clock: WallClock::system(),
-            config_path,
+            config_source,
         }
     }
 }
@@ -289,7 +289,9 @@ pub async fn run(
     // The meters the status line and the watchdog look at; a reload
     // replaces them.
     let current = live.meters.clone();
-    if let Some(path) = options.config_path.clone() {
+    if let Some(source) = options.config_source.clone() {
+        let path = source.file.clone();
+        api.set_config_source(source);
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(StartError::Signal)?;
         let stop = shutdown.clone();
@@ -783,8 +785,11 @@ impl Live {
         if let Some(buffer) = self.buffer.get() {
             buffer.commit_soon();
         }
-        let config = match crate::config::load(path) {
-            Ok(config) => config,
+        let config = match crate::config::load_source(path) {
+            Ok((config, source)) => {
+                api.set_config_source(source);
+                config
+            }
             Err(e) => {
                 tracing::error!(
                     "SIGHUP: configuration not reloaded, the running one stays in effect: {e}"

@@ -59,6 +59,8 @@ fn status_cell(id: &str) -> StatusCell {
     Arc::new(Mutex::new(DeviceStatus {
         id: id.to_owned(),
         protocol: "nl43",
+        target: "tcp 192.0.2.10:2255".to_owned(),
+        settings: Arc::new(vec![("protocol", "nl43".to_owned())]),
         identity: None,
         state: LinkState::Connecting,
         task_failed: false,

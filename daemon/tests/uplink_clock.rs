@@ -88,7 +88,7 @@ retry_max = "500ms"
     let options = Options {
         print: PrintMode::None,
         clock: clock.clone(),
-        config_path: None,
+        config_source: None,
     };
     let daemon = tokio::spawn(supervisor::run(config, options, shutdown.clone()));
 

@@ -149,6 +149,18 @@ pub struct ApiState {
     keep_alive: Duration,
 }
 
+/// `config` in status: which file the running config was loaded from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ConfigSource {
+    /// The file as the daemon was given it.
+    file: String,
+    /// SHA-256 of the bytes loaded, lowercase hex.
+    sha256: String,
+    /// When it was loaded (start, or the last reload that applied it).
+    #[serde(serialize_with = "crate::record::rfc3339_millis")]
+    loaded_at: DateTime<Utc>,
+}
+
 #[derive(Debug)]
 struct Inner {
     /// `[gateway].id`, shown in status.
@@ -173,6 +185,8 @@ struct Inner {
     stream_max: std::sync::RwLock<Duration>,
     /// Changed config keys that wait for a restart, as `section.key`.
     needs_restart: std::sync::RwLock<Vec<String>>,
+    /// The file the running config was loaded from, and when.
+    config_source: std::sync::RwLock<Option<ConfigSource>>,
     /// Stream counters.
     stats: stream::StreamStats,
     /// Recent records' JSON, made once and shared by every stream.
@@ -210,6 +224,7 @@ impl ApiState {
                 tokens: std::sync::RwLock::new(Arc::new(auth::TokenDigests::new(&config.tokens))),
                 stream_max: std::sync::RwLock::new(config.stream_max),
                 needs_restart: std::sync::RwLock::new(Vec::new()),
+                config_source: std::sync::RwLock::new(None),
                 stats: stream::StreamStats::default(),
                 json: stream::RecordJson::default(),
                 streams_end: CancellationToken::new(),
@@ -256,6 +271,21 @@ impl ApiState {
     /// Sets the config keys shown as `needs_restart` in status.
     pub fn set_needs_restart(&self, keys: Vec<String>) {
         *write(&self.inner.needs_restart) = keys;
+    }
+
+    /// Sets the file the running config came from (at start and after each
+    /// reload that loaded it), shown as `config` in status.
+    pub fn set_config_source(&self, source: crate::config::Source) {
+        *write(&self.inner.config_source) = Some(ConfigSource {
+            file: source.file.display().to_string(),
+            sha256: source.sha256,
+            loaded_at: Utc::now(),
+        });
+    }
+
+    /// The running config's file, when it came from one.
+    fn config_source(&self) -> Option<ConfigSource> {
+        read(&self.inner.config_source).clone()
     }
 
     /// The tokens now (a reference count, not a copy, per request).

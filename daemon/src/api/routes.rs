@@ -44,6 +44,9 @@ pub(crate) struct Status {
     /// start (`section.key`, e.g. `buffer.max_records`); empty when the
     /// running config is the file's.
     needs_restart: Vec<String>,
+    /// The file the running config was loaded from (`file`, `sha256` of
+    /// its bytes, `loaded_at`); `null` when it came from none (the demo).
+    config: Option<super::ConfigSource>,
     /// API connections: open, the cap, and what the limits closed.
     connections: super::ConnectionStats,
     /// Noise limits (SPEC §11), when configured: counters, active alerts,
@@ -159,6 +162,7 @@ pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<Status>
             hub_receivers: inner.hub.live_subscribers(),
         },
         needs_restart: state.needs_restart(),
+        config: state.config_source(),
         connections: state.connections(),
         limits,
     }))

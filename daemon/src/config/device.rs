@@ -183,6 +183,90 @@ impl DeviceConfig {
     pub fn family(&self) -> &'static dyn Family {
         self.protocol.family()
     }
+
+    /// Every setting but the id, as `(key, value)` in the file's spelling
+    /// (`("address", "192.0.2.10:2255")`, `("poll_interval", "1s")`), in a
+    /// fixed order. Two configs of one meter are equal exactly when their
+    /// settings are, so the running daemon shows these in `/v1/status` and
+    /// `slmd check` tells from them what a reload would change (a reload
+    /// restarts a meter whose config is not equal). A default the file did
+    /// not write is marked `(default)` where writing it changes behaviour.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        // Every field named, so a new one cannot be left out here.
+        let DeviceConfig {
+            id: _,
+            protocol,
+            link,
+            mode,
+            live_mode,
+            poll_interval,
+            poll_interval_set,
+            live_poll_interval,
+            answer_timeout,
+            command_gap,
+            status_interval,
+            utc_offset,
+            reconnect_min,
+            reconnect_max,
+            care:
+                MeterCare {
+                    keep_measuring,
+                    no_sleep,
+                    sync_clock,
+                },
+        } = self;
+        let duration = |d: &Duration| units::format_duration(*d);
+        let mut settings = vec![("protocol", protocol.as_str().to_owned())];
+        match link {
+            LinkConfig::Tcp { address } => {
+                settings.push(("transport", "tcp".to_owned()));
+                settings.push(("address", address.clone()));
+            }
+            LinkConfig::Serial {
+                path,
+                framing:
+                    SerialFraming {
+                        baud,
+                        data_bits,
+                        stop_bits,
+                        parity,
+                    },
+            } => {
+                settings.push(("transport", "serial".to_owned()));
+                settings.push(("path", path.display().to_string()));
+                settings.push(("baud", baud.to_string()));
+                settings.push(("data_bits", data_bits.to_string()));
+                settings.push(("stop_bits", stop_bits.to_string()));
+                settings.push(("parity", parity.as_str().to_owned()));
+            }
+        }
+        let poll = if *poll_interval_set {
+            duration(poll_interval)
+        } else {
+            format!("{} (default)", duration(poll_interval))
+        };
+        settings.extend([
+            ("mode", mode.as_str().to_owned()),
+            ("live_mode", live_mode.as_str().to_owned()),
+            ("poll_interval", poll),
+            (
+                "live_poll_interval",
+                live_poll_interval
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), duration),
+            ),
+            ("answer_timeout", duration(answer_timeout)),
+            ("command_gap", duration(command_gap)),
+            ("status_interval", duration(status_interval)),
+            ("utc_offset", utc_offset.to_string()),
+            ("reconnect_min", duration(reconnect_min)),
+            ("reconnect_max", duration(reconnect_max)),
+            ("keep_measuring", keep_measuring.to_string()),
+            ("no_sleep", no_sleep.to_string()),
+            ("sync_clock", sync_clock.as_str().to_owned()),
+        ]);
+        settings
+    }
 }
 
 /// How a meter is reached: the transport and what only that transport has.

@@ -116,6 +116,23 @@ pub use validate::{
 /// A file that cannot be read is reported as `{file}: cannot read: {reason}`;
 /// one larger than [`MAX_FILE_BYTES`] is not read past that size.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_source(path).map(|(config, _)| config)
+}
+
+/// Which text a configuration was built from: the file and the SHA-256 of
+/// the bytes read. The running daemon shows it in `/v1/status`, so
+/// `slmd check` can tell a file edited since the daemon loaded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The file, made absolute.
+    pub file: PathBuf,
+    /// SHA-256 of the bytes read, lowercase hex.
+    pub sha256: String,
+}
+
+/// [`load`], and the [`Source`] the config was built from.
+pub fn load_source(path: &Path) -> Result<(Config, Source), ConfigError> {
+    use sha2::Digest;
     use std::io::Read;
     let unreadable = |e: std::io::Error| ConfigError {
         file: path.to_path_buf(),
@@ -128,7 +145,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
         .map_err(unreadable)?;
-    from_bytes(bytes, path)
+    let sha256 = hex(&sha2::Sha256::digest(&bytes));
+    let config = from_bytes(bytes, path)?;
+    let source = Source {
+        // Absolute, so status names the file whatever the reader's folder.
+        file: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+        sha256,
+    };
+    Ok((config, source))
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Parses and validates the bytes of a configuration file, as [`load`]

@@ -63,6 +63,12 @@ pub struct DeviceStatus {
     pub id: String,
     /// The meter family (`nl43`, `xl2`, …).
     pub protocol: &'static str,
+    /// Where the meter is reached (`tcp 192.0.2.10:2255`, `serial /dev/…`):
+    /// the link this task holds, so `slmd check` does not open it again.
+    pub target: String,
+    /// The config this task runs with ([`crate::config::DeviceConfig::settings`]),
+    /// so `slmd check` can tell what a reload of an edited file would change.
+    pub settings: Arc<Vec<(&'static str, String)>>,
     /// Who the meter said it is when the link last opened.
     pub identity: Option<Identity>,
     /// Link state.
@@ -115,6 +121,8 @@ impl Serialize for DeviceStatus {
         struct Json<'a> {
             id: &'a str,
             protocol: &'a str,
+            target: &'a str,
+            settings: Settings<'a>,
             identity: &'a Option<Identity>,
             state: Shown,
             #[serde(serialize_with = "crate::record::rfc3339_millis")]
@@ -138,6 +146,8 @@ impl Serialize for DeviceStatus {
         let DeviceStatus {
             id,
             protocol,
+            target,
+            settings,
             identity,
             state,
             state_since,
@@ -159,6 +169,8 @@ impl Serialize for DeviceStatus {
         Json {
             id,
             protocol,
+            target,
+            settings: Settings(settings),
             identity,
             state: if *task_failed {
                 Shown::Failed("failed")
@@ -181,6 +193,20 @@ impl Serialize for DeviceStatus {
             care,
         }
         .serialize(serializer)
+    }
+}
+
+/// A device's settings as one JSON object, in their order.
+struct Settings<'a>(&'a [(&'static str, String)]);
+
+impl Serialize for Settings<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
     }
 }
 
@@ -245,6 +271,8 @@ impl DeviceTask {
         let status = Arc::new(Mutex::new(DeviceStatus {
             id: config.id.clone(),
             protocol: config.protocol.as_str(),
+            target: config.target(),
+            settings: Arc::new(config.settings()),
             identity: None,
             state: LinkState::Connecting,
             state_since: Utc::now(),
