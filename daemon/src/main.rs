@@ -39,16 +39,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "none")]
         print: PrintMode,
     },
-    /// Validate the configuration and probe every meter (exit 0 only when
-    /// the config is valid and every meter answers; 78 for a config error,
-    /// 69 when a meter does not answer).
+    /// Validate the configuration and check every meter: a meter the
+    /// running slmd holds is reported from its live state (never opened a
+    /// second time), the others are probed; an edited file shows what a
+    /// reload would change. Exit 0 only when the config is valid and every
+    /// meter is usable; 78 for a config error, 69 when a meter is not usable.
     Check {
         /// Configuration file.
         #[arg(long, default_value = "/etc/slmd/slmd.toml")]
         config: PathBuf,
-        /// Only validate the file; do not contact the meters.
-        #[arg(long)]
+        /// Only validate the file; do not contact the daemon or the meters.
+        #[arg(long, conflicts_with = "probe_anyway")]
         no_probe: bool,
+        /// Ask the running slmd at this address instead of the config's
+        /// [api].listen.
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
+        /// Probe every meter, even one a running slmd holds (which then
+        /// fails the probe: a meter serves one link).
+        #[arg(long)]
+        probe_anyway: bool,
     },
     /// Show the running daemon's status (its API's /v1/status) as a table.
     Status {
@@ -135,7 +145,19 @@ async fn async_main(command: Command) -> ExitCode {
                 }
             }
         }
-        Command::Check { config, no_probe } => check(&config, no_probe).await,
+        Command::Check {
+            config,
+            no_probe,
+            api,
+            probe_anyway,
+        } => {
+            let options = slmd::check::Options {
+                api,
+                probe_anyway,
+                timeout: slmd::check::PROBE_TIMEOUT,
+            };
+            check(&config, no_probe, &options).await
+        }
         Command::Status { config, api, json } => status(&config, api, json).await,
         Command::Demo => demo().await,
         // Handled before the runtime starts.
@@ -179,10 +201,11 @@ pipeline with no meter attached, run the demo from a source checkout:
 
 To check this gateway instead: slmd check, then slmd status.";
 
-/// `slmd check`: validate, then probe each meter.
-async fn check(path: &std::path::Path, no_probe: bool) -> ExitCode {
-    let config = match config::load(path) {
-        Ok(c) => c,
+/// `slmd check`: validate, then check each meter (the running daemon's
+/// view first, a probe for the rest).
+async fn check(path: &std::path::Path, no_probe: bool, options: &slmd::check::Options) -> ExitCode {
+    let (config, source) = match config::load_source(path) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("slmd: invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -196,13 +219,11 @@ async fn check(path: &std::path::Path, no_probe: bool) -> ExitCode {
     if no_probe || config.devices.is_empty() {
         return ExitCode::SUCCESS;
     }
-    let probes = slmd::check::probe_all(&config, slmd::check::PROBE_TIMEOUT).await;
-    print!("{}", slmd::check::render(&probes));
-    let failed = probes.iter().filter(|p| p.outcome.is_err()).count();
-    if failed == 0 {
+    let report = slmd::check::run(&config, &source, options).await;
+    print!("{}", slmd::check::render(&report));
+    if report.usable() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("slmd: {failed} of {} meters did not answer", probes.len());
         ExitCode::from(EXIT_UNAVAILABLE)
     }
 }

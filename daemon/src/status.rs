@@ -299,7 +299,8 @@ fn count(v: &Value) -> String {
     out
 }
 
-fn duration(secs: u64) -> String {
+/// `42s`, `5m`, `2h 5m`, `3d 4h`: an age or a span, short.
+pub(crate) fn duration(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m", secs / 60),
