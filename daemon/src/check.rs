@@ -26,7 +26,7 @@
 
 use crate::config::{Config, DeviceConfig, Source};
 use crate::device::link;
-use crate::status::{StatusError, duration};
+use crate::status::{StatusError, duration, text};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -635,15 +635,6 @@ fn verdict(report: &Report) -> String {
         failed.len(),
         steps.join("; ")
     )
-}
-
-/// A JSON value as text (`-` for null).
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

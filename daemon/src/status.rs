@@ -278,7 +278,8 @@ fn health_line(device: &Value) -> Option<String> {
     (!parts.is_empty()).then(|| format!("  {}", parts.join(" · ")))
 }
 
-fn text(v: &Value) -> String {
+/// A JSON value as text (`-` for null).
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),
