@@ -93,7 +93,24 @@ impl Daemon {
 
     /// The daemon's device whose link is `target`.
     fn holding(&self, target: &str) -> Option<&Value> {
-        self.devices().iter().find(|d| d["target"] == target)
+        self.devices()
+            .iter()
+            .find(|d| d["target"].as_str().is_some_and(|t| same_link(t, target)))
+    }
+}
+
+/// Whether two targets are one link: the same text, or two paths to one
+/// serial device (`/dev/serial/by-id/…` and the `/dev/ttyUSB0` it points to).
+fn same_link(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.strip_prefix("serial "), b.strip_prefix("serial ")) {
+        (Some(a), Some(b)) => match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -861,6 +878,26 @@ mod tests {
         .devices
         .remove(0);
         assert_eq!(base == written, base.settings() == written.settings());
+    }
+
+    #[test]
+    fn a_serial_meter_named_by_another_path_is_the_same_link() {
+        let dir = tempfile::tempdir().expect("dir");
+        let port = dir.path().join("ttyUSB0");
+        std::fs::write(&port, b"").expect("port");
+        let by_id = dir.path().join("usb-RION_NL-43");
+        std::os::unix::fs::symlink(&port, &by_id).expect("link");
+        let (port, by_id) = (port.display(), by_id.display());
+        assert!(same_link(
+            &format!("serial {by_id}"),
+            &format!("serial {port}")
+        ));
+        assert!(!same_link(
+            &format!("serial {by_id}"),
+            "serial /dev/ttyUSB7"
+        ));
+        assert!(!same_link("tcp 127.0.0.1:2255", "tcp 127.0.0.1:2256"));
+        assert!(same_link("tcp 127.0.0.1:2255", "tcp 127.0.0.1:2255"));
     }
 
     #[test]
