@@ -126,13 +126,18 @@ struct Drain {
     requests: u64,
 }
 
-/// Drains the buffer at `path` into a fresh in-process fleet-sim.
-fn drain(path: &Path, count: u64, batch_max: u32) -> Drain {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// The runtime a drain runs on (two workers).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+/// Drains the buffer at `path` into a fresh in-process fleet-sim.
+fn drain(path: &Path, count: u64, batch_max: u32) -> Drain {
+    let runtime = runtime();
     runtime.block_on(async {
         let stop = CancellationToken::new();
         let fleet = FleetSim::new(FleetSimConfig::new(TOKEN));
@@ -411,11 +416,7 @@ struct MqttDrain {
 /// Drains the buffer at `path` over MQTT to the broker on `port`, through
 /// a counting proxy.
 fn drain_mqtt(path: &Path, count: u64, batch_max: u32, port: u16) -> MqttDrain {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     runtime.block_on(async {
         let stop = CancellationToken::new();
         let wire = Arc::new(Wire::default());

@@ -11,7 +11,7 @@ use chrono::{TimeZone, Utc};
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use slmd::config::MqttConfig;
 use slmd::fanout::{Hub, LinkState};
-use slmd::mqtt::{MqttPublisher, MqttStatus, MqttStatusCell, lock_status};
+use slmd::mqtt::{MqttPublisher, MqttStatusCell, lock_status};
 use slmd::record::{Flag, MeterState, Reading, Record};
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,13 +52,21 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
-/// Checks `condition` on the publisher's status until it holds.
-async fn wait_status(cell: &MqttStatusCell, what: &str, condition: impl Fn(&MqttStatus) -> bool) {
+/// Checks `condition` on a status cell (the publisher's, the fleet
+/// link's) until it holds; returns the status that met it.
+async fn wait_status<S: Clone + std::fmt::Debug>(
+    cell: &Arc<std::sync::Mutex<S>>,
+    what: &str,
+    condition: impl Fn(&S) -> bool,
+) -> S {
     let deadline = Instant::now() + WAIT;
     loop {
-        let status = lock_status(cell).clone();
+        let status = cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if condition(&status) {
-            return;
+            return status;
         }
         assert!(
             Instant::now() < deadline,
@@ -859,16 +867,8 @@ async fn the_fleet_link_speaks_tls_with_a_private_ca_and_a_client_certificate() 
     // Without the client certificate the broker refuses the handshake,
     // and the status says why.
     let (status, _, stop, task, _reload) = start(&fleet);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = status.lock().expect("status").clone();
-        if now.last_error.is_some() {
-            assert!(now.broker.is_none(), "never connected: {now:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no error reported: {now:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let now = wait_status(&status, "an error reported", |s| s.last_error.is_some()).await;
+    assert!(now.broker.is_none(), "never connected: {now:?}");
     stop.cancel();
     let _ = task.await;
 

@@ -488,11 +488,17 @@ impl Daemon {
 
     /// Every record it printed so far.
     pub fn printed_records(&self) -> Vec<Value> {
+        self.printed("record")
+    }
+
+    /// Every line of one `type` it printed so far (`record`, `push`,
+    /// `push_failed`, `token_rejected`, …).
+    pub fn printed(&self, kind: &str) -> Vec<Value> {
         self.proc
             .stdout
             .json()
             .into_iter()
-            .filter(|v| v["type"] == "record")
+            .filter(|v| v["type"] == kind)
             .collect()
     }
 

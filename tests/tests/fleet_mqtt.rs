@@ -173,17 +173,6 @@ fn fleet_status(daemon: &Daemon) -> Value {
     status(&api_address(&daemon.proc)).map_or(Value::Null, |s| s["fleet"].clone())
 }
 
-/// Push events the daemon printed.
-fn events(daemon: &Daemon, kind: &str) -> Vec<Value> {
-    daemon
-        .proc
-        .stdout
-        .json()
-        .into_iter()
-        .filter(|v| v["type"] == kind)
-        .collect()
-}
-
 #[test]
 #[ignore = "needs mosquitto, mosquitto_sub, mosquitto_pub; .ci/run installs them"]
 fn records_reach_the_fleet_through_the_second_broker_when_the_first_is_killed() {
@@ -260,7 +249,7 @@ fn records_reach_the_fleet_through_the_second_broker_when_the_first_is_killed() 
         "the journal says where it went\n{transcript}"
     );
     assert!(
-        events(&daemon, "auth_failed").is_empty(),
+        daemon.printed("auth_failed").is_empty(),
         "no token trouble\n{transcript}"
     );
     let _ = a.proc.terminate(Duration::from_secs(5));
@@ -308,7 +297,8 @@ fn a_token_rotation_over_mqtt_loses_no_tick_and_no_record() {
     let fleet = FleetSubscriber::start(&broker, "fleet-rotation", &["-u", GATEWAY, "-P", "token1"]);
     let pushes = |token: &str| {
         let fp = fingerprint(token);
-        events(&daemon, "push")
+        daemon
+            .printed("push")
             .into_iter()
             .filter(|p| p["token"] == fp.as_str())
             .count()
@@ -328,7 +318,7 @@ fn a_token_rotation_over_mqtt_loses_no_tick_and_no_record() {
     write_config(&["token2", "token1"]);
     daemon.proc.signal(nix::sys::signal::Signal::SIGHUP);
     let rejected = poll_until(TIMEOUT, || {
-        (!events(&daemon, "token_rejected").is_empty()).then_some(())
+        (!daemon.printed("token_rejected").is_empty()).then_some(())
     });
     assert!(
         rejected.is_some(),
@@ -339,7 +329,7 @@ fn a_token_rotation_over_mqtt_loses_no_tick_and_no_record() {
 
     // The fleet rotates: the broker's password file now holds token2 and
     // is reloaded (Mosquitto drops the connections it no longer accepts).
-    let staged_refusals = events(&daemon, "token_rejected").len();
+    let staged_refusals = daemon.printed("token_rejected").len();
     set_password("token2");
     broker.proc.signal(nix::sys::signal::Signal::SIGHUP);
     wait_pushes("token2", 3);
@@ -352,12 +342,12 @@ fn a_token_rotation_over_mqtt_loses_no_tick_and_no_record() {
 
     let transcript = daemon.proc.transcript();
     assert!(
-        events(&daemon, "auth_failed").is_empty(),
+        daemon.printed("auth_failed").is_empty(),
         "a rotation in this order never pauses publishing\n{transcript}"
     );
     // Before the broker knew token2 only token2 was refused; after, only
     // the retired token1 (when the dropped connection came back).
-    let refusals = events(&daemon, "token_rejected");
+    let refusals = daemon.printed("token_rejected");
     for (i, refused) in refusals.iter().enumerate() {
         let expected = if i < staged_refusals {
             "token2"
@@ -372,7 +362,7 @@ fn a_token_rotation_over_mqtt_loses_no_tick_and_no_record() {
     }
     // No lost tick: every failed publish was retried within one interval
     // and the backoff's first step (the fleet section sets 200 ms and 50 ms).
-    for failed in events(&daemon, "push_failed") {
+    for failed in daemon.printed("push_failed") {
         assert!(
             failed["retry_in_ms"].as_u64().unwrap_or(u64::MAX) <= 500,
             "a failed publish waited long: {failed}\n{transcript}"

@@ -30,17 +30,6 @@ fn pushing_daemon(fleet: &FleetSim, sims: &[Sim], tokens: &[&str], extra: &str) 
     (setup, daemon)
 }
 
-/// Events of one type the daemon printed.
-fn events(daemon: &Daemon, kind: &str) -> Vec<Value> {
-    daemon
-        .proc
-        .stdout
-        .json()
-        .into_iter()
-        .filter(|v| v["type"] == kind)
-        .collect()
-}
-
 /// Waits until `n` more push events than `from` were printed with `token`'s
 /// fingerprint; returns the index after the last one.
 fn wait_pushes(daemon: &Daemon, from: usize, n: usize, token: &str) -> usize {
@@ -63,7 +52,8 @@ fn wait_pushes(daemon: &Daemon, from: usize, n: usize, token: &str) -> usize {
 
 /// The highest seq the fleet accepted so far, by the daemon's push events.
 fn last_pushed(daemon: &Daemon) -> u64 {
-    events(daemon, "push")
+    daemon
+        .printed("push")
         .iter()
         .filter_map(|p| p["last_seq"].as_u64())
         .max()
@@ -140,7 +130,7 @@ fn a_token_rotation_costs_no_push_and_leaves_no_gap() {
     let transcript = daemon.proc.transcript();
     for kind in ["push_failed", "auth_failed", "token_rejected"] {
         assert!(
-            events(&daemon, kind).is_empty(),
+            daemon.printed(kind).is_empty(),
             "a rotation done in this order never fails a push, but saw {kind}\n{transcript}"
         );
     }
@@ -175,13 +165,13 @@ fn a_staged_unknown_token_fails_over_in_the_same_tick_and_is_picked_up_later() {
     assert_eq!(second["status"], 200, "{requests:?}");
     assert_eq!(second["token"], fingerprint("token1"));
     assert_eq!(first["first_seq"], second["first_seq"]);
-    assert!(events(&daemon, "push_failed").is_empty());
+    assert!(daemon.printed("push_failed").is_empty());
 
     // The fleet learns the staged token: the daemon moves to it by itself.
     fleet.rotate("staged");
     wait_pushes(&daemon, at, 2, "staged");
     daemon.proc.terminate(TIMEOUT);
-    assert!(events(&daemon, "push_failed").is_empty());
+    assert!(daemon.printed("push_failed").is_empty());
     assert_no_gap(&fleet, last_pushed(&daemon), &daemon.proc.transcript());
 }
 
@@ -266,7 +256,7 @@ fn an_outage_a_non_json_200_and_a_hang_lose_and_double_nothing() {
     daemon.proc.terminate(TIMEOUT);
     let transcript = daemon.proc.transcript();
 
-    let failed = events(&daemon, "push_failed");
+    let failed = daemon.printed("push_failed");
     let errors: Vec<&str> = failed.iter().filter_map(|f| f["error"].as_str()).collect();
     assert_eq!(
         failed.len(),

@@ -233,75 +233,66 @@ impl Buffer {
         seq: u64,
         reason: &str,
     ) -> Result<bool, BufferError> {
-        let sql_err = |source| BufferError::Sqlite {
-            path: self.shared.settings.path.clone(),
-            source,
-        };
-        let mut shared = lock(&self.shared.counters);
-        let mut counters = *shared;
-        let mut positions = lock(&self.shared.positions);
-        let mut conn = lock(&self.shared.reader);
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(sql_err)?;
-        let position = positions.at[consumer.index()].unwrap_or(counters.cursor);
-        let cursor = i64::try_from(position).unwrap_or(i64::MAX);
-        let first: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM records WHERE seq > ?1 ORDER BY seq LIMIT 1",
-                [cursor],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sql_err)?;
+        /// What the transaction found at `seq`.
+        enum Found {
+            /// Not `consumer`'s first unsent record.
+            NotFirst,
+            /// Already in quarantine (another consumer put it aside).
+            AlreadyAside,
+            /// Put aside now.
+            PutAside,
+        }
         let seq_i = i64::try_from(seq).unwrap_or(i64::MAX);
-        if first != Some(seq_i) {
-            return Ok(false);
+        let mut found = Found::NotFirst;
+        self.commit_positions(|tx, counters, positions| {
+            let position = positions.at[consumer.index()].unwrap_or(counters.cursor);
+            let cursor = i64::try_from(position).unwrap_or(i64::MAX);
+            let first: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM records WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                    [cursor],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if first != Some(seq_i) {
+                return Ok(false);
+            }
+            let flags: i64 =
+                tx.query_row("SELECT flags FROM records WHERE seq = ?1", [seq_i], |r| {
+                    r.get(0)
+                })?;
+            if flags & row::QUARANTINED_BIT != 0 {
+                found = Found::AlreadyAside;
+                return Ok(false);
+            }
+            found = Found::PutAside;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            tx.execute(
+                "UPDATE records SET flags = flags | ?2 WHERE seq = ?1",
+                params![seq_i, row::QUARANTINED_BIT],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO quarantine
+                     (seq, device, received_at, device_time, state, flags, metrics, quarantined_at, reason, crc)
+                 SELECT seq, device, received_at, device_time, state, flags, metrics, ?2, ?3, crc
+                 FROM records WHERE seq = ?1",
+                params![seq_i, now_ms, reason],
+            )?;
+            tx.execute(
+                "DELETE FROM quarantine WHERE seq IN
+                     (SELECT seq FROM quarantine ORDER BY seq DESC LIMIT -1 OFFSET ?1)",
+                [QUARANTINE_KEEP],
+            )?;
+            counters.quarantined += 1;
+            advance(tx, counters, positions, consumer, seq)?;
+            Ok(true)
+        })?;
+        match found {
+            Found::NotFirst => Ok(false),
+            // Only move past it.
+            Found::AlreadyAside => self.mark_pushed(consumer, seq).map(|()| true),
+            Found::PutAside => Ok(true),
         }
-        let flags: i64 = tx
-            .query_row("SELECT flags FROM records WHERE seq = ?1", [seq_i], |r| {
-                r.get(0)
-            })
-            .map_err(sql_err)?;
-        if flags & row::QUARANTINED_BIT != 0 {
-            // Another consumer put it aside already: only move past it.
-            drop(tx);
-            drop(conn);
-            drop(positions);
-            drop(shared);
-            self.mark_pushed(consumer, seq)?;
-            return Ok(true);
-        }
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        tx.execute(
-            "UPDATE records SET flags = flags | ?2 WHERE seq = ?1",
-            params![seq_i, row::QUARANTINED_BIT],
-        )
-        .map_err(sql_err)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO quarantine
-                 (seq, device, received_at, device_time, state, flags, metrics, quarantined_at, reason, crc)
-             SELECT seq, device, received_at, device_time, state, flags, metrics, ?2, ?3, crc
-             FROM records WHERE seq = ?1",
-            params![seq_i, now_ms, reason],
-        )
-        .map_err(sql_err)?;
-        tx.execute(
-            "DELETE FROM quarantine WHERE seq IN
-                 (SELECT seq FROM quarantine ORDER BY seq DESC LIMIT -1 OFFSET ?1)",
-            [QUARANTINE_KEEP],
-        )
-        .map_err(sql_err)?;
-        counters.quarantined += 1;
-        let mut moved = *positions;
-        advance(&tx, &mut counters, &mut moved, consumer, seq).map_err(sql_err)?;
-        counters.save(&tx).map_err(sql_err)?;
-        moved.save(&tx).map_err(sql_err)?;
-        tx.commit().map_err(sql_err)?;
-        self.note_commit();
-        *shared = counters;
-        *positions = moved;
-        Ok(true)
     }
 
     /// The quarantined records still kept, oldest first, with the reason

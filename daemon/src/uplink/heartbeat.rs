@@ -251,18 +251,7 @@ impl Heartbeat {
         reload: watch::Receiver<FleetConfig>,
         link: super::mqtt::LinkHandle,
     ) -> Heartbeat {
-        let (tokens, _) = TokenSource::new(&config);
-        let backoff = new_backoff(&config);
-        Heartbeat {
-            config,
-            route: Route::Mqtt(link),
-            tokens,
-            sources,
-            status,
-            reload,
-            backoff,
-            failing: None,
-        }
+        Heartbeat::with_route(config, Route::Mqtt(link), sources, status, reload)
     }
 
     /// A heartbeat for `config`, with the push's reload channel.
@@ -279,19 +268,36 @@ impl Heartbeat {
                 .timeout
                 .min(config.heartbeat_interval.max(Duration::from_secs(5))),
         )?;
+        Ok(Heartbeat::with_route(
+            config,
+            Route::Http { endpoint, client },
+            sources,
+            status,
+            reload,
+        ))
+    }
+
+    /// A heartbeat for `config` sent by `route`.
+    fn with_route(
+        config: FleetConfig,
+        route: Route,
+        sources: Sources,
+        status: FleetStatusCell,
+        reload: watch::Receiver<FleetConfig>,
+    ) -> Heartbeat {
         // The push logs a missing token; the heartbeat waits for one too.
         let (tokens, _) = TokenSource::new(&config);
         let backoff = new_backoff(&config);
-        Ok(Heartbeat {
+        Heartbeat {
             config,
-            route: Route::Http { endpoint, client },
+            route,
             tokens,
             sources,
             status,
             reload,
             backoff,
             failing: None,
-        })
+        }
     }
 
     /// Sends heartbeats until `shutdown`.

@@ -986,7 +986,9 @@ enum Sent {
     AuthFailed,
 }
 
-fn new_backoff(config: &FleetConfig) -> ExponentialBackoff {
+/// The push's retry delays (HTTP and MQTT alike): `retry_min` doubling
+/// to `retry_max`, with jitter, never giving up.
+pub(super) fn new_backoff(config: &FleetConfig) -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(config.retry_min)
         .with_max_delay(config.retry_max.max(config.retry_min))

@@ -61,13 +61,15 @@
 //!   [`MAX_PACKET`] is set both ways.
 
 use super::tokens::TokenSource;
-use super::{FleetState, FleetStatusCell, UplinkError, UplinkEvent, blocking, human, wire};
+use super::{
+    FleetState, FleetStatusCell, UplinkError, UplinkEvent, blocking, human, new_backoff, wire,
+};
 use crate::buffer::alerts::StoredEvent;
 use crate::buffer::{Buffer, BufferSlot, Consumer};
 use crate::config::FleetConfig;
 use crate::limits::deliver::{EventSink, Failure};
 use crate::mqtt::{BrokerAddr, client_id, parse_url, system_roots, topic_level};
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::ExponentialBackoff;
 use chrono::Utc;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, EventLoop, MqttOptions, Outgoing, Packet, QoS,
@@ -792,16 +794,6 @@ fn describe(e: &ConnectionError) -> String {
         ConnectionError::Io(io) => io.to_string(),
         other => other.to_string(),
     }
-}
-
-fn new_backoff(config: &FleetConfig) -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(config.retry_min)
-        .with_max_delay(config.retry_max.max(config.retry_min))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// The record push over MQTT: the buffer as [`Consumer::FleetMqtt`], one
